@@ -1,0 +1,88 @@
+"""`prompt-tuning` command line: one subcommand per module in `commands/`.
+
+Subcommand modules are imported lazily so `prompt-tuning --help` stays fast.
+Each module defines `add_arguments(parser)` and `run(args) -> int | None`.
+Gin-driven commands also accept T5X-style `--gin_file=F` (repeatable),
+`--gin.KEY=VALUE` and `--gin_search_paths=a,b`.
+"""
+import argparse
+import importlib
+import os
+import sys
+from typing import List, Optional, Sequence
+
+from prompt_tuning.errors import UserError
+
+# name -> (module under prompt_tuning.commands, one-line help)
+COMMANDS = {
+    "convert": ("convert", "convert a T5X or Hugging Face checkpoint into a backbone folder"),
+    "score": ("score", "log-likelihood of targets given inputs (rank classification)"),
+    "generate": ("generate", "greedy / beam / sampled decoding of inputs"),
+    "train": ("train", "prompt-tune a frozen backbone (gin-driven)"),
+    "eval": ("evaluate", "evaluate saved prompts on a task or mixture (gin-driven)"),
+    "infer": ("infer", "write predictions of a saved prompt (gin-driven)"),
+    "xprompt": ("xprompt", "XPrompt: tune, prune, rewind (gin-driven)"),
+    "tasks": ("tasks", "list registered SeqIO tasks or show examples"),
+    "demo": ("demo", "the self-contained CPU demo"),
+    "bench": ("bench", "time a prompt-tuning train step"),
+    "plan": ("plan", "per-device memory of a run, without allocating"),
+}
+
+
+def split_gin_flags(argv: Sequence[str]) -> tuple[List[str], List[str]]:
+  """Separates `--gin.KEY=VALUE` flags (returned as 'KEY=VALUE') from the rest."""
+  rest, bindings = [], []
+  argv = list(argv)
+  i = 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith("--gin.") and not arg.startswith("--gin_"):
+      body = arg[len("--gin."):]
+      if "=" not in body:
+        if i + 1 >= len(argv):
+          raise UserError(f"flag {arg} has no value; write --gin.{body}=VALUE")
+        body = f"{body}={argv[i + 1]}"
+        i += 1
+      bindings.append(body)
+    else:
+      rest.append(arg)
+    i += 1
+  return rest, bindings
+
+
+def _quiet_native_logging():
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  _quiet_native_logging()
+  argv = list(sys.argv[1:] if argv is None else argv)
+  parser = argparse.ArgumentParser(prog="prompt-tuning", description=__doc__.splitlines()[0])
+  sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+  for name, (_, help_text) in COMMANDS.items():
+    sub.add_parser(name, help=help_text, add_help=False)
+  if not argv or argv[0] in ("-h", "--help"):
+    parser.print_help()
+    sys.exit(0 if argv else 2)
+  name = argv[0]
+  if name not in COMMANDS:
+    from prompt_tuning.errors import closest
+    print(f"error: unknown command {name!r}.{closest(name, COMMANDS)} "
+          f"Run 'prompt-tuning --help' for the list.", file=sys.stderr)
+    sys.exit(2)
+  module = importlib.import_module(f"prompt_tuning.commands.{COMMANDS[name][0]}")
+  cmd_parser = argparse.ArgumentParser(prog=f"prompt-tuning {name}", description=COMMANDS[name][1])
+  module.add_arguments(cmd_parser)
+  try:
+    rest, bindings = split_gin_flags(argv[1:])
+    args = cmd_parser.parse_args(rest)
+    args.gin_bindings = bindings
+    code = module.run(args)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except KeyboardInterrupt:
+    print("error: interrupted", file=sys.stderr)
+    sys.exit(130)
+  sys.exit(code or 0)

@@ -1,0 +1,189 @@
+"""The T5 1.1 encoder-decoder with a hook for a soft prompt on the encoder input.
+
+Parameter tree (flaxformer names, so T5X checkpoints load by name)::
+
+  token_embedder/embedding                                [vocab, embed]
+  encoder/relpos_bias/rel_embedding                       [heads, relpos_buckets]
+  encoder/layers_i/{pre_attention_layer_norm,pre_mlp_layer_norm}/scale
+  encoder/layers_i/attention/{query,key,value,out}/kernel
+  encoder/layers_i/mlp/{wi_0,wi_1,wo}/kernel
+  encoder/encoder_norm/scale
+  decoder/relpos_bias/rel_embedding
+  decoder/layers_i/{pre_self_attention,pre_cross_attention,pre_mlp}_layer_norm/scale
+  decoder/layers_i/{self_attention,encoder_decoder_attention}/{query,key,value,out}/kernel
+  decoder/layers_i/mlp/{wi_0,wi_1,wo}/kernel
+  decoder/decoder_norm/scale
+  decoder/logits_dense/kernel                             [embed, vocab]
+  prompt/...                                              (only with a prompt module)
+"""
+from typing import Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.layers import (Dense, Embed, GatedMlp, MultiHeadAttention,
+                                         RMSNorm, RelativePositionBiases,
+                                         attention_bias_from_mask)
+
+Array = jax.Array
+
+
+def _kw(config: T5Config):
+  return dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype))
+
+
+class EncoderLayer(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x: Array, bias: Array, deterministic: bool) -> Array:
+    c = self.config
+    drop = nn.Dropout(c.dropout_rate)
+    h = RMSNorm(c.layer_norm_epsilon, **_kw(c), name="pre_attention_layer_norm")(x)
+    h = MultiHeadAttention(c.num_heads, c.head_dim, c.dropout_rate, **_kw(c), name="attention")(
+        h, h, bias, deterministic=deterministic)
+    x = x + drop(h, deterministic=deterministic)
+    h = RMSNorm(c.layer_norm_epsilon, **_kw(c), name="pre_mlp_layer_norm")(x)
+    h = GatedMlp(c.mlp_dim, c.mlp_activations, c.dropout_rate, **_kw(c), name="mlp")(h, deterministic)
+    x = x + drop(h, deterministic=deterministic)
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+class DecoderLayer(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x: Array, encoded: Array, self_bias: Array, cross_bias: Array,
+               deterministic: bool, decode: bool) -> Array:
+    c = self.config
+    drop = nn.Dropout(c.dropout_rate)
+    h = RMSNorm(c.layer_norm_epsilon, **_kw(c), name="pre_self_attention_layer_norm")(x)
+    h = MultiHeadAttention(c.num_heads, c.head_dim, c.dropout_rate, **_kw(c), name="self_attention")(
+        h, h, self_bias, decode=decode, deterministic=deterministic)
+    x = x + drop(h, deterministic=deterministic)
+    h = RMSNorm(c.layer_norm_epsilon, **_kw(c), name="pre_cross_attention_layer_norm")(x)
+    h = MultiHeadAttention(c.num_heads, c.head_dim, c.dropout_rate, **_kw(c),
+                           name="encoder_decoder_attention")(
+                               h, encoded, cross_bias, deterministic=deterministic)
+    x = x + drop(h, deterministic=deterministic)
+    h = RMSNorm(c.layer_norm_epsilon, **_kw(c), name="pre_mlp_layer_norm")(x)
+    h = GatedMlp(c.mlp_dim, c.mlp_activations, c.dropout_rate, **_kw(c), name="mlp")(h, deterministic)
+    x = x + drop(h, deterministic=deterministic)
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+def _layer_class(cls, config: T5Config):
+  if not config.remat:
+    return cls
+  # Argument indices count `self`; the booleans select Python control flow.
+  static = (3,) if cls is EncoderLayer else (5, 6)
+  return nn.remat(cls, static_argnums=static)
+
+
+class Encoder(nn.Module):
+  """Bidirectional stack over (prompt +) embedded inputs."""
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x: Array, valid: Array, deterministic: bool = True) -> Array:
+    """x: `[B, L, E]` embedded inputs, valid: `[B, L]` bool -> `[B, L, E]`."""
+    c = self.config
+    positions = jnp.arange(x.shape[1], dtype=jnp.int32)
+    bias = RelativePositionBiases(c.relative_attention_num_buckets,
+                                  c.relative_attention_max_distance, c.num_heads,
+                                  **_kw(c), name="relpos_bias")(positions, positions, True)
+    bias = bias + attention_bias_from_mask(valid[:, None, None, :])
+    x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
+    layer = _layer_class(EncoderLayer, c)
+    for i in range(c.num_encoder_layers):
+      x = layer(c, name=f"layers_{i}")(x, bias, deterministic)
+    x = RMSNorm(c.layer_norm_epsilon, **_kw(c), name="encoder_norm")(x)
+    return nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
+
+
+class Decoder(nn.Module):
+  """Causal stack with cross-attention; ends in the untied `logits_dense`."""
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, y: Array, encoded: Array, encoder_valid: Array,
+               deterministic: bool = True, decode: bool = False) -> Array:
+    """y: `[B, Lt, E]` embedded decoder inputs (`[B, 1, E]` when decoding) -> logits `[B, Lt, V]`."""
+    c = self.config
+    relpos = RelativePositionBiases(c.relative_attention_num_buckets,
+                                    c.relative_attention_max_distance, c.num_heads,
+                                    **_kw(c), name="relpos_bias")
+    if decode and self.has_variable("cache", "decode_position"):
+      # One new position per call; keys span the whole cache.
+      position = self.variable("cache", "decode_position", lambda: jnp.array(0, jnp.int32))
+      # Its shape, [max_decode_length], is fixed by the init call.
+      key_positions = self.get_variable("cache", "key_positions")
+      query_positions = position.value[None]
+      self_bias = relpos(query_positions, key_positions, False)
+      self_bias = self_bias + attention_bias_from_mask(key_positions <= position.value)[None, None, None]
+      position.value = position.value + 1
+    else:
+      positions = jnp.arange(y.shape[1], dtype=jnp.int32)
+      if decode:  # init call: size the position state beside the layer caches
+        self.variable("cache", "decode_position", lambda: jnp.array(0, jnp.int32))
+        self.variable("cache", "key_positions", lambda: positions)
+      causal = positions[None, :] <= positions[:, None]
+      self_bias = relpos(positions, positions, False) + attention_bias_from_mask(causal)[None, None]
+    cross_bias = attention_bias_from_mask(encoder_valid[:, None, None, :])
+
+    y = nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
+    layer = _layer_class(DecoderLayer, c)
+    for i in range(c.num_decoder_layers):
+      y = layer(c, name=f"layers_{i}")(y, encoded, self_bias, cross_bias, deterministic, decode)
+    y = RMSNorm(c.layer_norm_epsilon, **_kw(c), name="decoder_norm")(y)
+    y = nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
+    logits = Dense(c.vocab_size, ("embed", "vocab"), dtype=jnp.dtype(c.dtype),
+                   param_dtype=jnp.dtype(c.param_dtype), name="logits_dense")(y)
+    logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+    return logits.astype(jnp.float32)
+
+
+class T5(nn.Module):
+  """T5 1.1 encoder-decoder. `prompt`, if set, edits the embedded encoder input.
+
+  The prompt module is called as `prompt(tokens [B, L], embedded [B, L, E],
+  embedding_table [V, E], deterministic) -> (embedded [B, L', E], valid [B, L'])`; its
+  parameters land under the top-level `prompt/` path.
+  """
+  config: T5Config
+  prompt: Optional[nn.Module] = None
+
+  def setup(self):
+    c = self.config
+    self.token_embedder = Embed(c.vocab_size, c.emb_dim, **_kw(c))
+    self.encoder = Encoder(c)
+    self.decoder = Decoder(c)
+
+  def embed_encoder_inputs(self, encoder_input_tokens: Array,
+                           enable_dropout: bool = False) -> Tuple[Array, Array]:
+    """`[B, L]` tokens -> (`[B, L', E]` embeddings incl. prompt, `[B, L']` valid mask)."""
+    x = self.token_embedder(encoder_input_tokens)
+    valid = encoder_input_tokens > 0
+    if self.prompt is not None:
+      x, valid = self.prompt(encoder_input_tokens, x, self.token_embedder.embedding,
+                             deterministic=not enable_dropout)
+    return nn.with_logical_constraint(x, ("batch", "length", "embed")), valid
+
+  def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False) -> Tuple[Array, Array]:
+    """`[B, L]` tokens -> (encoded `[B, L', E]`, valid `[B, L']`); L' = L + prompt length."""
+    x, valid = self.embed_encoder_inputs(encoder_input_tokens, enable_dropout)
+    return self.encoder(x, valid, deterministic=not enable_dropout), valid
+
+  def decode(self, encoded: Array, encoder_valid: Array, decoder_input_tokens: Array,
+             enable_dropout: bool = False, decode: bool = False) -> Array:
+    """Decoder logits `[B, Lt, V]` (float32) for `[B, Lt]` decoder input tokens."""
+    y = self.token_embedder(decoder_input_tokens)
+    return self.decoder(y, encoded, encoder_valid, deterministic=not enable_dropout, decode=decode)
+
+  def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
+               enable_dropout: bool = False) -> Array:
+    """Teacher-forced logits `[B, Lt, V]`."""
+    encoded, valid = self.encode(encoder_input_tokens, enable_dropout)
+    return self.decode(encoded, valid, decoder_input_tokens, enable_dropout)

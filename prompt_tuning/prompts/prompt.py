@@ -1,0 +1,97 @@
+"""The soft prompt: `[PROMPT_LENGTH, d_model]` parameters placed into the encoder input.
+
+A `Prompt` owns the raw parameter `prompt/prompt` and a chain of
+`reparameterizations`, modules mapping `[P, E] -> [P, E]` (Residual Prompt
+Tuning's MLP, XPrompt's masks). What the encoder sees is the end of that chain;
+`Prompt.value` computes it, which is also what gets exported as `.npy`.
+"""
+from typing import Callable, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+
+from prompt_tuning.prompts import initializers
+
+Array = jax.Array
+# Logical axes of the prompt: replicated by default (see the partitioning rules).
+PROMPT_AXES = ("prompt", "prompt_embed")
+PLACEMENTS = ("prefix", "suffix")
+
+
+def place_prompt(prompt: Array, tokens: Array, embedded: Array, valid: Array,
+                 placement: str = "prefix") -> Tuple[Array, Array]:
+  """Inserts the prompt into each embedded input.
+
+  Args:
+    prompt: `[P, E]` prompt embeddings (shared by the batch) or `[B, P, E]`.
+    tokens: `[B, L]` input tokens (0 = padding); only used for `suffix`.
+    embedded: `[B, L, E]` embedded inputs.
+    valid: `[B, L]` bool, the non-padding positions.
+    placement: `prefix` puts the prompt before the input; `suffix` puts it
+      after the input's last real token but before that token if it is EOS,
+      i.e. `[x_1 .. x_n-1, P, EOS, pad ...]`.
+
+  Returns:
+    (`[B, P + L, E]` embeddings, `[B, P + L]` valid mask).
+  """
+  batch, length = tokens.shape
+  if prompt.ndim == 2:
+    prompt = jnp.broadcast_to(prompt[None], (batch,) + prompt.shape)
+  prompt = prompt.astype(embedded.dtype)
+  p = prompt.shape[1]
+  if placement == "prefix":
+    return (jnp.concatenate([prompt, embedded], axis=1),
+            jnp.concatenate([jnp.ones((batch, p), bool), valid], axis=1))
+  if placement != "suffix":
+    raise ValueError(f"unknown prompt placement {placement!r}; choose one of {PLACEMENTS}")
+  # Output position j draws from `source = [embedded; prompt]` (length L + P).
+  n = jnp.sum(valid, axis=1, keepdims=True)  # [B, 1] tokens incl. EOS
+  j = jnp.arange(length + p)[None, :]
+  eos_at = jnp.maximum(n - 1, 0)
+  index = jnp.where(j < eos_at, j, jnp.where(j < eos_at + p, length + j - eos_at, j - p))
+  source = jnp.concatenate([embedded, prompt], axis=1)
+  placed = jnp.take_along_axis(source, index[:, :, None], axis=1)
+  return placed, j < n + p
+
+
+@gin.configurable
+class Prompt(nn.Module):
+  """A trainable soft prompt.
+
+  Attributes:
+    length: number of prompt tokens P.
+    initializer: `(rng, [P, E], embedding_table [V, E]) -> [P, E]`; see
+      `prompt_tuning.prompts.initializers`.
+    placement: `prefix` (Lester et al.) or `suffix` (before EOS).
+    reparameterizations: modules applied in order to the raw `[P, E]` prompt.
+  """
+  length: int = gin.REQUIRED
+  initializer: Callable = initializers.uniform()
+  placement: str = "prefix"
+  reparameterizations: Sequence[nn.Module] = ()
+
+  def setup(self):
+    if self.placement not in PLACEMENTS:
+      raise ValueError(f"unknown prompt placement {self.placement!r}; choose one of {PLACEMENTS}")
+
+  @nn.compact
+  def value(self, embedding_table: Array, deterministic: bool = True) -> Array:
+    """The prompt the encoder sees, `[P, E]`."""
+    shape = (self.length, embedding_table.shape[-1])
+    raw = self.param(
+        "prompt",
+        nn.with_logical_partitioning(
+            lambda rng, shape: self.initializer(rng, shape, embedding_table), PROMPT_AXES),
+        shape)
+    value = raw
+    for reparam in self.reparameterizations:
+      value = reparam(value, deterministic=deterministic)
+    return value
+
+  def __call__(self, tokens: Array, embedded: Array, embedding_table: Array,
+               deterministic: bool = True) -> Tuple[Array, Array]:
+    prompt = self.value(embedding_table, deterministic)
+    prompt = nn.with_logical_constraint(prompt, PROMPT_AXES)
+    return place_prompt(prompt, tokens, embedded, tokens > 0, self.placement)

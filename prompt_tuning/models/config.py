@@ -81,7 +81,8 @@ T5_1_1_SIZES: Dict[str, Dict[str, int]] = {
 }
 
 
-def t5_1_1_config(size: str, **overrides) -> T5Config:
+@gin.configurable
+def t5_1_1_config(size: str = gin.REQUIRED, **overrides) -> T5Config:
   """The published T5 1.1 config of `size` (small/base/large/xl/xxl)."""
   if size not in T5_1_1_SIZES:
     raise UserError(f"unknown T5 1.1 size {size!r}; choose one of {sorted(T5_1_1_SIZES)}")

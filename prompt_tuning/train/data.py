@@ -1,0 +1,90 @@
+"""SeqIO task/mixture -> per-host numpy batches for the trainer.
+
+Each host reads its own shard (`seqio.ShardInfo`), so the global batch is the
+concatenation of host batches; the partitioner turns them into global arrays.
+The order is deterministic for a seed, so a resumed run skips the batches it
+already consumed and sees exactly what an uninterrupted run would.
+"""
+import importlib
+from typing import Dict, Iterator, Mapping, Optional
+
+import gin
+import jax
+import numpy as np
+import seqio
+
+from prompt_tuning.errors import UserError, closest
+
+_MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens",
+                   "decoder_target_tokens", "decoder_loss_weights")
+
+
+def import_task_modules(modules) -> None:
+  """Imports the modules that register tasks (`MIXTURE_OR_TASK_MODULE`)."""
+  if isinstance(modules, str):
+    modules = [modules]
+  for name in modules or ():
+    try:
+      importlib.import_module(name)
+    except ImportError as e:
+      raise UserError(f"cannot import task module {name!r} ({e}); check MIXTURE_OR_TASK_MODULE") from None
+
+
+def get_mixture_or_task(name: str):
+  """The registered task or mixture, or a UserError listing close names."""
+  try:
+    return seqio.get_mixture_or_task(name)
+  except ValueError:
+    names = list(seqio.TaskRegistry.names()) + list(seqio.MixtureRegistry.names())
+    raise UserError(f"no task or mixture named {name!r} is registered.{closest(name, names)} "
+                    "Run `prompt-tuning tasks` to list them, or set MIXTURE_OR_TASK_MODULE") from None
+
+
+def validate_feature_lengths(task_feature_lengths: Mapping[str, int], prompt_length: int = 0) -> None:
+  for key in ("inputs", "targets"):
+    if key not in task_feature_lengths:
+      raise UserError(f"TASK_FEATURE_LENGTHS lacks {key!r}; set e.g. "
+                      "TASK_FEATURE_LENGTHS = {'inputs': 512, 'targets': 8}")
+  if prompt_length > task_feature_lengths["inputs"]:
+    raise UserError(f"the prompt ({prompt_length} tokens) is longer than the input length "
+                    f"({task_feature_lengths['inputs']}); lower PROMPT_LENGTH or raise "
+                    "TASK_FEATURE_LENGTHS['inputs']")
+
+
+def converted_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+                      split: str, shuffle: bool, seed: Optional[int], num_epochs: Optional[int],
+                      use_cached: bool = False):
+  """The host's shard of a task, feature-converted for an encoder-decoder (no packing)."""
+  task = get_mixture_or_task(mixture_or_task_name)
+  if split not in task.splits:
+    raise UserError(f"{mixture_or_task_name} has no split {split!r}; it has {sorted(task.splits)}")
+  shard = seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+  ds = seqio.get_dataset(
+      mixture_or_task_name, task_feature_lengths=dict(task_feature_lengths),
+      dataset_split=split, shuffle=shuffle, num_epochs=num_epochs, seed=seed,
+      use_cached=use_cached, shard_info=shard,
+      feature_converter=seqio.EncDecFeatureConverter(pack=False))
+  return ds
+
+
+def batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], split: str,
+            local_batch_size: int, seed: Optional[int], shuffle: bool = True,
+            num_epochs: Optional[int] = None, skip_batches: int = 0,
+            use_cached: bool = False) -> Iterator[Dict[str, np.ndarray]]:
+  """Endless (by default) iterator of host-local batches of model features."""
+  ds = converted_dataset(mixture_or_task_name, task_feature_lengths, split, shuffle, seed,
+                         num_epochs, use_cached)
+  ds = ds.map(lambda ex: {k: ex[k] for k in _MODEL_FEATURES if k in ex})
+  ds = ds.batch(local_batch_size, drop_remainder=True)
+  if skip_batches:
+    ds = ds.skip(skip_batches)
+  iterator = ds.prefetch(2).as_numpy_iterator()
+  first = next(iterator, None)
+  if first is None:
+    raise UserError(f"{mixture_or_task_name} split {split!r} yields no full batch of "
+                    f"{local_batch_size} examples (empty dataset?); check the data or lower BATCH_SIZE")
+
+  def gen():
+    yield first
+    yield from iterator
+  return gen()

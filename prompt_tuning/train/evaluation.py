@@ -1,0 +1,127 @@
+"""Model functions for `seqio.Evaluator`: predictions (decoding) and scores (rank classification).
+
+seqio hands us enumerated datasets of `(index, model features)`; we batch
+them to a fixed size (padding the last batch, so jit compiles once), run the
+jitted model function over the mesh, and return `(index, output)` pairs.
+Every host runs the same global computation on the full evaluation set.
+"""
+import logging
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import seqio
+
+from prompt_tuning.models import decoding, losses
+from prompt_tuning.train.partitioning import Partitioner
+
+Variables = Dict[str, Any]
+
+
+def _fixed_batches(dataset, batch_size: int, keys: Sequence[str]):
+  """Yields (indices, {key: [batch_size, ...]}, n_real) with zero-padded tails."""
+  indices, rows = [], []
+  def flush():
+    n = len(rows)
+    batch = {k: np.stack([r[k] for r in rows] + [np.zeros_like(rows[0][k])] * (batch_size - n))
+             for k in keys}
+    return list(indices), batch, n
+  for index, features in dataset.as_numpy_iterator():
+    indices.append(int(index))
+    rows.append({k: features[k] for k in keys})
+    if len(rows) == batch_size:
+      yield flush()
+      indices, rows = [], []
+  if rows:
+    yield flush()
+
+
+@gin.configurable
+class EvalModelFns:
+  """Jitted predict/score functions over one set of variables.
+
+  Attributes:
+    batch_size: global evaluation batch (a multiple of the data-parallel size).
+    beam_size, alpha: decoding settings (`beam_size=1` is greedy).
+  """
+
+  def __init__(self, model, partitioner: Partitioner, variables: Variables,
+               variable_shardings: Any, batch_size: int = 32, beam_size: int = 1,
+               alpha: float = 0.6, max_decode_length: Optional[int] = None):
+    self.model = model
+    self.partitioner = partitioner
+    self.variables = variables
+    shards = partitioner.data_parallel_size
+    self.batch_size = max(shards, batch_size // shards * shards)
+    self.max_decode_length = max_decode_length
+    data = partitioner.data_sharding
+
+    def predict(variables, encoder_input_tokens, max_len):
+      tokens, _ = decoding.generate(model, variables["params"], encoder_input_tokens,  # TODO masks
+                                    max_decode_length=max_len, beam_size=beam_size, alpha=alpha)
+      return tokens
+
+    def score(variables, batch):
+      logits = model.apply(variables, batch["encoder_input_tokens"], batch["decoder_input_tokens"])
+      return losses.sequence_log_likelihood(logits, batch["decoder_target_tokens"],
+                                            batch["decoder_loss_weights"])
+
+    self._predict = jax.jit(predict, static_argnums=2,
+                            in_shardings=(variable_shardings, data), out_shardings=data)
+    self._score = jax.jit(score, in_shardings=(variable_shardings, data), out_shardings=data)
+
+  def _global(self, batch: Dict[str, np.ndarray]) -> Dict[str, jax.Array]:
+    sharding = self.partitioner.data_sharding
+    return {k: jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx])
+            for k, v in batch.items()}
+
+  def predict_fn(self, dataset, model_feature_shapes: Optional[Mapping[str, int]] = None
+                 ) -> List[Tuple[int, List[int]]]:
+    out = []
+    for indices, batch, n in _fixed_batches(dataset, self.batch_size, ["encoder_input_tokens",
+                                                                        "decoder_target_tokens"]):
+      max_len = self.max_decode_length or batch["decoder_target_tokens"].shape[1]
+      with self.partitioner.context():
+        tokens = self._predict(self.variables, self._global(batch)["encoder_input_tokens"], max_len)
+      tokens = np.asarray(jax.device_get(tokens))[:n]
+      out.extend((i, t.tolist()) for i, t in zip(indices, tokens))
+    return out
+
+  def score_fn(self, dataset, model_feature_shapes: Optional[Mapping[str, int]] = None
+               ) -> List[Tuple[int, float]]:
+    out = []
+    keys = ["encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
+            "decoder_loss_weights"]
+    for indices, batch, n in _fixed_batches(dataset, self.batch_size, keys):
+      with self.partitioner.context():
+        scores = self._score(self.variables, self._global(batch))
+      scores = np.asarray(jax.device_get(scores))[:n]
+      out.extend((i, float(s)) for i, s in zip(indices, scores))
+    return out
+
+
+def make_evaluator(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+                   split: str = "validation", use_cached: bool = False,
+                   num_examples: Optional[int] = None) -> seqio.Evaluator:
+  return seqio.Evaluator(
+      mixture_or_task_name=mixture_or_task_name,
+      feature_converter=seqio.EncDecFeatureConverter(pack=False),
+      eval_split=split, use_cached=use_cached, sequence_length=dict(task_feature_lengths),
+      num_examples=num_examples, async_compute_metrics=False)
+
+
+def run_evaluation(evaluator: seqio.Evaluator, fns: EvalModelFns, step: int) -> Dict[str, float]:
+  """Runs every task of the evaluator; returns flat `{'task/metric': value}`."""
+  metrics, _ = evaluator.evaluate(compute_metrics=True, step=step,
+                                  predict_fn=fns.predict_fn, score_fn=fns.score_fn)
+  flat = {}
+  for task, values in (metrics.result() or {}).items():
+    for name, value in values.items():
+      value = getattr(value, "value", value)
+      try:
+        flat[f"{task}/{name}"] = float(value)
+      except (TypeError, ValueError):
+        logging.info("skipping non-scalar metric %s/%s", task, name)
+  return flat

@@ -1,0 +1,116 @@
+"""Device mesh and logical-axis partitioning (the replacement for T5X's PjitPartitioner).
+
+Parameters and activations carry logical axis names (`embed`, `mlp`, ...);
+`rules` map them to the mesh axes `data` and `model`. Rules are data, so gin
+can rebind them. Everything is placed with `NamedSharding` and compiled with
+`jax.jit`; activation constraints take effect because the mesh is installed
+with `jax.set_mesh` (under a plain `with mesh:` Flax constraints do nothing).
+"""
+import contextlib
+from typing import Any, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import gin
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from prompt_tuning.errors import UserError
+
+LogicalRules = Tuple[Tuple[str, Optional[str]], ...]
+
+# T5X's standard 1-D model-parallel rules plus the prompt axes (replicated).
+DEFAULT_RULES: LogicalRules = (
+    ("batch", "data"),
+    ("vocab", "model"),
+    ("embed", None),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("kv", None),
+    ("joined_kv", "model"),
+    ("relpos_buckets", None),
+    ("length", None),
+    ("prompt", None),
+    ("prompt_embed", None),
+    ("prompt_mlp", None),
+)
+
+
+@gin.configurable
+def make_mesh(model_parallel_size: int = 1, mesh_shape: Optional[Sequence[int]] = None,
+              devices: Optional[Sequence[Any]] = None) -> Mesh:
+  """A `(data, model)` mesh over all (or the given) devices.
+
+  Args:
+    model_parallel_size: size of the `model` axis; `data` takes the rest.
+    mesh_shape: explicit `(data, model)`; overrides `model_parallel_size`.
+    devices: defaults to `jax.devices()` (all hosts).
+  """
+  devices = list(devices if devices is not None else jax.devices())
+  n = len(devices)
+  if mesh_shape is None:
+    if model_parallel_size < 1 or n % model_parallel_size:
+      raise UserError(f"model_parallel_size={model_parallel_size} does not divide the {n} devices; "
+                      "bind make_mesh.model_parallel_size to a divisor")
+    mesh_shape = (n // model_parallel_size, model_parallel_size)
+  mesh_shape = tuple(int(s) for s in mesh_shape)
+  if len(mesh_shape) != 2 or int(np.prod(mesh_shape)) != n:
+    raise UserError(f"mesh_shape={mesh_shape} does not cover the {n} devices as (data, model)")
+  try:
+    from jax.experimental import mesh_utils
+    grid = mesh_utils.create_device_mesh(mesh_shape, devices)
+  except Exception:  # fake CPU devices have no physical topology
+    grid = np.asarray(devices).reshape(mesh_shape)
+  return Mesh(grid, ("data", "model"))
+
+
+@gin.configurable
+class Partitioner:
+  """Maps logical axes to shardings on one mesh."""
+
+  def __init__(self, mesh: Optional[Mesh] = None, rules: LogicalRules = DEFAULT_RULES):
+    self.mesh = mesh if mesh is not None else make_mesh()
+    self.rules = tuple(tuple(r) for r in rules)
+
+  @property
+  def data_sharding(self) -> NamedSharding:
+    """Batches: leading axis over `data`."""
+    return NamedSharding(self.mesh, PartitionSpec("data"))
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, PartitionSpec())
+
+  @property
+  def data_parallel_size(self) -> int:
+    return self.mesh.shape["data"]
+
+  def shardings_of(self, boxed_tree: Any) -> Any:
+    """`NamedSharding`s for a tree whose leaves may be `nn.LogicallyPartitioned` boxes.
+
+    Unboxed leaves (e.g. optimizer counters) are replicated.
+    """
+    specs = nn.get_partition_spec(boxed_tree)
+    return nn.logical_to_mesh_sharding(specs, self.mesh, self.rules)
+
+  @contextlib.contextmanager
+  def context(self):
+    """Mesh + rules for tracing, so `with_logical_constraint` takes effect."""
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      yield
+
+  def shard_batch(self, local_batch: dict) -> dict:
+    """Host-local numpy batch -> global `jax.Array`s sharded over `data`."""
+    return {k: jax.make_array_from_process_local_data(self.data_sharding, v)
+            for k, v in local_batch.items()}
+
+
+def check_batch_size(batch_size: int, partitioner: Partitioner) -> int:
+  """The per-host batch; the global batch must split evenly over data shards and hosts."""
+  shards = partitioner.data_parallel_size
+  if batch_size % shards:
+    raise UserError(f"BATCH_SIZE={batch_size} is not divisible by the {shards} data-parallel "
+                    "shards; choose a multiple or change make_mesh.model_parallel_size")
+  if batch_size % jax.process_count():
+    raise UserError(f"BATCH_SIZE={batch_size} is not divisible by {jax.process_count()} hosts")
+  return batch_size // jax.process_count()

@@ -1,0 +1,231 @@
+"""The prompt-tuning train loop (`prompt-tuning train`), readable in one sitting.
+
+    validate config -> mesh + model -> backbone (sharded, frozen) + prompt
+    -> resume from MODEL_DIR if possible -> jit(train_step)
+    -> loop: batch -> step -> log -> [eval] -> [checkpoint + prompt export]
+
+Nothing is written to MODEL_DIR until the configuration, the task, the data
+and the checkpoint shapes have been checked.
+"""
+import logging
+import math
+import os
+import time
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from prompt_tuning.errors import UserError
+from prompt_tuning.train import data as data_lib
+from prompt_tuning.train import evaluation, optim, summaries
+from prompt_tuning.train.checkpoints import RunCheckpoints, export_prompt, to_host, write_json
+from prompt_tuning.train.initialize import build_model, initialize_variables
+from prompt_tuning.train.partitioning import Partitioner, check_batch_size
+from prompt_tuning.train.step import LossConfig, make_train_step
+from prompt_tuning.train.trainable import (count_parameters, merge_variables, split_variables,
+                                           trainable_patterns)
+
+
+def prompt_value(model, variables) -> Optional[np.ndarray]:
+  """What the encoder sees as the prompt, `[P, E]` float32 (None without a prompt)."""
+  if model.prompt is None:
+    return None
+  with_prompt = lambda m: m.prompt.value(m.token_embedder.embedding)
+  value = jax.jit(lambda v: model.apply(v, method=with_prompt))(variables)
+  return to_host(value).astype(np.float32)
+
+
+class EarlyStopping:
+  """Stops when `metric` has not improved for `patience` evaluations."""
+
+  def __init__(self, metric: Optional[str], mode: str = "max", patience: Optional[int] = None):
+    self.metric, self.mode, self.patience = metric, mode, patience
+    self.best, self.bad_evals = None, 0
+
+  def improved(self, metrics: Mapping[str, float]) -> bool:
+    if not self.metric:
+      return False
+    if self.metric not in metrics:
+      raise UserError(f"early-stopping metric {self.metric!r} is not among the eval metrics "
+                      f"{sorted(metrics)}; fix train.early_stopping_metric")
+    value = metrics[self.metric]
+    better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+    if better:
+      self.best, self.bad_evals = value, 0
+    else:
+      self.bad_evals += 1
+    return better
+
+  @property
+  def should_stop(self) -> bool:
+    return self.patience is not None and self.bad_evals >= self.patience
+
+
+@gin.configurable
+def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
+          task_feature_lengths: Mapping[str, int] = gin.REQUIRED, train_steps: int = gin.REQUIRED,
+          batch_size: int = gin.REQUIRED, initial_checkpoint_path: Optional[str] = None,
+          mixture_or_task_module: Optional[Sequence[str]] = None,
+          optimizer: optax.GradientTransformation = gin.REQUIRED, seed: int = 0,
+          eval_period: Optional[int] = 1000, eval_split: str = "validation",
+          eval_mixture_or_task_name: Optional[str] = None, eval_num_examples: Optional[int] = None,
+          checkpoint_period: int = 1000, keep_checkpoints: Optional[int] = 3,
+          early_stopping_metric: Optional[str] = None, early_stopping_mode: str = "max",
+          early_stopping_patience: Optional[int] = None, num_microbatches: int = 1,
+          frozen_dtype: Optional[str] = None, use_cached_tasks: bool = False, log_every: int = 10,
+          train_split: str = "train", stop_after_steps: Optional[int] = None) -> Dict[str, Any]:
+  """Tunes the trainable subtree on a task; returns a summary dict.
+
+  `stop_after_steps` ends the loop early without changing the schedule
+  (used to test kill-and-resume). See `configs/runs/prompt_finetune.gin`.
+  """
+  # ---- validate everything before touching MODEL_DIR ----
+  data_lib.import_task_modules(mixture_or_task_module)
+  data_lib.get_mixture_or_task(mixture_or_task_name)
+  eval_name = eval_mixture_or_task_name or mixture_or_task_name
+  if eval_period:
+    data_lib.get_mixture_or_task(eval_name)
+  model = build_model()
+  prompt_length = getattr(model.prompt, "length", 0) or 0
+  data_lib.validate_feature_lengths(task_feature_lengths, prompt_length)
+  partitioner = Partitioner()
+  local_batch = check_batch_size(batch_size, partitioner)
+  if num_microbatches < 1 or batch_size % (num_microbatches * partitioner.data_parallel_size):
+    raise UserError(f"BATCH_SIZE={batch_size} does not split into {num_microbatches} microbatches "
+                    f"over {partitioner.data_parallel_size} data shards")
+
+  rng = jax.random.PRNGKey(seed)
+  variables, shardings = initialize_variables(model, partitioner, initial_checkpoint_path,
+                                              jax.random.fold_in(rng, 0), frozen_dtype)
+  patterns = trainable_patterns()
+  trainable, frozen = split_variables(variables, patterns)
+  trainable_sh, frozen_sh = split_variables(shardings, patterns)
+  del variables
+  opt_sh = _optimizer_shardings(optimizer, trainable, trainable_sh, partitioner)
+  opt_state = jax.jit(optimizer.init, out_shardings=opt_sh)(trainable)
+
+  # ---- resume ----
+  checkpoints = RunCheckpoints(model_dir, keep=keep_checkpoints)
+  start_step, batches_consumed = 0, 0
+  latest = checkpoints.latest_step()
+  if latest is not None:
+    abstract = {"trainable": _abstract(trainable, trainable_sh), "opt_state": _abstract(opt_state, opt_sh)}
+    restored, meta = checkpoints.restore(latest, abstract)
+    trainable, opt_state = restored["trainable"], restored["opt_state"]
+    start_step, batches_consumed = latest, int(meta.get("batches_consumed", latest))
+    if meta.get("initial_checkpoint_path") != initial_checkpoint_path:
+      logging.warning("resuming a run tuned against %s with backbone %s",
+                      meta.get("initial_checkpoint_path"), initial_checkpoint_path)
+    print(f"resumed from {checkpoints.directory} at step {start_step}", flush=True)
+
+  batches = data_lib.batches(mixture_or_task_name, task_feature_lengths, train_split, local_batch,
+                             seed=seed, skip_batches=batches_consumed,
+                             use_cached=use_cached_tasks)
+  os.makedirs(model_dir, exist_ok=True)
+  writer = summaries.Writer(model_dir)
+  n_trainable, n_frozen = count_parameters(trainable), count_parameters(frozen)
+  print(f"trainable parameters: {n_trainable:,} ({', '.join(patterns)}); frozen: {n_frozen:,}; "
+        f"mesh {dict(partitioner.mesh.shape)}", flush=True)
+
+  step_fn = jax.jit(
+      make_train_step(model, optimizer, LossConfig(), num_microbatches),
+      in_shardings=(trainable_sh, opt_sh, frozen_sh, partitioner.data_sharding, partitioner.replicated),
+      out_shardings=(trainable_sh, opt_sh, partitioner.replicated),
+      donate_argnums=(0, 1))
+
+  evaluator, early = None, EarlyStopping(early_stopping_metric, early_stopping_mode,
+                                         early_stopping_patience)
+  if eval_period:
+    evaluator = evaluation.make_evaluator(eval_name, task_feature_lengths, eval_split,
+                                          use_cached_tasks, eval_num_examples)
+
+  def meta(step):
+    return {"step": step, "batches_consumed": step, "initial_checkpoint_path": initial_checkpoint_path,
+            "mixture_or_task_name": mixture_or_task_name, "trainable_patterns": list(patterns)}
+
+  def save(step):
+    checkpoints.save(step, {"trainable": trainable, "opt_state": opt_state}, meta(step))
+    value = prompt_value(model, merge_variables(trainable, frozen))
+    if value is not None:
+      export_prompt(model_dir, f"step_{step}", value)
+
+  def evaluate(step):
+    fns = evaluation.EvalModelFns(model, partitioner, merge_variables(trainable, frozen),
+                                  merge_variables(trainable_sh, frozen_sh),
+                                  max_decode_length=task_feature_lengths["targets"])
+    metrics = evaluation.run_evaluation(evaluator, fns, step)
+    writer.scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
+    print(f"step {step} eval: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())),
+          flush=True)
+    return metrics
+
+  # ---- loop ----
+  history, eval_history = [], []
+  end_step = train_steps if stop_after_steps is None else min(train_steps, stop_after_steps)
+  progress = summaries.Progress(start_step, train_steps)
+  step, last_metrics = start_step, None
+  wrote_config = False
+  while step < end_step:
+    local = next(batches, None)
+    if local is None:
+      raise UserError(f"{mixture_or_task_name} ran out of data at step {step}")
+    step_rng = jax.random.fold_in(jax.random.fold_in(rng, 1), step)
+    with partitioner.context():
+      trainable, opt_state, metrics = step_fn(trainable, opt_state, frozen,
+                                              partitioner.shard_batch(local), step_rng)
+    step += 1
+    if not wrote_config:
+      summaries.write_operative_config(model_dir)
+      wrote_config = True
+    due_eval = bool(eval_period) and (step % eval_period == 0 or step == train_steps)
+    due_save = step % checkpoint_period == 0 or step == end_step
+    if step % log_every == 0 or due_eval or due_save or step == end_step:
+      last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      if not math.isfinite(last_metrics["loss"]):
+        raise UserError(f"loss became {last_metrics['loss']} at step {step}; no checkpoint was "
+                        "written for it. Lower the learning rate or check the data")
+      history.append({"step": step, **last_metrics})
+      writer.scalars(step, {f"train/{k}": v for k, v in last_metrics.items()})
+      print(progress.line(step, last_metrics), flush=True)
+    stop = False
+    if due_eval:
+      eval_metrics = evaluate(step)
+      eval_history.append({"step": step, **eval_metrics})
+      if early.improved(eval_metrics):
+        value = prompt_value(model, merge_variables(trainable, frozen))
+        if value is not None:
+          export_prompt(model_dir, "best", value)
+        write_json(os.path.join(model_dir, "prompts", "best.json"),
+                   {"step": step, "metric": early.metric, "value": early.best})
+      stop = early.should_stop
+    if due_save or stop:
+      save(step)
+    if stop:
+      print(f"early stopping at step {step}: {early.metric} has not improved for "
+            f"{early.patience} evaluations (best {early.best})", flush=True)
+      break
+  writer.close()
+  checkpoints.close()
+  summary = {"model_dir": model_dir, "final_step": step, "trainable_parameters": n_trainable,
+             "frozen_parameters": n_frozen, "train_history": history, "eval_history": eval_history,
+             "best_metric": early.best}
+  write_json(os.path.join(model_dir, "train_summary.json"), summary)
+  return summary
+
+
+def _abstract(tree, shardings):
+  return jax.tree_util.tree_map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def _optimizer_shardings(optimizer, trainable, trainable_sh, partitioner):
+  """Optimizer state leaves shaped like a parameter take its sharding; the rest replicate."""
+  by_shape = {}
+  for leaf, sh in zip(jax.tree_util.tree_leaves(trainable), jax.tree_util.tree_leaves(trainable_sh)):
+    by_shape.setdefault(leaf.shape, sh)
+  abstract = jax.eval_shape(optimizer.init, trainable)
+  return jax.tree_util.tree_map(lambda x: by_shape.get(x.shape, partitioner.replicated), abstract)

@@ -65,6 +65,12 @@ def make_mesh(model_parallel_size: int = 1, mesh_shape: Optional[Sequence[int]] 
 
 
 @gin.configurable
+def first_devices(count: int = 1):
+  """The first `count` devices (e.g. a 1-device baseline on a multi-device host)."""
+  return jax.devices()[:count]
+
+
+@gin.configurable
 class Partitioner:
   """Maps logical axes to shardings on one mesh."""
 
@@ -88,10 +94,23 @@ class Partitioner:
   def shardings_of(self, boxed_tree: Any) -> Any:
     """`NamedSharding`s for a tree whose leaves may be `nn.LogicallyPartitioned` boxes.
 
-    Unboxed leaves (e.g. optimizer counters) are replicated.
+    Unboxed leaves (e.g. optimizer counters) are replicated, and so is any
+    dimension the mesh axis does not divide (2 heads on a 4-way `model` axis):
+    correct, just not sharded there.
     """
     specs = nn.get_partition_spec(boxed_tree)
-    return nn.logical_to_mesh_sharding(specs, self.mesh, self.rules)
+    shardings = nn.logical_to_mesh_sharding(specs, self.mesh, self.rules)
+    shapes = nn.meta.unbox(boxed_tree)
+    return jax.tree_util.tree_map(self._divisible, shardings, shapes)
+
+  def _divisible(self, sharding: NamedSharding, leaf: Any) -> NamedSharding:
+    spec = list(sharding.spec) + [None] * (len(leaf.shape) - len(sharding.spec))
+    for i, axes in enumerate(spec):
+      names = axes if isinstance(axes, tuple) else (axes,) if axes else ()
+      size = int(np.prod([self.mesh.shape[a] for a in names])) if names else 1
+      if leaf.shape[i] % size:
+        spec[i] = None
+    return NamedSharding(self.mesh, PartitionSpec(*spec))
 
   @contextlib.contextmanager
   def context(self):

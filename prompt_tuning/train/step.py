@@ -95,8 +95,8 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
         "z_loss": sums["z_loss"] / denom,
         "accuracy": sums["correct"] / denom,
         "target_tokens": sums["weight"],
-        "grad_norm": optax.global_norm(grads),
-        "trainable_norm": optax.global_norm(new_trainable),
+        "grad_norm": optax.tree.norm(grads),
+        "trainable_norm": optax.tree.norm(new_trainable),
     }
     lr = optim.current_learning_rate(opt_state)
     if lr is not None:

@@ -77,11 +77,14 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           early_stopping_metric: Optional[str] = None, early_stopping_mode: str = "max",
           early_stopping_patience: Optional[int] = None, num_microbatches: int = 1,
           frozen_dtype: Optional[str] = None, use_cached_tasks: bool = False, log_every: int = 10,
-          train_split: str = "train", stop_after_steps: Optional[int] = None) -> Dict[str, Any]:
+          train_split: str = "train", stop_after_steps: Optional[int] = None,
+          return_variables: bool = False) -> Dict[str, Any]:
   """Tunes the trainable subtree on a task; returns a summary dict.
 
   `stop_after_steps` ends the loop early without changing the schedule
-  (used to test kill-and-resume). See `configs/runs/prompt_finetune.gin`.
+  (used to test kill-and-resume); `return_variables` adds the final
+  `trainable` and `frozen` trees to the summary (not to the JSON file).
+  See `configs/runs/prompt_finetune.gin`.
   """
   # ---- validate everything before touching MODEL_DIR ----
   data_lib.import_task_modules(mixture_or_task_module)
@@ -214,6 +217,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
              "frozen_parameters": n_frozen, "train_history": history, "eval_history": eval_history,
              "best_metric": early.best}
   write_json(os.path.join(model_dir, "train_summary.json"), summary)
+  if return_variables:
+    summary.update(trainable=trainable, frozen=frozen)
   return summary
 
 

@@ -1,0 +1,18 @@
+"""Shared fixtures: the repo root, ../shared data, and quiet native logging."""
+import os
+import pathlib
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data():
+  """../shared/data, or skip when this clone has none beside it."""
+  if not SHARED_DATA.is_dir():
+    pytest.skip(f"{SHARED_DATA} is absent (it is present in CI and the dev machines)")
+  return SHARED_DATA

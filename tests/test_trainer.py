@@ -1,0 +1,99 @@
+"""The partitioned trainer: frozen backbone, learning, resume, and its failure modes."""
+import json
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from prompt_tuning import gin_utils
+from prompt_tuning.io.backbone import load_backbone, save_backbone
+from prompt_tuning.train import initialize
+from tests.train_helpers import TOY_BINDINGS, TOY_FILES, losses, toy_train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def toy_backbone(tmp_path_factory):
+  """A random toy backbone saved as a backbone folder (the 'initial checkpoint')."""
+  path = str(tmp_path_factory.mktemp("bb") / "backbone")
+  gin_utils.parse(list(TOY_FILES), ["PROMPT_LENGTH = 4"])
+  model = initialize.build_model()
+  tokens = np.ones((1, 4), np.int32)
+  params = nn.meta.unbox(model.init(jax.random.PRNGKey(7), tokens, tokens))["params"]
+  params = {k: v for k, v in params.items() if k != "prompt"}
+  save_backbone(path, model.config, params)
+  return path
+
+
+def test_frozen_backbone_is_bit_identical_and_prompt_learns(tmp_path, toy_backbone):
+  summary = toy_train(tmp_path / "run", steps=30,
+                      extra=[f"INITIAL_CHECKPOINT_PATH = '{toy_backbone}'",
+                             "train.return_variables = True"])
+  _, initial = load_backbone(toy_backbone)
+  frozen = summary["frozen"]["params"]
+  flat_initial = jax.tree_util.tree_leaves_with_path(initial)
+  assert len(flat_initial) == len(jax.tree_util.tree_leaves(frozen))
+  for path, want in flat_initial:
+    got = frozen
+    for key in path:
+      got = got[key.key]
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=str(path))
+  # The prompt moved away from its exported initial value, and the loss went down.
+  exported = np.load(tmp_path / "run" / "prompts" / "step_30.npy")
+  trained = np.asarray(summary["trainable"]["prompt"]["prompt"])
+  np.testing.assert_allclose(exported, trained, rtol=0, atol=0)
+  first, last = losses(summary)[:5], losses(summary)[-5:]
+  assert np.mean(last) < np.mean(first) - 0.1, (first, last)
+
+
+def test_checkpoint_holds_only_trainable_state(tmp_path):
+  toy_train(tmp_path / "run", steps=2)
+  step_dir = tmp_path / "run" / "checkpoints" / "2"
+  meta = json.loads((step_dir / "meta" / "metadata").read_text())
+  assert meta["batches_consumed"] == 2
+  manifest = (step_dir / "state" / "_METADATA").read_text()
+  assert "prompt" in manifest and "encoder" not in manifest and "token_embedder" not in manifest
+  assert (tmp_path / "run" / "config.gin").exists()
+  operative = (tmp_path / "run" / "config.gin").read_text()
+  assert "PROMPT_LENGTH = 4" in operative and "Prompt.length = %PROMPT_LENGTH" in operative
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "run"))
+
+
+def test_kill_and_resume_continues_with_the_same_losses(tmp_path):
+  straight = losses(toy_train(tmp_path / "straight", steps=8))
+  first = losses(toy_train(tmp_path / "resumed", steps=8, extra=["train.stop_after_steps = 4",
+                                                                  "CHECKPOINT_PERIOD = 4"]))
+  second = losses(toy_train(tmp_path / "resumed", steps=8))
+  assert len(first) == 4 and len(second) == 4
+  np.testing.assert_allclose(first + second, straight, rtol=1e-5)
+
+
+_MESH_SCRIPT = r"""
+import json, sys
+sys.path.insert(0, {repo!r})
+from tests.train_helpers import toy_train, losses
+out = {{}}
+for shape in ([1, 1], [2, 4], [8, 1]):
+  s = toy_train({tmp!r} + "/run_%d_%d" % tuple(shape), steps=4,
+                extra=["make_mesh.mesh_shape = %s" % shape, ]
+                + (["make_mesh.devices = @first_devices()"] if shape == [1, 1] else []))
+  out["%dx%d" % tuple(shape)] = losses(s)
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_eight_device_meshes_match_one_device(tmp_path):
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+         "JAX_PLATFORMS": "cpu"}
+  script = _MESH_SCRIPT.format(repo=REPO, tmp=str(tmp_path))
+  proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(proc.stdout.split("RESULT")[-1])
+  np.testing.assert_allclose(result["2x4"], result["1x1"], rtol=2e-5)
+  np.testing.assert_allclose(result["8x1"], result["1x1"], rtol=2e-5)

@@ -32,9 +32,10 @@ def register_configurables() -> None:
   from prompt_tuning.prompts import initializers, prompt  # noqa: F401
   from prompt_tuning.train import (evaluation, initialize, optim, partitioning, step,  # noqa: F401
                                    trainable, trainer)
+  from prompt_tuning.prompts import ensemble  # noqa: F401
+  from prompt_tuning.train import eval_run  # noqa: F401
   for optional in ("prompt_tuning.prompts.residual", "prompt_tuning.methods.xprompt",
-                   "prompt_tuning.methods.ensemble", "prompt_tuning.commands.evaluate",
-                   "prompt_tuning.commands.infer", "prompt_tuning.demo.experiment"):
+                   "prompt_tuning.demo.experiment"):
     try:
       __import__(optional)
     except ImportError:

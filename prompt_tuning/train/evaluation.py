@@ -15,6 +15,7 @@ import numpy as np
 import seqio
 
 from prompt_tuning.models import decoding, losses
+from prompt_tuning.prompts import ensemble
 from prompt_tuning.train.partitioning import Partitioner
 
 Variables = Dict[str, Any]
@@ -53,13 +54,15 @@ class EvalModelFns:
     self.model = model
     self.partitioner = partitioner
     self.variables = variables
+    # With a prompt ensemble every example is repeated once per prompt.
+    self.copies = getattr(model.prompt, "ensemble_size", 1)
     shards = partitioner.data_parallel_size
     self.batch_size = max(shards, batch_size // shards * shards)
     self.max_decode_length = max_decode_length
     data = partitioner.data_sharding
 
     def predict(variables, encoder_input_tokens, max_len):
-      tokens, _ = decoding.generate(model, variables["params"], encoder_input_tokens,  # TODO masks
+      tokens, _ = decoding.generate(model, variables, encoder_input_tokens,
                                     max_decode_length=max_len, beam_size=beam_size, alpha=alpha)
       return tokens
 
@@ -74,6 +77,7 @@ class EvalModelFns:
 
   def _global(self, batch: Dict[str, np.ndarray]) -> Dict[str, jax.Array]:
     sharding = self.partitioner.data_sharding
+    batch = {k: np.repeat(v, self.copies, axis=0) for k, v in batch.items()}
     return {k: jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx])
             for k, v in batch.items()}
 
@@ -85,8 +89,8 @@ class EvalModelFns:
       max_len = self.max_decode_length or batch["decoder_target_tokens"].shape[1]
       with self.partitioner.context():
         tokens = self._predict(self.variables, self._global(batch)["encoder_input_tokens"], max_len)
-      tokens = np.asarray(jax.device_get(tokens))[:n]
-      out.extend((i, t.tolist()) for i, t in zip(indices, tokens))
+      tokens = ensemble.combine_predictions(np.asarray(jax.device_get(tokens)), self.copies)[:n]
+      out.extend(zip(indices, tokens))
     return out
 
   def score_fn(self, dataset, model_feature_shapes: Optional[Mapping[str, int]] = None
@@ -97,7 +101,7 @@ class EvalModelFns:
     for indices, batch, n in _fixed_batches(dataset, self.batch_size, keys):
       with self.partitioner.context():
         scores = self._score(self.variables, self._global(batch))
-      scores = np.asarray(jax.device_get(scores))[:n]
+      scores = ensemble.combine_scores(np.asarray(jax.device_get(scores)), self.copies)[:n]
       out.extend((i, float(s)) for i, s in zip(indices, scores))
     return out
 

@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import gin
 import jax
@@ -78,12 +78,17 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           early_stopping_patience: Optional[int] = None, num_microbatches: int = 1,
           frozen_dtype: Optional[str] = None, use_cached_tasks: bool = False, log_every: int = 10,
           train_split: str = "train", stop_after_steps: Optional[int] = None,
-          return_variables: bool = False) -> Dict[str, Any]:
+          return_variables: bool = False,
+          edit_initial_variables: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None
+          ) -> Dict[str, Any]:
   """Tunes the trainable subtree on a task; returns a summary dict.
 
   `stop_after_steps` ends the loop early without changing the schedule
   (used to test kill-and-resume); `return_variables` adds the final
-  `trainable` and `frozen` trees to the summary (not to the JSON file).
+  `trainable` and `frozen` trees to the summary (not to the JSON file);
+  `edit_initial_variables` maps the freshly initialized variables (before any
+  resume) to new ones of the same structure — how XPrompt rewinds the prompt
+  and fixes its masks.
   See `configs/runs/prompt_finetune.gin`.
   """
   # ---- validate everything before touching MODEL_DIR ----
@@ -104,6 +109,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   rng = jax.random.PRNGKey(seed)
   variables, shardings = initialize_variables(model, partitioner, initial_checkpoint_path,
                                               jax.random.fold_in(rng, 0), frozen_dtype)
+  if edit_initial_variables is not None:
+    variables = jax.device_put(edit_initial_variables(variables), shardings)
   patterns = trainable_patterns()
   trainable, frozen = split_variables(variables, patterns)
   trainable_sh, frozen_sh = split_variables(shardings, patterns)

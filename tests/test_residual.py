@@ -1,0 +1,214 @@
+"""Residual Prompt Tuning: the reparameterization, its gradients, folding and gin file."""
+from pathlib import Path
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import traverse_util
+
+from prompt_tuning.errors import UserError
+from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.t5 import T5
+from prompt_tuning.prompts import initializers
+from prompt_tuning.prompts.prompt import Prompt
+from prompt_tuning.prompts.residual import ResidualReparameterization, fold, mlp_parameter_count
+
+CONFIG = T5Config(vocab_size=32, emb_dim=16, num_heads=2, head_dim=4, mlp_dim=16,
+                  num_encoder_layers=1, num_decoder_layers=1, relative_attention_num_buckets=4,
+                  relative_attention_max_distance=8)
+LENGTH = 4
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _batch():
+  rng = np.random.default_rng(0)
+  inputs = rng.integers(2, CONFIG.vocab_size, (2, 6)).astype(np.int32)
+  inputs[1, 4:] = 0  # padding
+  targets = rng.integers(2, CONFIG.vocab_size, (2, 3)).astype(np.int32)
+  decoder_inputs = np.concatenate([np.zeros((2, 1), np.int32), targets[:, :-1]], axis=1)
+  return {"inputs": jnp.asarray(inputs), "decoder_inputs": jnp.asarray(decoder_inputs),
+          "targets": jnp.asarray(targets)}
+
+
+def _model(**residual_kwargs):
+  residual = ResidualReparameterization(**{"bottleneck": 8, **residual_kwargs})
+  return T5(CONFIG, prompt=Prompt(length=LENGTH, reparameterizations=[residual]))
+
+
+def _init(model, seed=0):
+  batch = _batch()
+  return nn.meta.unbox(model.init(jax.random.PRNGKey(seed), batch["inputs"],
+                                  batch["decoder_inputs"]))
+
+
+def _loss(model, variables, batch):
+  logits = model.apply(variables, batch["inputs"], batch["decoder_inputs"])
+  return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
+
+
+def _mlp(variables):
+  return variables["params"]["prompt"]["reparameterizations_0"]
+
+
+@pytest.mark.parametrize("layer_norm", [True, False])
+@pytest.mark.parametrize("separate_mlps", [False, True])
+def test_zero_up_projection_gives_the_raw_prompt(layer_norm, separate_mlps):
+  model = _model(layer_norm=layer_norm, separate_mlps=separate_mlps)
+  variables = _init(model)
+  raw = np.asarray(variables["params"]["prompt"]["prompt"])
+  # With the default (random) W_up the reparameterization changes the prompt ...
+  assert not np.allclose(fold(model, variables), raw, atol=1e-4)
+  # ... and with W_up = 0 (b_up and the LayerNorm bias are zero at init) it is the identity.
+  up = _mlp(variables)["up"]
+  up["kernel"] = jnp.zeros_like(up["kernel"])
+  np.testing.assert_array_equal(fold(model, variables), raw)
+
+
+def test_without_residual_the_mlp_output_alone_is_used():
+  model = _model(residual=False, layer_norm=False)
+  variables = _init(model)
+  mlp = _mlp(variables)
+  raw = np.asarray(variables["params"]["prompt"]["prompt"])
+  hidden = np.maximum(raw @ np.asarray(mlp["down"]["kernel"]) + np.asarray(mlp["down"]["bias"]), 0)
+  expected = hidden @ np.asarray(mlp["up"]["kernel"]) + np.asarray(mlp["up"]["bias"])
+  np.testing.assert_allclose(fold(model, variables), expected, rtol=1e-5, atol=1e-6)
+  with_residual = _model(residual=True, layer_norm=False)
+  np.testing.assert_allclose(fold(with_residual, variables), raw + expected, rtol=1e-5, atol=1e-6)
+
+
+def test_layer_norm_normalises_the_mlp_branch():
+  model = _model(layer_norm=True)
+  variables = _init(model)
+  mlp = _mlp(variables)
+  raw = np.asarray(variables["params"]["prompt"]["prompt"], np.float64)
+  hidden = np.maximum(raw @ np.asarray(mlp["down"]["kernel"]) + np.asarray(mlp["down"]["bias"]), 0)
+  pre = hidden @ np.asarray(mlp["up"]["kernel"]) + np.asarray(mlp["up"]["bias"])
+  centred = pre - pre.mean(axis=-1, keepdims=True)
+  normed = centred / np.sqrt(np.mean(centred ** 2, axis=-1, keepdims=True) + 1e-5)
+  np.testing.assert_allclose(fold(model, variables), raw + normed, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("separate_mlps", [False, True])
+def test_gradients_reach_the_prompt_and_every_mlp_parameter(separate_mlps):
+  model = _model(separate_mlps=separate_mlps)
+  variables = _init(model)
+  batch = _batch()
+
+  def loss(prompt_params):
+    params = dict(variables["params"], prompt=prompt_params)
+    return _loss(model, {"params": params}, batch)
+
+  grads = traverse_util.flatten_dict(jax.grad(loss)(variables["params"]["prompt"]), sep="/")
+  expected = {"prompt", "reparameterizations_0/down/kernel", "reparameterizations_0/down/bias",
+              "reparameterizations_0/up/kernel", "reparameterizations_0/up/bias",
+              "reparameterizations_0/layer_norm/scale", "reparameterizations_0/layer_norm/bias"}
+  assert set(grads) == expected
+  for name, grad in grads.items():
+    assert np.all(np.isfinite(grad)), name
+    assert np.abs(np.asarray(grad)).sum() > 0, f"no gradient reaches {name}"
+
+
+def test_folded_export_evaluates_identically_to_the_training_forward(tmp_path):
+  model = _model(separate_mlps=True)
+  variables = _init(model)
+  batch = _batch()
+  # Move away from the initial point, so that the MLP is not at its init.
+  optimizer = optax.adam(0.05)
+  trainable = variables["params"]["prompt"]
+  state = optimizer.init(trainable)
+
+  def loss(prompt_params):
+    return _loss(model, {"params": dict(variables["params"], prompt=prompt_params)}, batch)
+
+  for _ in range(3):
+    updates, state = optimizer.update(jax.grad(loss)(trainable), state, trainable)
+    trainable = optax.apply_updates(trainable, updates)
+  trained = {"params": dict(variables["params"], prompt=trainable)}
+  training_logits = model.apply(trained, batch["inputs"], batch["decoder_inputs"])
+
+  path = tmp_path / "prompt.npy"
+  np.save(path, fold(model, trained))
+  plain = T5(CONFIG, prompt=Prompt(length=LENGTH, initializer=initializers.from_file(str(path))))
+  plain_variables = _init(plain)
+  assert set(plain_variables["params"]["prompt"]) == {"prompt"}
+  backbone = {k: v for k, v in trained["params"].items() if k != "prompt"}
+  plain_variables = {"params": dict(backbone, prompt=plain_variables["params"]["prompt"])}
+  plain_logits = plain.apply(plain_variables, batch["inputs"], batch["decoder_inputs"])
+  np.testing.assert_allclose(plain_logits, training_logits, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(_loss(plain, plain_variables, batch), loss(trainable), rtol=1e-6)
+
+
+def test_shared_and_separate_parameter_counts():
+  counts = {}
+  for separate in (False, True):
+    mlp = _mlp(_init(_model(separate_mlps=separate)))
+    counts[separate] = sum(np.size(x) for x in jax.tree_util.tree_leaves(mlp))
+    e, m = CONFIG.emb_dim, 8
+    assert counts[separate] == mlp_parameter_count(e, m, LENGTH, separate_mlps=separate)
+  assert counts[False] == 2 * 16 * 8 + 8 + 16 + 2 * 16
+  assert counts[True] == LENGTH * counts[False]
+  no_norm = _mlp(_init(_model(layer_norm=False)))
+  assert sum(np.size(x) for x in jax.tree_util.tree_leaves(no_norm)) == counts[False] - 2 * 16
+
+
+def test_separate_mlps_act_on_their_own_token_only():
+  model = _model(separate_mlps=True)
+  variables = _init(model)
+  before = fold(model, variables)
+  down = _mlp(variables)["down"]
+  assert down["kernel"].shape == (LENGTH, CONFIG.emb_dim, 8)
+  # Per-token kernels are drawn independently, not copies of one matrix.
+  assert not np.allclose(down["kernel"][0], down["kernel"][1])
+  down["kernel"] = down["kernel"].at[2].multiply(3.0)
+  after = fold(model, variables)
+  changed = np.any(np.abs(after - before) > 1e-6, axis=-1)
+  assert changed.tolist() == [False, False, True, False]
+
+
+def test_mlp_parameters_carry_prompt_logical_axes():
+  for separate, lead in ((False, ()), (True, ("prompt",))):
+    boxed = _model(separate_mlps=separate).init(jax.random.PRNGKey(0), _batch()["inputs"],
+                                                 _batch()["decoder_inputs"])
+    mlp = traverse_util.flatten_dict(boxed["params"]["prompt"]["reparameterizations_0"], sep="/")
+    assert mlp["down/kernel"].names == lead + ("prompt_embed", "prompt_mlp")
+    assert mlp["up/kernel"].names == lead + ("prompt_mlp", "prompt_embed")
+    assert mlp["layer_norm/scale"].names == lead + ("prompt_embed",)
+
+
+def test_dropout_only_in_training_mode():
+  module = ResidualReparameterization(bottleneck=8, dropout_rate=0.5)
+  prompt = jax.random.normal(jax.random.PRNGKey(1), (LENGTH, 16))
+  variables = module.init(jax.random.PRNGKey(0), prompt)
+  eval_a = module.apply(variables, prompt)
+  eval_b = module.apply(variables, prompt, deterministic=True)
+  np.testing.assert_array_equal(eval_a, eval_b)
+  train = module.apply(variables, prompt, deterministic=False,
+                       rngs={"dropout": jax.random.PRNGKey(2)})
+  assert not np.allclose(train, eval_a)
+
+
+def test_unknown_activation_is_a_user_error():
+  module = ResidualReparameterization(bottleneck=4, activation="swishy")
+  with pytest.raises(UserError, match="activation"):
+    module.init(jax.random.PRNGKey(0), jnp.ones((2, 8)))
+
+
+def test_gin_file_adds_the_reparameterization():
+  gin.clear_config()
+  try:
+    gin.parse_config_files_and_bindings(
+        [str(REPO / "configs" / "methods" / "residual.gin")],
+        ["Prompt.length = 4", "RESIDUAL_BOTTLENECK = 8",
+         "ResidualReparameterization.separate_mlps = True"])
+    prompt = Prompt()
+  finally:
+    gin.clear_config()
+  (residual,) = prompt.reparameterizations
+  assert isinstance(residual, ResidualReparameterization)
+  assert residual.bottleneck == 8 and residual.separate_mlps
+  variables = _init(T5(CONFIG, prompt=prompt))
+  assert _mlp(variables)["down"]["kernel"].shape == (4, CONFIG.emb_dim, 8)

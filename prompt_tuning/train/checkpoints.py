@@ -24,16 +24,26 @@ class RunCheckpoints:
 
   def __init__(self, model_dir: str, keep: Optional[int] = 3):
     self.directory = os.path.join(os.path.abspath(model_dir), "checkpoints")
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=False)
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("state", "meta"))
+    self._keep = keep
+    self._lazy_manager = None
+
+  @property
+  def _manager(self) -> ocp.CheckpointManager:
+    # Created on first use, so a run that fails validation leaves no folder behind.
+    if self._lazy_manager is None:
+      options = ocp.CheckpointManagerOptions(max_to_keep=self._keep, create=True,
+                                             enable_async_checkpointing=False)
+      self._lazy_manager = ocp.CheckpointManager(self.directory, options=options,
+                                                 item_names=("state", "meta"))
+    return self._lazy_manager
 
   def latest_step(self) -> Optional[int]:
+    if not os.path.isdir(self.directory):
+      return None
     return self._manager.latest_step()
 
   def all_steps(self):
-    return list(self._manager.all_steps())
+    return list(self._manager.all_steps()) if os.path.isdir(self.directory) else []
 
   def save(self, step: int, state: Any, meta: Dict[str, Any]) -> None:
     self._manager.save(step, args=ocp.args.Composite(
@@ -46,7 +56,8 @@ class RunCheckpoints:
     return restored.state, restored.meta
 
   def close(self) -> None:
-    self._manager.close()
+    if self._lazy_manager is not None:
+      self._lazy_manager.close()
 
 
 def to_host(x: jax.Array) -> np.ndarray:

@@ -1,0 +1,51 @@
+"""User errors of `prompt-tuning train`: one line, non-zero exit, no checkpoint left behind."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.train_helpers import TOY_BINDINGS, TOY_FILES
+
+
+def run_train(model_dir, *extra_flags):
+  flags = [f"--gin_file={f}" for f in TOY_FILES]
+  flags += [f"--gin.{b.replace(' = ', '=', 1)}" for b in TOY_BINDINGS]
+  flags += [f"--gin.MODEL_DIR='{model_dir}'", "--gin.TRAIN_STEPS=2", *extra_flags]
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+  return subprocess.run([sys.executable, "-m", "prompt_tuning", "train", *flags],
+                        capture_output=True, text=True, timeout=300, env=env)
+
+
+def assert_one_line_error(proc, model_dir, *needles):
+  assert proc.returncode != 0
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1, proc.stderr[-2000:]
+  for needle in needles:
+    assert needle in errors[0], errors[0]
+  assert "Traceback" not in proc.stderr
+  assert not os.path.exists(os.path.join(model_dir, "checkpoints"))
+
+
+def test_unknown_configurable_in_a_gin_file(tmp_path):
+  bad = tmp_path / "bad.gin"
+  bad.write_text("no_such_thing.value = 3\n")
+  proc = run_train(tmp_path / "run", f"--gin_file={bad}")
+  assert_one_line_error(proc, tmp_path / "run", "no_such_thing", "bad.gin")
+
+
+def test_unregistered_task_lists_close_names(tmp_path):
+  proc = run_train(tmp_path / "run", "--gin.MIXTURE_OR_TASK_NAME='toy_parit'")
+  assert_one_line_error(proc, tmp_path / "run", "toy_parit", "Did you mean: toy_parity")
+
+
+def test_checkpoint_of_the_wrong_size(tmp_path, shared_data):
+  ckpt = shared_data / "t5x_t5_1_1_tiny" / "checkpoint_3"  # d_model 4, the toy model has 32
+  proc = run_train(tmp_path / "run", f"--gin.INITIAL_CHECKPOINT_PATH='{ckpt}'")
+  assert_one_line_error(proc, tmp_path / "run", "decoder/decoder_norm/scale", "checkpoint has (4,)",
+                        "model expects (32,)")
+
+
+def test_prompt_longer_than_the_inputs(tmp_path):
+  proc = run_train(tmp_path / "run", "--gin.PROMPT_LENGTH=40")
+  assert_one_line_error(proc, tmp_path / "run", "40", "TASK_FEATURE_LENGTHS")

@@ -23,7 +23,7 @@ class RunCheckpoints:
   """Periodic, keep-N checkpoints of a run folder, with automatic resume."""
 
   def __init__(self, model_dir: str, keep: Optional[int] = 3):
-    self.directory = os.path.join(os.path.abspath(model_dir), "checkpoints")
+    self.directory = os.path.join(local_or_remote(model_dir), "checkpoints")
     self._keep = keep
     self._lazy_manager = None
 
@@ -38,12 +38,12 @@ class RunCheckpoints:
     return self._lazy_manager
 
   def latest_step(self) -> Optional[int]:
-    if not os.path.isdir(self.directory):
+    if not exists(self.directory):
       return None
     return self._manager.latest_step()
 
   def all_steps(self):
-    return list(self._manager.all_steps()) if os.path.isdir(self.directory) else []
+    return list(self._manager.all_steps()) if exists(self.directory) else []
 
   def save(self, step: int, state: Any, meta: Dict[str, Any]) -> None:
     self._manager.save(step, args=ocp.args.Composite(
@@ -70,8 +70,34 @@ def to_host(x: jax.Array) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def _atomic_write(path: str, write) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+def local_or_remote(path: str) -> str:
+  """Absolute local path, or a `gs://`-style URL unchanged."""
+  return path if "://" in str(path) else os.path.abspath(path)
+
+
+def exists(path: str) -> bool:
+  if "://" in str(path):
+    import tensorflow as tf
+    return tf.io.gfile.exists(path)
+  return os.path.exists(path)
+
+
+def makedirs(path: str) -> None:
+  if "://" in str(path):
+    import tensorflow as tf
+    tf.io.gfile.makedirs(path)
+  else:
+    os.makedirs(path, exist_ok=True)
+
+
+def atomic_write(path: str, write) -> None:
+  """Local files: write then rename. Object stores (gs://) write whole objects anyway."""
+  makedirs(os.path.dirname(path))
+  if "://" in str(path):
+    import tensorflow as tf
+    with tf.io.gfile.GFile(path, "wb") as f:
+      write(f)
+    return
   tmp = path + ".tmp"
   with open(tmp, "wb") as f:
     write(f)
@@ -82,10 +108,10 @@ def export_prompt(model_dir: str, name: str, prompt: np.ndarray) -> str:
   """Writes `MODEL_DIR/prompts/<name>.npy` (float32, `[P, E]`) on the first host."""
   path = os.path.join(model_dir, PROMPTS_DIR, f"{name}.npy")
   if jax.process_index() == 0:
-    _atomic_write(path, lambda f: np.save(f, np.asarray(prompt, np.float32), allow_pickle=False))
+    atomic_write(path, lambda f: np.save(f, np.asarray(prompt, np.float32), allow_pickle=False))
   return path
 
 
 def write_json(path: str, value: Any) -> None:
   if jax.process_index() == 0:
-    _atomic_write(path, lambda f: f.write(json.dumps(value, indent=2, sort_keys=True).encode()))
+    atomic_write(path, lambda f: f.write(json.dumps(value, indent=2, sort_keys=True).encode()))

@@ -51,8 +51,7 @@ def write_operative_config(model_dir: str) -> Optional[str]:
   """`MODEL_DIR/config.gin`: the gin bindings the run actually used."""
   if jax.process_index() != 0:
     return None
+  from prompt_tuning.train.checkpoints import atomic_write
   path = os.path.join(model_dir, "config.gin")
-  with open(path + ".tmp", "w") as f:
-    f.write(gin.operative_config_str())
-  os.replace(path + ".tmp", path)
+  atomic_write(path, lambda f: f.write(gin.operative_config_str().encode()))
   return path

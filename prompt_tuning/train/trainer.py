@@ -22,7 +22,8 @@ import optax
 from prompt_tuning.errors import UserError
 from prompt_tuning.train import data as data_lib
 from prompt_tuning.train import evaluation, optim, summaries
-from prompt_tuning.train.checkpoints import RunCheckpoints, export_prompt, to_host, write_json
+from prompt_tuning.train.checkpoints import (RunCheckpoints, export_prompt, makedirs, to_host,
+                                             write_json)
 from prompt_tuning.train.initialize import build_model, initialize_variables
 from prompt_tuning.train.partitioning import Partitioner, check_batch_size
 from prompt_tuning.train.step import LossConfig, make_train_step
@@ -135,7 +136,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   batches = data_lib.batches(mixture_or_task_name, task_feature_lengths, train_split, local_batch,
                              seed=seed, skip_batches=batches_consumed,
                              use_cached=use_cached_tasks)
-  os.makedirs(model_dir, exist_ok=True)
+  makedirs(model_dir)
   writer = summaries.Writer(model_dir)
   n_trainable, n_frozen = count_parameters(trainable), count_parameters(frozen)
   print(f"trainable parameters: {n_trainable:,} ({', '.join(patterns)}); frozen: {n_frozen:,}; "

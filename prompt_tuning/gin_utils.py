@@ -35,6 +35,7 @@ def register_configurables() -> None:
   from prompt_tuning.prompts import ensemble  # noqa: F401
   from prompt_tuning.train import eval_run  # noqa: F401
   for optional in ("prompt_tuning.prompts.residual", "prompt_tuning.methods.xprompt",
+                   "prompt_tuning.methods.xprompt_driver",
                    "prompt_tuning.demo.experiment"):
     try:
       __import__(optional)
@@ -107,3 +108,20 @@ def setup_from_args(args) -> None:
     jax.distributed.initialize()
   paths = [p for p in args.gin_search_paths.split(",") if p]
   parse(args.gin_file, getattr(args, "gin_bindings", []), paths)
+
+
+def gin_command(module: str, function: str):
+  """`(add_arguments, run)` of a subcommand that calls a gin-configured function.
+
+  Used by `commands/{train,evaluate,infer}.py`, which differ only in the target.
+  """
+  def add_arguments(parser) -> None:
+    add_gin_arguments(parser)
+
+  def run(args) -> int:
+    setup_from_args(args)
+    import importlib
+    call(getattr(importlib.import_module(module), function))
+    return 0
+
+  return add_arguments, run

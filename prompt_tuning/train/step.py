@@ -98,6 +98,8 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
         "grad_norm": optax.tree.norm(grads),
         "trainable_norm": optax.tree.norm(new_trainable),
     }
+    if "prompt" in new_trainable:
+      metrics["prompt_norm"] = optax.tree.norm(new_trainable["prompt"])
     lr = optim.current_learning_rate(opt_state)
     if lr is not None:
       metrics["learning_rate"] = jnp.asarray(lr, jnp.float32)

@@ -141,7 +141,8 @@ def beam_search(step_fn: StepFn, cache: Cache, batch_size: int, beam_size: int,
     eos_id: the token that ends a sequence.
 
   Returns:
-    (tokens `[B, K, T]` int32, 0 after EOS; scores `[B, K]`), best first.
+    (tokens `[B, K, T]` int32, 0 after EOS; scores `[B, K]`), best first. When
+    fewer than K hypotheses finished, the empty slots score `NEG_INF`.
   """
   k = beam_size
   max_penalty = brevity_penalty(alpha, max_decode_length)
@@ -173,7 +174,8 @@ def beam_search(step_fn: StepFn, cache: Cache, batch_size: int, beam_size: int,
     live_logprobs, pick = jax.lax.top_k(jnp.where(ends, NEG_INF, top_logprobs), k)
     live_tokens = _gather_beams(sequences, pick)
     last = jnp.take_along_axis(new_token, pick, axis=1)
-    cache = _gather_cache(cache, (offsets + jnp.take_along_axis(source_beam, pick, axis=1)).reshape(-1))
+    parent = jnp.take_along_axis(source_beam, pick, axis=1)
+    cache = _gather_cache(cache, (offsets + parent).reshape(-1))
 
     # Finished: merge the newly ended hypotheses into the K best so far.
     # Extensions of never-started beams (log-prob near NEG_INF) are not real hypotheses.

@@ -75,7 +75,8 @@ def token_log_likelihoods(logits: Array, targets: Array) -> Array:
   return jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
 
 
-def sequence_log_likelihood(logits: Array, targets: Array, weights: Optional[Array] = None) -> Array:
+def sequence_log_likelihood(logits: Array, targets: Array,
+                            weights: Optional[Array] = None) -> Array:
   """Sum over target positions of `weights * log p(target)`: `[B]`.
 
   This is the rank-classification score: with `weights` 1 on the target tokens

@@ -1,0 +1,94 @@
+"""`prompt-tuning score`: log-likelihood of each example's targets given its inputs.
+
+Each output line is the input object plus `log_likelihood` (the sum over the
+target tokens, EOS appended as SeqIO does, of log p(token)) and
+`num_target_tokens`. Comparing `log_likelihood` across candidate targets of
+the same inputs is rank classification.
+"""
+import argparse
+import sys
+import time
+from typing import Any, Dict, List
+
+import numpy as np
+
+from prompt_tuning.data import jsonl
+from prompt_tuning.errors import UserError
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+  """Flags shared by `score` and `generate`."""
+  parser.add_argument("--checkpoint", required=True,
+                      help="backbone folder written by `prompt-tuning convert`")
+  parser.add_argument("--vocab", required=True, help="SentencePiece model file")
+  parser.add_argument("--inputs_file", required=True, help="JSONL file, one object per line")
+  parser.add_argument("--output", default=None, help="output JSONL file (default: stdout)")
+  parser.add_argument("--batch_size", type=int, default=32,
+                      help="examples per compiled batch (the last batch is padded)")
+  parser.add_argument("--extra_ids", type=int, default=jsonl.DEFAULT_EXTRA_IDS,
+                      help="sentinel ids appended to the vocabulary (T5: 100)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  add_common_arguments(parser)
+
+
+def check_common_arguments(args: argparse.Namespace) -> None:
+  """Cheap checks first, so a typo fails before the model loads."""
+  if args.batch_size < 1:
+    raise UserError(f"--batch_size must be at least 1, got {args.batch_size}")
+  from prompt_tuning.io.backbone import read_backbone_metadata
+  read_backbone_metadata(args.checkpoint)
+
+
+class Progress:
+  """Occasional 'N/M examples' lines on stderr, so long files show signs of life."""
+
+  def __init__(self, what: str, total: int, every_s: float = 5.0):
+    self.what, self.total, self.every_s = what, total, every_s
+    self.start = self.last = time.monotonic()
+    self.done = 0
+
+  def update(self, count: int) -> None:
+    self.done += count
+    now = time.monotonic()
+    finished_slowly = self.done >= self.total and now - self.start >= self.every_s
+    if now - self.last >= self.every_s or finished_slowly:
+      self.last = now
+      rate = self.done / max(now - self.start, 1e-9)
+      print(f"{self.what}: {self.done}/{self.total} examples ({rate:.1f}/s)", file=sys.stderr,
+            flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+  check_common_arguments(args)
+  examples = jsonl.read_examples(args.inputs_file, ("inputs", "targets"))
+  vocab = jsonl.load_vocabulary(args.vocab, args.extra_ids)
+  inputs = jsonl.tokenize(vocab, (e["inputs"] for e in examples))
+  targets = jsonl.tokenize(vocab, (e["targets"] for e in examples))
+
+  from prompt_tuning.models.inference import InferenceModel, length_sorted_batches
+  model = InferenceModel.from_backbone(args.checkpoint)
+  jsonl.check_token_range(inputs + targets, model.vocab_size, args.vocab)
+
+  log_likelihoods = np.zeros(len(examples), np.float64)
+  progress = Progress("score", len(examples))
+  lengths = [len(i) + len(t) for i, t in zip(inputs, targets)]
+  for batch in length_sorted_batches(lengths, args.batch_size):
+    input_tokens, _ = jsonl.pad_sequences(
+        [inputs[i] for i in batch], jsonl.bucket_length(max(len(inputs[i]) for i in batch)),
+        args.batch_size)
+    target_tokens, target_lengths = jsonl.pad_sequences(
+        [targets[i] for i in batch], jsonl.bucket_length(max(len(targets[i]) for i in batch)),
+        args.batch_size)
+    # Weights from lengths, not `tokens > 0`: the batch's filler rows weigh nothing.
+    weights = np.arange(target_tokens.shape[1])[None, :] < target_lengths[:, None]
+    scores = model.score(input_tokens, target_tokens, weights)
+    log_likelihoods[batch] = scores[:len(batch)]
+    progress.update(len(batch))
+
+  records: List[Dict[str, Any]] = [
+      {**example, "log_likelihood": float(ll), "num_target_tokens": len(t)}
+      for example, ll, t in zip(examples, log_likelihoods, targets)]
+  jsonl.write_examples(records, args.output)
+  return 0

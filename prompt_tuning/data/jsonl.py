@@ -1,0 +1,146 @@
+"""JSON-lines examples for the `score` and `generate` commands.
+
+Each line is an object such as `{"inputs": "...", "targets": "..."}`. This
+module reads and validates such files (errors name the file and line),
+tokenizes text with a SeqIO SentencePiece vocabulary exactly as a T5 task's
+output features would (EOS appended, like `seqio.preprocessors.append_eos`),
+and pads token lists into fixed-shape arrays.
+"""
+import json
+import os
+import sys
+from typing import Any, Dict, Iterable, List, Optional, Sequence, TextIO, Tuple
+
+import numpy as np
+
+from prompt_tuning.errors import UserError
+
+# SeqIO/T5 default: 100 sentinel ids appended to the 32,000 SentencePiece pieces.
+DEFAULT_EXTRA_IDS = 100
+
+
+def read_examples(path: str, required_keys: Sequence[str]) -> List[Dict[str, Any]]:
+  """Reads a JSONL file of objects whose `required_keys` hold strings.
+
+  Blank lines are skipped. Raises UserError naming the file and line number
+  for unreadable files, bad JSON, non-objects, missing keys or non-string
+  values, and for a file without examples.
+  """
+  if not os.path.isfile(path):
+    raise UserError(f"inputs file {path} does not exist; pass a JSONL file with one "
+                    f"{{{', '.join(repr(k) for k in required_keys)}}} object per line")
+  examples = []
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        example = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise UserError(f"{path} line {number} is not valid JSON ({e.msg}); "
+                        "each line must be one JSON object") from None
+      if not isinstance(example, dict):
+        raise UserError(f"{path} line {number} is a JSON {type(example).__name__}, "
+                        f"not an object with keys {list(required_keys)}")
+      missing = [k for k in required_keys if k not in example]
+      if missing:
+        raise UserError(f"{path} line {number} lacks key(s) {missing}; "
+                        f"each line needs {list(required_keys)}")
+      for key in required_keys:
+        if not isinstance(example[key], str):
+          raise UserError(f"{path} line {number}: {key!r} must be a string, "
+                          f"got {type(example[key]).__name__}")
+      examples.append(example)
+  if not examples:
+    raise UserError(f"inputs file {path} has no examples; add one JSON object per line")
+  return examples
+
+
+def write_examples(records: Iterable[Dict[str, Any]], path: Optional[str]) -> None:
+  """Writes one JSON object per line to `path`, or to stdout when `path` is None."""
+  if path is None:
+    _write_lines(records, sys.stdout)
+    sys.stdout.flush()
+    return
+  parent = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(parent):
+    raise UserError(f"output folder {parent} does not exist; create it or choose another --output")
+  with open(path, "w", encoding="utf-8") as f:
+    _write_lines(records, f)
+
+
+def _write_lines(records: Iterable[Dict[str, Any]], stream: TextIO) -> None:
+  for record in records:
+    stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def load_vocabulary(path: str, extra_ids: int = DEFAULT_EXTRA_IDS):
+  """A `seqio.SentencePieceVocabulary` for the SentencePiece model file at `path`."""
+  if not os.path.isfile(path):
+    raise UserError(f"vocabulary {path} does not exist; pass the SentencePiece model file, e.g. "
+                    "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model copied locally")
+  import seqio  # Imports TensorFlow: deferred so the CLI starts fast.
+  vocab = seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+  try:
+    vocab.tokenizer  # pylint: disable=pointless-statement  (loads and validates the model)
+  except Exception as e:  # sentencepiece raises RuntimeError/OSError with long messages
+    raise UserError(f"vocabulary {path} is not a SentencePiece model "
+                    f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+  return vocab
+
+
+def tokenize(vocab, texts: Iterable[str], append_eos: bool = True) -> List[List[int]]:
+  """Token ids of each text, with the vocabulary's EOS appended (as SeqIO's `append_eos`)."""
+  tokens = [list(vocab.encode(text)) for text in texts]
+  if append_eos:
+    tokens = [t + [vocab.eos_id] for t in tokens]
+  return tokens
+
+
+def bucket_length(length: int, minimum: int = 8) -> int:
+  """The smallest power of two >= `length` (and >= `minimum`).
+
+  Padding to a few bucket sizes keeps the number of jit compilations
+  logarithmic in the longest sequence.
+  """
+  bucket = minimum
+  while bucket < length:
+    bucket *= 2
+  return bucket
+
+
+def pad_sequences(sequences: Sequence[Sequence[int]], length: Optional[int] = None,
+                  batch_size: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+  """Right-pads token lists with 0 into an array.
+
+  Args:
+    sequences: token lists.
+    length: padded length; None pads to the longest sequence.
+    batch_size: rows of the result; extra rows are all padding. None: one row
+      per sequence.
+
+  Returns:
+    (tokens `[batch_size, length]` int32, lengths `[batch_size]` int32).
+  """
+  longest = max((len(s) for s in sequences), default=0)
+  length = longest if length is None else length
+  if longest > length:
+    raise ValueError(f"a sequence of {longest} tokens does not fit the padded length {length}")
+  batch_size = len(sequences) if batch_size is None else batch_size
+  if len(sequences) > batch_size:
+    raise ValueError(f"{len(sequences)} sequences do not fit a batch of {batch_size}")
+  tokens = np.zeros((batch_size, length), np.int32)
+  lengths = np.zeros((batch_size,), np.int32)
+  for row, seq in enumerate(sequences):
+    tokens[row, :len(seq)] = seq
+    lengths[row] = len(seq)
+  return tokens, lengths
+
+
+def check_token_range(sequences: Iterable[Sequence[int]], vocab_size: int, vocab_path: str) -> None:
+  """Raises UserError if any id is outside the model's embedding table."""
+  largest = max((max(s) for s in sequences if len(s)), default=-1)
+  if largest >= vocab_size:
+    raise UserError(f"vocabulary {vocab_path} produced token id {largest}, but the model's "
+                    f"vocab_size is {vocab_size}; use the vocabulary the checkpoint was "
+                    "trained with")

@@ -1,0 +1,133 @@
+"""The T5 SentencePiece vocabulary, loaded lazily.
+
+`get_vocabulary()` is what model code calls; `DEFERRED_VOCABULARY` is what task
+registrations use. The deferred one resolves `get_vocabulary()` on first use,
+so registering tasks never opens the SentencePiece file, and a gin binding of
+`get_vocabulary.path` made after `import prompt_tuning.tasks` still applies.
+"""
+import functools
+import os
+from typing import Optional
+
+import gin
+import seqio
+
+VOCAB_ENV = "PROMPT_TUNING_VOCAB"
+T5_VOCAB_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
+EXTRA_IDS = 100
+
+
+def default_vocab_path() -> str:
+  """`$PROMPT_TUNING_VOCAB` if set, else the public T5 vocabulary on GCS."""
+  return os.environ.get(VOCAB_ENV) or T5_VOCAB_PATH
+
+
+@functools.lru_cache(maxsize=8)
+def _load(path: str, extra_ids: int) -> seqio.SentencePieceVocabulary:
+  # seqio reads the model file on first encode/decode, not here.
+  return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+
+
+@gin.configurable
+def get_vocabulary(path: Optional[str] = None,
+                   extra_ids: int = EXTRA_IDS) -> seqio.SentencePieceVocabulary:
+  """The (cached) SentencePiece vocabulary at `path`.
+
+  Args:
+    path: a SentencePiece model file (local or `gs://`). Default:
+      `$PROMPT_TUNING_VOCAB`, else T5's `cc_all.32000.100extra` model.
+    extra_ids: sentinel ids appended after the pieces (T5: 100, so
+      vocab_size is 32100).
+  """
+  return _load(path or default_vocab_path(), extra_ids)
+
+
+class DeferredVocabulary(seqio.Vocabulary):
+  """Delegates every call to `get_vocabulary()`, resolved at call time."""
+
+  def __init__(self):
+    super().__init__(extra_ids=0)
+
+  @property
+  def resolved(self) -> seqio.Vocabulary:
+    return get_vocabulary()
+
+  # Public API: forward to the resolved vocabulary.
+  @property
+  def bos_id(self):
+    return self.resolved.bos_id
+
+  @property
+  def eos_id(self):
+    return self.resolved.eos_id
+
+  @property
+  def pad_id(self):
+    return self.resolved.pad_id
+
+  @property
+  def unk_id(self):
+    return self.resolved.unk_id
+
+  @property
+  def extra_ids(self):
+    return self.resolved.extra_ids
+
+  @property
+  def vocab_size(self):
+    return self.resolved.vocab_size
+
+  @property
+  def _base_vocab_size(self):
+    return self.resolved._base_vocab_size  # pylint: disable=protected-access
+
+  def _encode(self, s):
+    return self.resolved.encode(s)
+
+  def encode(self, s):
+    return self.resolved.encode(s)
+
+  def _decode(self, ids):
+    return self.resolved.decode(ids)
+
+  def decode(self, ids):
+    return self.resolved.decode(ids)
+
+  def _encode_tf(self, s):
+    return self.resolved.encode_tf(s)
+
+  def encode_tf(self, s):
+    return self.resolved.encode_tf(s)
+
+  def _decode_tf(self, ids):
+    return self.resolved.decode_tf(ids)
+
+  def decode_tf(self, ids):
+    return self.resolved.decode_tf(ids)
+
+  def __getattr__(self, name):
+    # Only reached for attributes not defined above (e.g. `tokenizer`).
+    if name.startswith("__"):
+      raise AttributeError(name)
+    return getattr(self.resolved, name)
+
+  def __eq__(self, other):
+    return isinstance(other, DeferredVocabulary) or other == self.resolved
+
+  def __hash__(self):
+    return hash(DeferredVocabulary)
+
+  def __repr__(self):
+    return "DeferredVocabulary(get_vocabulary())"
+
+
+DEFERRED_VOCABULARY = DeferredVocabulary()
+
+
+def output_features(vocabulary: Optional[seqio.Vocabulary] = None) -> dict:
+  """`inputs` and `targets` features with EOS appended, as T5 tasks use."""
+  vocabulary = vocabulary or DEFERRED_VOCABULARY
+  return {
+      "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=True, required=False),
+      "targets": seqio.Feature(vocabulary=vocabulary, add_eos=True),
+  }

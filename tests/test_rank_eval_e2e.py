@@ -1,0 +1,29 @@
+"""Rank classification end to end: a gin-driven `prompt-tuning eval` of a `_rank` task."""
+import json
+
+import numpy as np
+
+from prompt_tuning import gin_utils
+from prompt_tuning.tasks.testing import byte_vocabulary, mock_tfds_rows
+from prompt_tuning.train import eval_run
+
+RTE_ROWS = [
+    {"premise": "A dog runs in the park.", "hypothesis": "An animal moves.", "label": 0, "idx": 0},
+    {"premise": "The sky is green.", "hypothesis": "The sky is blue.", "label": 1, "idx": 1},
+    {"premise": "Tom ate an apple.", "hypothesis": "Tom ate fruit.", "label": 0, "idx": 2},
+]
+
+
+def test_eval_of_a_rank_task_scores_every_label_and_writes_metrics(tmp_path):
+  np.save(tmp_path / "p.npy", np.zeros((4, 32), np.float32))
+  with byte_vocabulary(), mock_tfds_rows({"super_glue/rte": RTE_ROWS}):
+    gin_utils.parse(
+        ["models/t5_1_1_toy_prompt.gin", "prompts/from_file.gin", "runs/prompt_eval.gin"],
+        ["MIXTURE_OR_TASK_NAME = 'super_glue_rte_rank'", "INITIAL_CHECKPOINT_PATH = None",
+         "TASK_FEATURE_LENGTHS = {'inputs': 96, 'targets': 8}", "BATCH_SIZE = 4",
+         f"MODEL_DIR = '{tmp_path}'", f"PROMPT_FILE = '{tmp_path}/p.npy'"])
+    metrics = gin_utils.call(eval_run.evaluate)
+  assert set(metrics) == {"super_glue_rte_rank/accuracy"}
+  # Three examples: the accuracy is a multiple of 1/3 (in percent).
+  assert min(abs(metrics["super_glue_rte_rank/accuracy"] - k * 100 / 3) for k in range(4)) < 1e-6
+  assert json.loads((tmp_path / "eval" / "metrics_validation.json").read_text()) == metrics

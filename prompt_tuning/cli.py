@@ -80,7 +80,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args.gin_bindings = bindings
     code = module.run(args)
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
+    # gin appends "In call to configurable ..." lines to errors raised inside
+    # configured functions; the first line is the message.
+    print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
     sys.exit(2)
   except KeyboardInterrupt:
     print("error: interrupted", file=sys.stderr)

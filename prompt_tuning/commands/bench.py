@@ -1,0 +1,123 @@
+"""`prompt-tuning bench`: time one prompt-tuning train step of a randomly initialized T5 1.1.
+
+Prints one JSON line: median step time, compile time, peak RSS, and the
+model FLOPs of the step from XLA's cost analysis. The backbone is random (the
+step's cost does not depend on the weights), float32 unless `--frozen_dtype`.
+"""
+import json
+import resource
+import statistics
+import time
+from typing import Any, Dict, Optional
+
+import jax
+import numpy as np
+
+from prompt_tuning.errors import UserError
+
+
+def add_arguments(parser) -> None:
+  parser.add_argument("--size", default="small", help="T5 1.1 size: small, base, large, xl, xxl")
+  parser.add_argument("--batch_size", type=int, default=8)
+  parser.add_argument("--inputs_length", type=int, default=128)
+  parser.add_argument("--prompt_length", type=int, default=100)
+  parser.add_argument("--targets_length", type=int, default=8)
+  parser.add_argument("--steps", type=int, default=10, help="timed steps (after one warm-up step)")
+  parser.add_argument("--frozen_dtype", default=None,
+                      help="store the frozen backbone in this dtype (e.g. bfloat16)")
+  parser.add_argument("--dtype", default="float32", help="activation dtype")
+  parser.add_argument("--remat", action="store_true", help="rematerialize layers in backward")
+  parser.add_argument("--seed", type=int, default=0)
+
+
+def peak_rss_mb() -> float:
+  """Peak resident memory of this process (Linux reports KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _flops(compiled) -> Optional[float]:
+  try:
+    analysis = compiled.cost_analysis()
+  except Exception:  # some backends have none
+    return None
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  value = (analysis or {}).get("flops")
+  return float(value) if value else None
+
+
+def random_batch(rng: np.random.Generator, batch: int, inputs: int, targets: int,
+                 vocab: int) -> Dict[str, np.ndarray]:
+  """A full-length (no padding) batch of model features."""
+  enc = rng.integers(3, vocab, size=(batch, inputs), dtype=np.int32)
+  tgt = rng.integers(3, vocab, size=(batch, targets), dtype=np.int32)
+  dec_in = np.concatenate([np.zeros((batch, 1), np.int32), tgt[:, :-1]], axis=1)
+  return {"encoder_input_tokens": enc, "decoder_input_tokens": dec_in,
+          "decoder_target_tokens": tgt, "decoder_loss_weights": np.ones_like(tgt, np.float32)}
+
+
+def bench_train_step(size: str = "small", batch_size: int = 8, inputs_length: int = 128,
+                     prompt_length: int = 100, targets_length: int = 8, steps: int = 10,
+                     frozen_dtype: Optional[str] = None, dtype: str = "float32",
+                     remat: bool = False, seed: int = 0) -> Dict[str, Any]:
+  """Compiles and times the trainer's own jitted train step; returns the measurements."""
+  from prompt_tuning.models.config import t5_1_1_config
+  from prompt_tuning.models.t5 import T5
+  from prompt_tuning.prompts import initializers
+  from prompt_tuning.prompts.prompt import Prompt
+  from prompt_tuning.train import optim
+  from prompt_tuning.train.initialize import initialize_variables
+  from prompt_tuning.train.partitioning import Partitioner
+  from prompt_tuning.train.step import LossConfig, make_train_step
+  from prompt_tuning.train.trainable import split_variables
+
+  if min(batch_size, inputs_length, targets_length, steps) < 1 or prompt_length < 1:
+    raise UserError("bench sizes and --steps must be positive integers")
+  config = t5_1_1_config(size, dtype=dtype, remat=remat)
+  model = T5(config, prompt=Prompt(length=prompt_length, initializer=initializers.uniform()))
+  partitioner = Partitioner()
+  variables, shardings = initialize_variables(model, partitioner, None, jax.random.PRNGKey(seed),
+                                              frozen_dtype)
+  patterns = ("prompt/.*",)
+  trainable, frozen = split_variables(variables, patterns)
+  trainable_sh, frozen_sh = split_variables(shardings, patterns)
+  optimizer = optim.adafactor()
+  opt_state = optimizer.init(trainable)
+  step_fn = jax.jit(make_train_step(model, optimizer, LossConfig()), donate_argnums=(0, 1))
+  batch = partitioner.shard_batch(random_batch(np.random.default_rng(seed), batch_size,
+                                               inputs_length, targets_length, config.vocab_size))
+  rng = jax.random.PRNGKey(seed + 1)
+  with partitioner.context():
+    start = time.perf_counter()
+    lowered = step_fn.lower(trainable, opt_state, frozen, batch, rng)
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - start
+    flops = _flops(compiled)
+    trainable, opt_state, metrics = compiled(trainable, opt_state, frozen, batch, rng)  # warm-up
+    jax.block_until_ready(metrics)
+    times = []
+    for i in range(steps):
+      start = time.perf_counter()
+      trainable, opt_state, metrics = compiled(trainable, opt_state, frozen, batch,
+                                               jax.random.fold_in(rng, i))
+      jax.block_until_ready(metrics)
+      times.append(time.perf_counter() - start)
+  median = statistics.median(times)
+  return {
+      "framework": "prompt_tuning (jax)", "size": size, "batch_size": batch_size,
+      "inputs_length": inputs_length, "prompt_length": prompt_length,
+      "targets_length": targets_length, "dtype": dtype, "frozen_dtype": frozen_dtype or "float32",
+      "remat": remat, "steps": steps, "median_step_s": median, "min_step_s": min(times),
+      "compile_s": compile_s, "peak_rss_mb": peak_rss_mb(), "flops_per_step": flops,
+      "flops_per_s": flops / median if flops else None,
+      "loss": float(jax.device_get(metrics["loss"])),
+      "jax_devices": jax.device_count(), "backend": jax.default_backend(),
+  }
+
+
+def run(args) -> int:
+  result = bench_train_step(args.size, args.batch_size, args.inputs_length, args.prompt_length,
+                            args.targets_length, args.steps, args.frozen_dtype, args.dtype,
+                            args.remat, args.seed)
+  print(json.dumps(result), flush=True)
+  return 0

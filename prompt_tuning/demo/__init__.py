@@ -1,0 +1,1 @@
+"""The self-contained CPU demo: synthetic tasks, a pretrained tiny backbone, tuned prompts."""

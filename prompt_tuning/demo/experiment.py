@@ -1,0 +1,281 @@
+"""The demo experiment: pretrain a tiny backbone, then tune prompts for a task with no instruction.
+
+    corpus (demo.tasks) -> pretrain T5 1.1 tiny on copy:/reverse:/sort: -> backbone folder
+    -> baseline: frozen backbone + untrained random prompt on the bare task
+    -> for each method: gin files + bindings -> trainer.train (checkpoints, SeqIO eval)
+    -> table, MODEL_DIR/demo_summary.json, MODEL_DIR/learning_curves.png
+
+Every tuning run goes through the same code path as `prompt-tuning train`: the
+gin files in `configs/`, `trainer.train`, Orbax checkpoints and `seqio.Evaluator`
+on held-out inputs that no training split (pretraining included) contains.
+"""
+import importlib
+import json
+import os
+import shutil
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import gin
+import jax
+
+from prompt_tuning import gin_utils
+from prompt_tuning.demo import plots, tasks
+from prompt_tuning.demo.pretrain import pretrain_backbone
+from prompt_tuning.errors import UserError
+from prompt_tuning.io.backbone import CONFIG_FILE, load_backbone_config
+from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.t5 import T5
+from prompt_tuning.train import evaluation
+from prompt_tuning.train.checkpoints import write_json
+from prompt_tuning.train.initialize import build_model, initialize_variables
+from prompt_tuning.train.partitioning import Partitioner
+
+SUMMARY_FILE = "demo_summary.json"
+CURVES_FILE = "learning_curves.png"
+METRIC = "exact_match"
+# Gin files (under configs/) of each method, on top of the backbone bindings.
+METHOD_FILES = {
+    "prompt_tuning": ("runs/prompt_finetune.gin", "prompts/prompt.gin"),
+    "residual": ("runs/prompt_finetune.gin", "prompts/prompt.gin", "methods/residual.gin"),
+    "xprompt": ("runs/prompt_finetune.gin", "prompts/prompt.gin", "methods/xprompt.gin"),
+}
+# The three-stage XPrompt driver (tune, prune, rewind). Until it exists the demo
+# reports XPrompt as skipped; see `_run_xprompt` for the expected entry point.
+XPROMPT_DRIVER = "prompt_tuning.commands.xprompt"
+
+
+@gin.configurable
+def demo_backbone(vocab_size: int = 264, emb_dim: int = 64, num_heads: int = 4, head_dim: int = 16,
+                  mlp_dim: int = 128, num_layers: int = 2) -> T5Config:
+  """The tiny T5 1.1 the demo pretrains (byte vocabulary: 259 ids, padded)."""
+  return T5Config(vocab_size=vocab_size, emb_dim=emb_dim, num_heads=num_heads, head_dim=head_dim,
+                  mlp_dim=mlp_dim, num_encoder_layers=num_layers, num_decoder_layers=num_layers,
+                  relative_attention_num_buckets=16, relative_attention_max_distance=32)
+
+
+def config_bindings(config: T5Config) -> List[str]:
+  """Gin bindings that rebuild `config` (the tuning runs' `build_model.model_config`)."""
+  out = ["build_model.model_config = @T5Config()"]
+  for key, value in config.to_dict().items():
+    out.append(f"T5Config.{key} = {tuple(value)!r}" if isinstance(value, list)
+               else f"T5Config.{key} = {value!r}")
+  return out
+
+
+def _last_metric(history: Sequence[Mapping[str, float]], key: str) -> Optional[float]:
+  values = [h[key] for h in history if key in h]
+  return values[-1] if values else None
+
+
+def evaluate_variables(model: T5, partitioner: Partitioner, variables: Any, shardings: Any,
+                       task: str, feature_lengths: Mapping[str, int]) -> float:
+  """Held-out exact match of `variables` on `task`, through the trainer's SeqIO evaluation."""
+  evaluator = evaluation.make_evaluator(task, feature_lengths, "validation")
+  fns = evaluation.EvalModelFns(model, partitioner, variables, shardings,
+                                max_decode_length=feature_lengths["targets"])
+  return evaluation.run_evaluation(evaluator, fns, step=0)[f"{task}/{METRIC}"]
+
+
+def _initial_variables(model: T5, backbone_dir: str, seed: int):
+  """The variables a tuning run starts from (same rng as `trainer.train`)."""
+  partitioner = Partitioner()
+  variables, shardings = initialize_variables(
+      model, partitioner, backbone_dir, jax.random.fold_in(jax.random.PRNGKey(seed), 0))
+  return partitioner, variables, shardings
+
+
+def instructed_reference(backbone_dir: str, operation: str,
+                         feature_lengths: Mapping[str, int]) -> float:
+  """The backbone WITH the instruction word (no prompt): what a perfect prompt could reach."""
+  gin.clear_config()
+  model = T5(load_backbone_config(backbone_dir), prompt=None)
+  partitioner, variables, shardings = _initial_variables(model, backbone_dir, 0)
+  return evaluate_variables(model, partitioner, variables, shardings,
+                            tasks.task_name(operation, True), feature_lengths)
+
+
+def random_prompt_baseline(task: str, feature_lengths: Mapping[str, int], backbone_dir: str,
+                           seed: int) -> float:
+  """Frozen backbone + the untrained prompt a run starts from (gin must be parsed)."""
+  model = build_model()
+  partitioner, variables, shardings = _initial_variables(model, backbone_dir, seed)
+  return evaluate_variables(model, partitioner, variables, shardings, task, feature_lengths)
+
+
+def _run_method(method: str, files: Sequence[str], bindings: Sequence[str], run_dir: str
+                ) -> Dict[str, Any]:
+  from prompt_tuning.train import trainer
+  gin_utils.parse(list(files), list(bindings))
+  start = time.time()
+  summary = gin_utils.call(trainer.train)
+  return {"summary": summary, "wall_s": time.time() - start}
+
+
+def _run_xprompt(files: Sequence[str], bindings: Sequence[str], run_dir: str
+                 ) -> Optional[Dict[str, Any]]:
+  """Runs the XPrompt driver if it exists, else None.
+
+  Hook: the driver module `XPROMPT_DRIVER` is expected to expose a gin-configurable
+  `run_xprompt()` (reading the same `train.*` bindings) that returns a dict with
+  `trainable_parameters`, `final_step`, `eval_history` (list of `{step, metric...}`)
+  and optionally `heatmap` (a PNG path).
+  """
+  try:
+    driver = importlib.import_module(XPROMPT_DRIVER)
+  except ImportError:
+    return None
+  entry = getattr(driver, "run_xprompt", None)
+  if entry is None:
+    return None
+  gin_utils.parse(list(files), list(bindings))
+  start = time.time()
+  summary = gin_utils.call(entry)
+  return {"summary": summary, "wall_s": time.time() - start}
+
+
+def _row(method: str, result: Dict[str, Any], task: str) -> Dict[str, Any]:
+  summary = result["summary"]
+  key = f"{task}/{METRIC}"
+  return {
+      "method": method,
+      "trainable_parameters": int(summary["trainable_parameters"]),
+      "held_out_exact_match": _last_metric(summary["eval_history"], key),
+      "steps": int(summary["final_step"]),
+      "wall_s": round(result["wall_s"], 1),
+      "train_history": [{"step": h["step"], "loss": h["loss"]} for h in summary["train_history"]],
+      "eval_history": [{"step": h["step"], METRIC: h[key]} for h in summary["eval_history"]
+                       if key in h],
+      "model_dir": summary.get("model_dir"),
+      # XPrompt's extras: pruning choice, kept prompt values, mask heatmap PNG.
+      **{k: summary[k] for k in ("heatmap", "kept_parameters", "chosen", "stages")
+         if summary.get(k) is not None},
+  }
+
+
+def format_table(summary: Mapping[str, Any]) -> str:
+  """The console table: one line per method plus the references."""
+  lines = [f"{'method':<34}{'trainable':>11}{'held-out EM':>13}{'steps':>7}{'wall s':>8}"]
+  def add(name, params, em, steps, wall):
+    em_text = "-" if em is None else f"{em:.3f}"
+    lines.append(f"{name:<34}{params:>11}{em_text:>13}{steps:>7}{wall:>8}")
+  ref = summary["backbone"]
+  add("backbone + instruction word", "-", ref["instructed_exact_match"], ref["steps"],
+      round(ref["wall_s"], 1))
+  add("random prompt (untrained)", "-", summary["baseline"]["held_out_exact_match"], 0, "-")
+  for row in summary["methods"]:
+    if "skipped" in row:
+      lines.append(f"{row['method']:<34}  skipped: {row['skipped']}")
+    else:
+      add(row["method"], f"{row['trainable_parameters']:,}", row["held_out_exact_match"],
+          row["steps"], row["wall_s"])
+  return "\n".join(lines)
+
+
+@gin.configurable
+def run_demo(model_dir: str = gin.REQUIRED, operation: str = "reverse",
+             methods: Sequence[str] = ("prompt_tuning", "residual", "xprompt"),
+             pretrain_steps: int = 800, pretrain_batch_size: int = 64,
+             pretrain_learning_rate: float = 3e-3, tune_steps: int = 300,
+             tune_batch_size: int = 32, eval_period: int = 100, prompt_length: int = 8,
+             residual_bottleneck: int = 32, xprompt_pieces: int = 8,
+             task_feature_lengths: Mapping[str, int] = None, seed: int = 0,
+             extra_bindings: Sequence[str] = (),
+             method_bindings: Optional[Mapping[str, Sequence[str]]] = None) -> Dict[str, Any]:
+  """Runs the whole demo; returns (and writes) the summary.
+
+  Args:
+    model_dir: output folder; `backbone/` in it is reused when present, the
+      method folders are rewritten on every run.
+    operation: the task tuned WITHOUT its instruction word (`copy`, `reverse`, `sort`).
+    methods: any of `prompt_tuning`, `residual`, `xprompt`.
+    extra_bindings: gin bindings appended to every tuning run.
+    method_bindings: `{method: [bindings]}` appended to that method's run only.
+  """
+  if operation not in tasks.OPERATIONS:
+    raise UserError(f"demo operation {operation!r} is unknown; choose one of {sorted(tasks.OPERATIONS)}")
+  unknown = sorted(set(methods) - set(METHOD_FILES))
+  if unknown:
+    raise UserError(f"demo methods {unknown} are unknown; choose from {sorted(METHOD_FILES)}")
+  feature_lengths = dict(task_feature_lengths or {"inputs": 16, "targets": 8})
+  config = demo_backbone()
+  start = time.time()
+  os.makedirs(model_dir, exist_ok=True)
+  backbone_dir = os.path.join(model_dir, "backbone")
+  if os.path.exists(os.path.join(backbone_dir, CONFIG_FILE)):
+    print(f"reusing the pretrained backbone in {backbone_dir} (delete it to pretrain again)")
+    backbone = {"history": [], "wall_s": 0.0, "steps": 0, "reused": True}
+  else:
+    shutil.rmtree(backbone_dir, ignore_errors=True)  # an interrupted save
+    print(f"pretraining a tiny T5 1.1 on {tasks.PRETRAIN_MIXTURE} "
+          f"({', '.join(t + ':' for t in tasks.OPERATIONS)}) for {pretrain_steps} steps")
+    backbone = pretrain_backbone(backbone_dir, config, tasks.PRETRAIN_MIXTURE, feature_lengths,
+                                 pretrain_steps, pretrain_batch_size, pretrain_learning_rate,
+                                 seed=seed)
+  config = load_backbone_config(backbone_dir)
+  backbone["instructed_exact_match"] = instructed_reference(backbone_dir, operation, feature_lengths)
+  print(f"backbone with the instruction word '{operation}:': held-out exact match "
+        f"{backbone['instructed_exact_match']:.3f}", flush=True)
+
+  task = tasks.task_name(operation, instruction=False)
+  common = [
+      *config_bindings(config),
+      f"MIXTURE_OR_TASK_NAME = {task!r}",
+      "MIXTURE_OR_TASK_MODULE = 'prompt_tuning.demo.tasks'",
+      f"INITIAL_CHECKPOINT_PATH = {backbone_dir!r}",
+      f"TASK_FEATURE_LENGTHS = {feature_lengths!r}",
+      f"TRAIN_STEPS = {tune_steps}", f"BATCH_SIZE = {tune_batch_size}",
+      f"EVAL_PERIOD = {eval_period}", f"CHECKPOINT_PERIOD = {tune_steps}",
+      f"PROMPT_LENGTH = {prompt_length}", f"RANDOM_SEED = {seed}",
+      # Byte ids 3..258 are the vocabulary's real symbols (0-2: pad, eos, unk).
+      "sampled_vocab.population_start = 3", "sampled_vocab.population_size = 256",
+      "train.log_every = 10", "train.keep_checkpoints = 1",
+  ]
+  gin_utils.parse(list(METHOD_FILES["prompt_tuning"]),
+                  [*common, f"MODEL_DIR = {os.path.join(model_dir, 'baseline')!r}", *extra_bindings])
+  baseline = random_prompt_baseline(task, feature_lengths, backbone_dir, seed)
+  print(f"frozen backbone + untrained random prompt on {task}: held-out exact match "
+        f"{baseline:.3f}", flush=True)
+
+  rows = []
+  for method in methods:
+    run_dir = os.path.join(model_dir, method)
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, not a resume of the last demo
+    bindings = [*common, f"MODEL_DIR = {run_dir!r}", *extra_bindings]
+    if method == "residual":
+      bindings.append(f"RESIDUAL_BOTTLENECK = {residual_bottleneck}")
+    bindings += list((method_bindings or {}).get(method, ()))
+    print(f"\n=== {method}: tuning a {prompt_length}-token prompt on {task} ===", flush=True)
+    if method == "xprompt":
+      result = _run_xprompt(METHOD_FILES[method],
+                            [*bindings, f"XPROMPT_PIECES = {xprompt_pieces}"], run_dir)
+      if result is None:
+        rows.append({"method": method, "skipped": f"{XPROMPT_DRIVER}.run_xprompt not available yet"})
+        print(f"xprompt skipped: {XPROMPT_DRIVER}.run_xprompt is not available yet", flush=True)
+        continue
+    else:
+      result = _run_method(method, METHOD_FILES[method], bindings, run_dir)
+    rows.append(_row(method, result, task))
+
+  summary = {
+      "task": task, "operation": operation, "metric": METRIC,
+      "held_out_examples": tasks.SPLIT_SIZES["validation"],
+      "chance_note": "a frozen backbone cannot tell which of "
+                     f"{sorted(tasks.OPERATIONS)} is wanted without an instruction",
+      "backbone": {**backbone, "config": config.to_dict(), "path": backbone_dir},
+      "baseline": {"method": "random_prompt", "held_out_exact_match": baseline,
+                   "prompt_length": prompt_length},
+      "methods": rows, "prompt_length": prompt_length,
+      "total_wall_s": round(time.time() - start, 1),
+  }
+  curves = os.path.join(model_dir, CURVES_FILE)
+  plots.learning_curves(curves, summary)
+  summary["learning_curves"] = curves
+  write_json(os.path.join(model_dir, SUMMARY_FILE), summary)
+  print("\n" + format_table(summary))
+  for row in rows:
+    if row.get("heatmap"):
+      print(f"XPrompt mask heatmap: {row['heatmap']}")
+  print(f"\ntotal {summary['total_wall_s']:.0f}s; summary: {os.path.join(model_dir, SUMMARY_FILE)}; "
+        f"curves: {curves}", flush=True)
+  return summary

@@ -16,3 +16,13 @@ def shared_data():
   if not SHARED_DATA.is_dir():
     pytest.skip(f"{SHARED_DATA} is absent (it is present in CI and the dev machines)")
   return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _fresh_gin_config():
+  """Gin bindings are global and also apply to direct constructions of
+  configurables (e.g. `Prompt(...)`): no test may see another test's config."""
+  import gin
+  gin.clear_config()
+  yield
+  gin.clear_config()

@@ -41,7 +41,8 @@ def _fixed_batches(dataset, batch_size: int, keys: Sequence[str]):
 
 @gin.configurable
 class EvalModelFns:
-  """Jitted predict/score functions over one set of variables.
+  """Jitted predict/score functions; `variables` may be replaced between
+  evaluations (same shapes) without recompiling.
 
   Attributes:
     batch_size: global evaluation batch (a multiple of the data-parallel size).

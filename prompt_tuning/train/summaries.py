@@ -14,6 +14,10 @@ class Progress:
     self.total = total_steps
     self.last_step, self.last_time = start_step, time.time()
 
+  def restart_clock(self, step: int) -> None:
+    """Excludes time spent outside training steps (eval, checkpoints) from the rate."""
+    self.last_step, self.last_time = step, time.time()
+
   def line(self, step: int, metrics: Dict[str, float]) -> str:
     now = time.time()
     rate = (step - self.last_step) / max(now - self.last_time, 1e-9)

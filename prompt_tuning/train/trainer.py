@@ -164,11 +164,16 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     if value is not None:
       export_prompt(model_dir, f"step_{step}", value)
 
+  eval_fns = None
+
   def evaluate(step):
-    fns = evaluation.EvalModelFns(model, partitioner, merge_variables(trainable, frozen),
-                                  merge_variables(trainable_sh, frozen_sh),
-                                  max_decode_length=task_feature_lengths["targets"])
-    metrics = evaluation.run_evaluation(evaluator, fns, step)
+    nonlocal eval_fns
+    if eval_fns is None:  # built once: its jitted functions compile once per run
+      eval_fns = evaluation.EvalModelFns(model, partitioner, None,
+                                         merge_variables(trainable_sh, frozen_sh),
+                                         max_decode_length=task_feature_lengths["targets"])
+    eval_fns.variables = merge_variables(trainable, frozen)
+    metrics = evaluation.run_evaluation(evaluator, eval_fns, step)
     writer.scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
     print(f"step {step} eval: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())),
           flush=True)
@@ -215,6 +220,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       stop = early.should_stop
     if due_save or stop:
       save(step)
+    if due_eval or due_save:
+      progress.restart_clock(step)
     if stop:
       print(f"early stopping at step {step}: {early.metric} has not improved for "
             f"{early.patience} evaluations (best {early.best})", flush=True)

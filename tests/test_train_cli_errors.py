@@ -49,3 +49,15 @@ def test_checkpoint_of_the_wrong_size(tmp_path, shared_data):
 def test_prompt_longer_than_the_inputs(tmp_path):
   proc = run_train(tmp_path / "run", "--gin.PROMPT_LENGTH=40")
   assert_one_line_error(proc, tmp_path / "run", "40", "TASK_FEATURE_LENGTHS")
+
+
+def test_empty_dataset(tmp_path):
+  proc = run_train(tmp_path / "run", "--gin.MIXTURE_OR_TASK_NAME='toy_empty'")
+  assert_one_line_error(proc, tmp_path / "run", "toy_empty", "no full batch", "BATCH_SIZE")
+
+
+def test_nan_loss_stops_before_any_checkpoint(tmp_path):
+  # An infinite init range (1e400 parses as inf) makes the prompt, and so the loss, NaN.
+  proc = run_train(tmp_path / "run", "--gin_file=prompts/from_uniform.gin",
+                   "--gin.uniform.scale=1e400")
+  assert_one_line_error(proc, tmp_path / "run", "loss became", "no checkpoint")

@@ -97,3 +97,23 @@ def test_eight_device_meshes_match_one_device(tmp_path):
   result = json.loads(proc.stdout.split("RESULT")[-1])
   np.testing.assert_allclose(result["2x4"], result["1x1"], rtol=2e-5)
   np.testing.assert_allclose(result["8x1"], result["1x1"], rtol=2e-5)
+
+
+def test_gradient_accumulation_over_microbatches_is_exact(tmp_path):
+  whole = losses(toy_train(tmp_path / "whole", steps=3))
+  micro = losses(toy_train(tmp_path / "micro", steps=3, extra=["train.num_microbatches = 4"]))
+  np.testing.assert_allclose(micro, whole, rtol=1e-5)
+
+
+def test_early_stopping_counts_evaluations_without_improvement():
+  from prompt_tuning.errors import UserError
+  from prompt_tuning.train.trainer import EarlyStopping
+  early = EarlyStopping("task/accuracy", "max", patience=2)
+  assert early.improved({"task/accuracy": 50.0}) and not early.should_stop
+  assert not early.improved({"task/accuracy": 40.0}) and not early.should_stop
+  assert early.improved({"task/accuracy": 60.0}) and early.bad_evals == 0
+  assert not early.improved({"task/accuracy": 60.0})
+  assert not early.improved({"task/accuracy": 10.0}) and early.should_stop
+  assert early.best == 60.0
+  with pytest.raises(UserError, match="task/f1"):
+    EarlyStopping("task/f1").improved({"task/accuracy": 1.0})

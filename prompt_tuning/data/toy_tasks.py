@@ -33,6 +33,19 @@ def accuracy(targets, predictions):
   return {"accuracy": 100.0 * float(np.mean([t == p for t, p in zip(targets, predictions)]))}
 
 
+def _empty_dataset_fn(split: str, shuffle_files: bool, seed=None) -> tf.data.Dataset:
+  del split, shuffle_files, seed
+  return tf.data.Dataset.from_tensor_slices({"inputs": [""], "targets": [""]}).take(0)
+
+
+if "toy_empty" not in seqio.TaskRegistry.names():
+  # An empty dataset, to test the trainer's error for it.
+  seqio.TaskRegistry.add(
+      "toy_empty",
+      source=seqio.FunctionDataSource(_empty_dataset_fn, splits=tuple(SPLIT_SIZES)),
+      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
+      output_features=OUTPUT_FEATURES, metric_fns=[accuracy])
+
 if "toy_parity" not in seqio.TaskRegistry.names():
   seqio.TaskRegistry.add(
       "toy_parity",

@@ -5,6 +5,7 @@ concatenation of host batches; the partitioner turns them into global arrays.
 The order is deterministic for a seed, so a resumed run skips the batches it
 already consumed and sees exactly what an uninterrupted run would.
 """
+import contextlib
 import importlib
 from typing import Dict, Iterator, Mapping, Optional
 
@@ -40,6 +41,26 @@ def get_mixture_or_task(name: str):
                     "Run `prompt-tuning tasks` to list them, or set MIXTURE_OR_TASK_MODULE") from None
 
 
+@contextlib.contextmanager
+def readable_data_errors(mixture_or_task_name: str):
+  """Turns 'dataset not prepared / not found' failures of TFDS and files into one line."""
+  try:
+    yield
+  except UserError:
+    raise
+  except (KeyError, FileNotFoundError, OSError, AssertionError) as e:
+    first = (str(e).splitlines() or [type(e).__name__])[0].strip("\"' ").rstrip(".")
+    raise UserError(f"cannot read the data of {mixture_or_task_name}: {first}. Prepare the TFDS "
+                    "dataset (network access or `tfds build`, then TFDS_DATA_DIR), or point "
+                    "PROMPT_TUNING_DATA_DIR at the official files") from None
+  except Exception as e:  # tf.errors.* and tfds' DatasetNotFoundError share no base we can name
+    if type(e).__module__.startswith(("tensorflow", "tensorflow_datasets")):
+      first = (str(e).splitlines() or [type(e).__name__])[0]
+      raise UserError(f"cannot read the data of {mixture_or_task_name}: {first}. Prepare the "
+                      "TFDS dataset (TFDS_DATA_DIR) or set PROMPT_TUNING_DATA_DIR") from None
+    raise
+
+
 def validate_feature_lengths(task_feature_lengths: Mapping[str, int], prompt_length: int = 0) -> None:
   for key in ("inputs", "targets"):
     if key not in task_feature_lengths:
@@ -72,14 +93,15 @@ def batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], 
             num_epochs: Optional[int] = None, skip_batches: int = 0,
             use_cached: bool = False) -> Iterator[Dict[str, np.ndarray]]:
   """Endless (by default) iterator of host-local batches of model features."""
-  ds = converted_dataset(mixture_or_task_name, task_feature_lengths, split, shuffle, seed,
-                         num_epochs, use_cached)
-  ds = ds.map(lambda ex: {k: ex[k] for k in _MODEL_FEATURES if k in ex})
-  ds = ds.batch(local_batch_size, drop_remainder=True)
-  if skip_batches:
-    ds = ds.skip(skip_batches)
-  iterator = ds.prefetch(2).as_numpy_iterator()
-  first = next(iterator, None)
+  with readable_data_errors(mixture_or_task_name):
+    ds = converted_dataset(mixture_or_task_name, task_feature_lengths, split, shuffle, seed,
+                           num_epochs, use_cached)
+    ds = ds.map(lambda ex: {k: ex[k] for k in _MODEL_FEATURES if k in ex})
+    ds = ds.batch(local_batch_size, drop_remainder=True)
+    if skip_batches:
+      ds = ds.skip(skip_batches)
+    iterator = ds.prefetch(2).as_numpy_iterator()
+    first = next(iterator, None)
   if first is None:
     raise UserError(f"{mixture_or_task_name} split {split!r} yields no full batch of "
                     f"{local_batch_size} examples (empty dataset?); check the data or lower BATCH_SIZE")

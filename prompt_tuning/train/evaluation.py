@@ -110,11 +110,13 @@ class EvalModelFns:
 def make_evaluator(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                    split: str = "validation", use_cached: bool = False,
                    num_examples: Optional[int] = None) -> seqio.Evaluator:
-  return seqio.Evaluator(
-      mixture_or_task_name=mixture_or_task_name,
-      feature_converter=seqio.EncDecFeatureConverter(pack=False),
-      eval_split=split, use_cached=use_cached, sequence_length=dict(task_feature_lengths),
-      num_examples=num_examples, async_compute_metrics=False)
+  from prompt_tuning.train.data import readable_data_errors
+  with readable_data_errors(mixture_or_task_name):
+    return seqio.Evaluator(
+        mixture_or_task_name=mixture_or_task_name,
+        feature_converter=seqio.EncDecFeatureConverter(pack=False),
+        eval_split=split, use_cached=use_cached, sequence_length=dict(task_feature_lengths),
+        num_examples=num_examples, async_compute_metrics=False)
 
 
 def run_evaluation(evaluator: seqio.Evaluator, fns: EvalModelFns, step: int) -> Dict[str, float]:

@@ -55,6 +55,26 @@ def _quiet_native_logging():
   os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
+def _import_tensorflow_quietly():
+  """Imports TensorFlow (used for data only) with its native start-up chatter hidden.
+
+  TF's C++ logging writes INFO lines to fd 2 before it reads TF_CPP_MIN_LOG_LEVEL,
+  so fd 2 is pointed at /dev/null for the import. TF must not claim GPUs that
+  JAX uses, as in T5X.
+  """
+  saved = os.dup(2)
+  try:
+    with open(os.devnull, "w") as devnull:
+      os.dup2(devnull.fileno(), 2)
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      tf.config.set_visible_devices([], "GPU")
+  except ImportError:
+    pass
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
   _quiet_native_logging()
   argv = list(sys.argv[1:] if argv is None else argv)
@@ -71,6 +91,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print(f"error: unknown command {name!r}.{closest(name, COMMANDS)} "
           f"Run 'prompt-tuning --help' for the list.", file=sys.stderr)
     sys.exit(2)
+  if not any(a in ("-h", "--help") for a in argv[1:]):
+    _import_tensorflow_quietly()
   module = importlib.import_module(f"prompt_tuning.commands.{COMMANDS[name][0]}")
   cmd_parser = argparse.ArgumentParser(prog=f"prompt-tuning {name}", description=COMMANDS[name][1])
   module.add_arguments(cmd_parser)

@@ -304,30 +304,28 @@ def search(score_fn: Callable[[np.ndarray, np.ndarray], Tuple[np.ndarray, np.nda
   log(f"xprompt unpruned: metric {start.metric:.6g}")
   candidates = [start]
 
-  best_token = start
-  for ratio in token_ratios:
-    token_scores, piece_scores = score_fn(token_mask, piece_mask)
-    token_mask = prune_tokens(token_scores, token_mask, ratio)
-    candidate = Candidate("token", float(ratio), float(evaluate_fn(token_mask, piece_mask)),
-                          token_mask, piece_mask, np.asarray(token_scores), np.asarray(piece_scores))
-    log(f"xprompt token ratio {ratio:.2f}: {candidate.kept_tokens} tokens kept, "
-        f"metric {candidate.metric:.6g}")
-    candidates.append(candidate)
-    if _better(candidate, best_token, higher_is_better):
-      best_token = candidate
+  def prune_rounds(level, ratios, token_mask, piece_mask, best):
+    """Re-score, prune to each ratio in turn, evaluate; returns the best so far."""
+    for ratio in ratios:
+      token_scores, piece_scores = score_fn(token_mask, piece_mask)
+      if level == "token":
+        token_mask = prune_tokens(token_scores, token_mask, ratio)
+      else:
+        piece_mask = prune_pieces(piece_scores, piece_mask, token_mask, ratio)
+      candidate = Candidate(level, float(ratio), float(evaluate_fn(token_mask, piece_mask)),
+                            token_mask, piece_mask, np.asarray(token_scores),
+                            np.asarray(piece_scores))
+      log(f"xprompt {level} ratio {ratio:.2f}: {candidate.kept_tokens} tokens, "
+          f"{candidate.kept_values_fraction:.1%} of values kept, metric {candidate.metric:.6g}")
+      candidates.append(candidate)
+      if _better(candidate, best, higher_is_better):
+        best = candidate
+    return best
 
-  best = best_token
-  token_mask, piece_mask = best_token.token_mask, best_token.piece_mask
-  for ratio in piece_ratios:
-    token_scores, piece_scores = score_fn(token_mask, piece_mask)
-    piece_mask = prune_pieces(piece_scores, piece_mask, token_mask, ratio)
-    candidate = Candidate("piece", float(ratio), float(evaluate_fn(token_mask, piece_mask)),
-                          token_mask, piece_mask, np.asarray(token_scores), np.asarray(piece_scores))
-    log(f"xprompt piece ratio {ratio:.2f}: {candidate.kept_values_fraction:.1%} of values kept, "
-        f"metric {candidate.metric:.6g}")
-    candidates.append(candidate)
-    if _better(candidate, best, higher_is_better):
-      best = candidate
+  best_token = prune_rounds("token", token_ratios, token_mask, piece_mask, start)
+  # Pieces are pruned inside the best token-level sub-prompt.
+  best = prune_rounds("piece", piece_ratios, best_token.token_mask, best_token.piece_mask,
+                      best_token)
   return SearchResult(best=best, best_token=best_token, candidates=candidates)
 
 

@@ -117,3 +117,20 @@ def test_early_stopping_counts_evaluations_without_improvement():
   assert early.best == 60.0
   with pytest.raises(UserError, match="task/f1"):
     EarlyStopping("task/f1").improved({"task/accuracy": 1.0})
+
+
+def test_initial_checkpoint_may_be_a_hugging_face_folder(tmp_path):
+  from prompt_tuning.io.hf import load_hf
+  hf = os.path.join(REPO, "tests", "fixtures", "hf_t5_tiny")
+  model = ["T5Config.vocab_size = 128", "T5Config.head_dim = 8", "T5Config.num_heads = 4",
+           "T5Config.relative_attention_num_buckets = 32",
+           "T5Config.relative_attention_max_distance = 128",
+           "sampled_vocab.population_size = 100", "TASK_FEATURE_LENGTHS = {'inputs': 16, 'targets': 8}"]
+  # toy_parity's byte ids (digits, 'even', 'odd') all fit the fixture's 128-row vocabulary.
+  summary = toy_train(tmp_path / "run", steps=2, extra=[f"INITIAL_CHECKPOINT_PATH = '{hf}'",
+                                                         "train.return_variables = True", *model])
+  _, original = load_hf(hf)
+  frozen = summary["frozen"]["params"]
+  for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(original),
+                               jax.tree_util.tree_leaves(frozen)):
+    np.testing.assert_array_equal(np.asarray(got), want, err_msg=jax.tree_util.keystr(path))

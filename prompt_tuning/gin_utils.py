@@ -72,6 +72,22 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
     raise UserError(f"bad gin configuration: {_one_line(e)}; fix the gin file or --gin.* binding") from None
   finally:
     root.setLevel(level)
+  _check_required_macros()
+
+
+def _check_required_macros() -> None:
+  """Names every macro still bound to `%gin.REQUIRED` (gin would pass a sentinel on)."""
+  missing = []
+  for (name, selector), params in list(gin.config._CONFIG.items()):  # pylint: disable=protected-access
+    if selector == "gin.macro":
+      value = params.get("value")
+      if getattr(value, "config_key", None) == ("gin.REQUIRED", "gin.constant"):
+        missing.append(name)
+  if missing:
+    missing.sort()
+    example = missing[0]
+    raise UserError(f"required gin macro(s) not set: {', '.join(missing)}; pass e.g. "
+                    f"--gin.{example}=VALUE (strings in quotes: --gin.MODEL_DIR=\"'/tmp/run'\")")
 
 
 def _gin_file_exists(name: str, search_paths: Iterable[str]) -> bool:

@@ -26,6 +26,7 @@ COMMANDS = {
     "demo": ("demo", "the self-contained CPU demo"),
     "bench": ("bench", "time a prompt-tuning train step"),
     "plan": ("plan", "per-device memory of a run, without allocating"),
+    "export": ("export", "write a tuned prompt as a Hugging Face PEFT adapter"),
 }
 
 

@@ -4,6 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# Huge pages for large allocations: XLA's per-step activation buffers otherwise
+# cost ~10% of a CPU train step in page faults (docs/performance.md).
+export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
 .PHONY: demo test bench venv clean
 

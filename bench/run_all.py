@@ -6,6 +6,12 @@ wheel comes from `--find-links` (`PEFT_TORCH_FIND_LINKS`, default `/opt/wheels`
 when present) or PyTorch's CPU index (`PEFT_TORCH_INDEX`); plain `torch` from
 PyPI would pull the CUDA build. Both frameworks use the same thread count.
 
+Every process (ours and PEFT alike) runs with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`
+(transparent huge pages for malloc's large blocks): with 4 KiB pages both
+frameworks spend a tenth of each step in page faults on freshly mapped
+activation buffers. One pair of runs without it is recorded for comparison
+(`*_default_malloc`).
+
 Usage: python bench/run_all.py [--steps N] [--quick] [--skip_peft]
 """
 import argparse
@@ -19,6 +25,8 @@ from typing import Any, Dict, List, Optional
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_VENV = os.path.join(REPO, ".bench_venv")
 RESULTS = os.path.join(REPO, "bench", "results.json")
+# glibc >= 2.35: madvise(MADV_HUGEPAGE) on malloc's mmap'd chunks; ignored elsewhere.
+HUGE_PAGES = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 SHAPES = ["--batch_size", "8", "--inputs_length", "128", "--prompt_length", "100",
           "--targets_length", "8"]
 
@@ -26,8 +34,13 @@ SHAPES = ["--batch_size", "8", "--inputs_length", "128", "--prompt_length", "100
 def _json_line(cmd: List[str], env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
   """Runs `cmd`, returns the last JSON line it printed (or the error)."""
   start = time.time()
-  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
-                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
+  full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+  if env is None:
+    full_env.update(HUGE_PAGES)
+  else:  # the caller's environment only; `{}` means glibc's default malloc
+    full_env.pop("GLIBC_TUNABLES", None)
+    full_env.update(env)
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=full_env)
   for line in reversed(proc.stdout.strip().splitlines()):
     if line.startswith("{"):
       result = json.loads(line)
@@ -37,9 +50,9 @@ def _json_line(cmd: List[str], env: Optional[Dict[str, str]] = None) -> Dict[str
           "command": " ".join(cmd)}
 
 
-def ours(*args: str, steps: int) -> Dict[str, Any]:
+def ours(*args: str, steps: int, env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
   return _json_line([sys.executable, "-m", "prompt_tuning", "bench", *args,
-                     "--steps", str(steps)])
+                     "--steps", str(steps)], env)
 
 
 def ensure_peft_venv() -> str:
@@ -87,6 +100,10 @@ def main() -> None:
     python = ensure_peft_venv()
     record("peft_small", _json_line([python, "bench/peft_step.py", *SHAPES, "--steps", str(steps),
                                      "--threads", str(threads)]))
+    record("peft_small_default_malloc",
+           _json_line([python, "bench/peft_step.py", *SHAPES, "--steps", str(steps),
+                       "--threads", str(threads)], env={}))
+  record("ours_small_default_malloc", ours("--size", "small", *SHAPES, steps=steps, env={}))
   record("ours_small_frozen_bf16",
          ours("--size", "small", *SHAPES, "--frozen_dtype", "bfloat16", steps=steps))
   record("ours_base_compile", ours("--size", "base", *SHAPES, steps=1))
@@ -112,8 +129,13 @@ def derived(results: Dict[str, Any]) -> Dict[str, Any]:
   if "median_step_s" in ours_s and "median_step_s" in peft:
     out["peft_over_ours_median_step"] = peft["median_step_s"] / ours_s["median_step_s"]
     out["peft_over_ours_min_step"] = peft["min_step_s"] / ours_s["min_step_s"]
+  ours_d = results.get("ours_small_default_malloc", {})
+  peft_d = results.get("peft_small_default_malloc", {})
+  if "median_step_s" in ours_d and "median_step_s" in peft_d:
+    out["peft_over_ours_median_step_default_malloc"] = (peft_d["median_step_s"]
+                                                        / ours_d["median_step_s"])
   peak = results.get("matmul_peak", {}).get("peak_gflops")
-  for key in ("ours_small", "ours_small_frozen_bf16"):
+  for key in ("ours_small", "ours_small_default_malloc", "ours_small_frozen_bf16"):
     r = results.get(key, {})
     if peak and r.get("flops_per_step"):
       out[f"{key}_fraction_of_matmul_peak"] = r["flops_per_step"] / r["median_step_s"] / 1e9 / peak
@@ -124,7 +146,8 @@ def derived(results: Dict[str, Any]) -> Dict[str, Any]:
 
 def table(results: Dict[str, Any]) -> str:
   rows = ["| run | median step s | min step s | compile s | peak RSS MB |", "|---|---|---|---|---|"]
-  for key in ("ours_small", "peft_small", "ours_small_frozen_bf16", "ours_base_compile"):
+  for key in ("ours_small", "peft_small", "ours_small_default_malloc", "peft_small_default_malloc",
+              "ours_small_frozen_bf16", "ours_base_compile"):
     r = results.get(key, {})
     if "median_step_s" in r:
       rows.append(f"| {key} | {r['median_step_s']:.3f} | {r['min_step_s']:.3f} | "

@@ -21,7 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def toy_backbone(tmp_path_factory):
   """A random toy backbone saved as a backbone folder (the 'initial checkpoint')."""
   path = str(tmp_path_factory.mktemp("bb") / "backbone")
-  gin_utils.parse(list(TOY_FILES), ["PROMPT_LENGTH = 4"])
+  gin_utils.parse(list(TOY_FILES), [*TOY_BINDINGS, "MODEL_DIR = '/unused'"])
   model = initialize.build_model()
   tokens = np.ones((1, 4), np.int32)
   params = nn.meta.unbox(model.init(jax.random.PRNGKey(7), tokens, tokens))["params"]

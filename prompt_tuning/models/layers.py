@@ -134,10 +134,17 @@ class MultiHeadAttention(nn.Module):
 
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     logits = logits + bias.astype(jnp.float32)
-    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    # Softmax with the division deferred to the `[B, Lq, H, D]` output (D = 64
+    # is narrower than Lk): `softmax(s) @ v == (exp(s - max) @ v) / sum(exp(s - max))`.
+    # The shift by the row max cancels exactly, so it needs no gradient.
+    shifted = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    unnormalized = jnp.exp(shifted)
+    denominator = jnp.sum(unnormalized, axis=-1)  # [B, H, Lq]
+    weights = unnormalized.astype(self.dtype)
     if not deterministic and self.dropout_rate > 0:
       weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v, preferred_element_type=jnp.float32)
+    out = (out / jnp.swapaxes(denominator, 1, 2)[..., None]).astype(self.dtype)
     out = out.reshape(out.shape[:2] + (joined,))
     return Dense(inputs_q.shape[-1], ("joined_kv", "embed"), dtype=self.dtype,
                  param_dtype=self.param_dtype, name="out")(out)

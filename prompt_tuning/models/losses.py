@@ -53,12 +53,16 @@ def cross_entropy_with_z_loss(logits: Array, targets: Array, weights: Optional[A
   logits = logits.astype(jnp.float32)
   confidence = 1.0 - label_smoothing
   low = label_smoothing / (vocab_size - 1)
-  soft_targets = jax.nn.one_hot(targets, vocab_size, dtype=jnp.float32) * (confidence - low) + low
   log_z = jax.nn.logsumexp(logits, axis=-1)  # [B, L]
-  log_probs = logits - log_z[..., None]
+  # sum_v soft_v * log p_v with soft = (c - low) * one_hot + low, without
+  # materialising the `[B, L, V]` one-hot: (c - low) * log p_target + low * sum_v log p_v.
+  target_log_prob = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - log_z
+  expected_log_prob = (confidence - low) * target_log_prob
+  if low:
+    expected_log_prob = expected_log_prob + low * (jnp.sum(logits, axis=-1) - vocab_size * log_z)
   token_z_loss = z_loss * jnp.square(log_z)
-  token_loss = (-jnp.sum(soft_targets * log_probs, axis=-1)
-                - smoothing_normalizer(vocab_size, label_smoothing) + token_z_loss)
+  token_loss = (-expected_log_prob - smoothing_normalizer(vocab_size, label_smoothing)
+                + token_z_loss)
   if weights is None:
     weight_sum = jnp.asarray(np.prod(targets.shape), jnp.float32)
   else:

@@ -95,3 +95,16 @@ class Prompt(nn.Module):
     prompt = self.value(embedding_table, deterministic)
     prompt = nn.with_logical_constraint(prompt, PROMPT_AXES)
     return place_prompt(prompt, tokens, embedded, tokens > 0, self.placement)
+
+
+def encoder_prompt(model: nn.Module, variables) -> Array:
+  """What `model`'s encoder sees as the prompt, `[P, E]`: every reparameterization
+  applied deterministically. This is what gets exported as `.npy`.
+
+  Args:
+    model: a `T5` built with a prompt module.
+    variables: its variables (`params` plus e.g. `prompt_masks`).
+  """
+  def value(module):
+    return module.prompt.value(module.token_embedder.embedding, deterministic=True)
+  return model.apply(variables, method=value)

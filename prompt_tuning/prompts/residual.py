@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning.errors import UserError
+from prompt_tuning.prompts.prompt import encoder_prompt
 
 Array = jax.Array
 # Logical axis of the bottleneck; unmapped in the rules, hence replicated.
@@ -162,8 +163,4 @@ def fold(model: nn.Module, variables: Dict[str, Any]) -> np.ndarray:
   """
   if getattr(model, "prompt", None) is None:
     raise UserError("the model has no prompt to fold; build T5 with prompt=Prompt(...)")
-
-  def value(module):
-    return module.prompt.value(module.token_embedder.embedding, deterministic=True)
-
-  return np.asarray(jax.device_get(model.apply(variables, method=value)))
+  return np.asarray(jax.device_get(encoder_prompt(model, variables)))

@@ -42,9 +42,6 @@ class RunCheckpoints:
       return None
     return self._manager.latest_step()
 
-  def all_steps(self):
-    return list(self._manager.all_steps()) if exists(self.directory) else []
-
   def save(self, step: int, state: Any, meta: Dict[str, Any]) -> None:
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)

@@ -110,12 +110,12 @@ def initialize_variables(model: T5, partitioner: Partitioner, initial_checkpoint
       backbone = init_fn(jax.random.fold_in(rng, 1))
     if frozen_dtype:
       backbone = jax.tree_util.tree_map(lambda x: x.astype(frozen_dtype), backbone)
-  rest = _initialize_missing(model, partitioner, backbone, abstract, shardings, rng)
+  rest = _initialize_missing(model, partitioner, backbone, shardings, rng)
   rest[BACKBONE_COLLECTION] = {**backbone, **rest.get(BACKBONE_COLLECTION, {})}
   return rest, shardings
 
 
-def _missing_shardings(abstract: Variables, shardings: Variables) -> Variables:
+def _missing_shardings(shardings: Variables) -> Variables:
   out = {}
   for collection, tree in shardings.items():
     if collection == BACKBONE_COLLECTION:
@@ -125,9 +125,9 @@ def _missing_shardings(abstract: Variables, shardings: Variables) -> Variables:
   return out
 
 
-def _initialize_missing(model, partitioner, backbone, abstract, shardings, rng) -> Variables:
+def _initialize_missing(model, partitioner, backbone, shardings, rng) -> Variables:
   """Creates `prompt/...` params (and non-param collections) with the real embeddings."""
-  out_shardings = _missing_shardings(abstract, shardings)
+  out_shardings = _missing_shardings(shardings)
   if not out_shardings:
     return {}
   enc, _ = _dummy_inputs()

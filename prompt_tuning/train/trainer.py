@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from prompt_tuning.errors import UserError
+from prompt_tuning.prompts.prompt import encoder_prompt
 from prompt_tuning.train import data as data_lib
 from prompt_tuning.train import evaluation, optim, summaries
 from prompt_tuning.train.checkpoints import (RunCheckpoints, export_prompt, makedirs, to_host,
@@ -35,9 +36,7 @@ def prompt_value(model, variables) -> Optional[np.ndarray]:
   """What the encoder sees as the prompt, `[P, E]` float32 (None without a prompt)."""
   if model.prompt is None:
     return None
-  with_prompt = lambda m: m.prompt.value(m.token_embedder.embedding)
-  value = jax.jit(lambda v: model.apply(v, method=with_prompt))(variables)
-  return to_host(value).astype(np.float32)
+  return to_host(encoder_prompt(model, variables)).astype(np.float32)
 
 
 class EarlyStopping:

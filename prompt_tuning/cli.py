@@ -1,33 +1,66 @@
 """`prompt-tuning` command line: one subcommand per module in `commands/`.
 
-Subcommand modules are imported lazily so `prompt-tuning --help` stays fast.
+Subcommand modules are imported only when they run (`command_module`), so
+`prompt-tuning --help` stays fast.
 Each module defines `add_arguments(parser)` and `run(args) -> int | None`.
 Gin-driven commands also accept T5X-style `--gin_file=F` (repeatable),
 `--gin.KEY=VALUE` and `--gin_search_paths=a,b`.
 """
 import argparse
-import importlib
 import os
 import sys
 from typing import List, Optional, Sequence
 
 from prompt_tuning.errors import UserError
 
-# name -> (module under prompt_tuning.commands, one-line help)
+# name -> one-line help
 COMMANDS = {
-    "convert": ("convert", "convert a T5X or Hugging Face checkpoint into a backbone folder"),
-    "score": ("score", "log-likelihood of targets given inputs (rank classification)"),
-    "generate": ("generate", "greedy / beam / sampled decoding of inputs"),
-    "train": ("train", "prompt-tune a frozen backbone (gin-driven)"),
-    "eval": ("evaluate", "evaluate saved prompts on a task or mixture (gin-driven)"),
-    "infer": ("infer", "write predictions of a saved prompt (gin-driven)"),
-    "xprompt": ("xprompt", "XPrompt: tune, prune, rewind (gin-driven)"),
-    "tasks": ("tasks", "list registered SeqIO tasks or show examples"),
-    "demo": ("demo", "the self-contained CPU demo"),
-    "bench": ("bench", "time a prompt-tuning train step"),
-    "plan": ("plan", "per-device memory of a run, without allocating"),
-    "export": ("export", "write a tuned prompt as a Hugging Face PEFT adapter"),
+    "convert": "convert a T5X or Hugging Face checkpoint into a backbone folder",
+    "score": "log-likelihood of targets given inputs (rank classification)",
+    "generate": "greedy / beam / sampled decoding of inputs",
+    "train": "prompt-tune a frozen backbone (gin-driven)",
+    "eval": "evaluate saved prompts on a task or mixture (gin-driven)",
+    "infer": "write predictions of a saved prompt (gin-driven)",
+    "xprompt": "XPrompt: tune, prune, rewind (gin-driven)",
+    "tasks": "list registered SeqIO tasks or show examples",
+    "demo": "the self-contained CPU demo",
+    "bench": "time a prompt-tuning train step",
+    "plan": "per-device memory of a run, without allocating",
+    "export": "write a tuned prompt as a Hugging Face PEFT adapter",
 }
+
+
+def command_module(name: str):
+  """The module of subcommand `name`: `add_arguments(parser)` and `run(args) -> int | None`."""
+  # pylint: disable=g-import-not-at-top
+  match name:
+    case "convert":
+      from prompt_tuning.commands import convert as module
+    case "score":
+      from prompt_tuning.commands import score as module
+    case "generate":
+      from prompt_tuning.commands import generate as module
+    case "train":
+      from prompt_tuning.commands import train as module
+    case "eval":
+      from prompt_tuning.commands import evaluate as module
+    case "infer":
+      from prompt_tuning.commands import infer as module
+    case "xprompt":
+      from prompt_tuning.commands import xprompt as module
+    case "tasks":
+      from prompt_tuning.commands import tasks as module
+    case "demo":
+      from prompt_tuning.commands import demo as module
+    case "bench":
+      from prompt_tuning.commands import bench as module
+    case "plan":
+      from prompt_tuning.commands import plan as module
+    case "export":
+      from prompt_tuning.commands import export as module
+    case _:
+      raise KeyError(name)
+  return module
 
 
 def split_gin_flags(argv: Sequence[str]) -> tuple[List[str], List[str]]:
@@ -81,7 +114,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   argv = list(sys.argv[1:] if argv is None else argv)
   parser = argparse.ArgumentParser(prog="prompt-tuning", description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-  for name, (_, help_text) in COMMANDS.items():
+  for name, help_text in COMMANDS.items():
     sub.add_parser(name, help=help_text, add_help=False)
   if not argv or argv[0] in ("-h", "--help"):
     parser.print_help()
@@ -94,8 +127,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     sys.exit(2)
   if not any(a in ("-h", "--help") for a in argv[1:]):
     _import_tensorflow_quietly()
-  module = importlib.import_module(f"prompt_tuning.commands.{COMMANDS[name][0]}")
-  cmd_parser = argparse.ArgumentParser(prog=f"prompt-tuning {name}", description=COMMANDS[name][1])
+  module = command_module(name)
+  cmd_parser = argparse.ArgumentParser(prog=f"prompt-tuning {name}", description=COMMANDS[name])
   module.add_arguments(cmd_parser)
   try:
     rest, bindings = split_gin_flags(argv[1:])

@@ -6,8 +6,7 @@ package's `configs/` folder is always on the search path, so
 """
 import logging
 import os
-import re
-from typing import Callable, Iterable, List, Optional, Sequence
+from typing import Callable, Iterable, Sequence
 
 import gin
 
@@ -26,22 +25,16 @@ def package_configs_dir() -> str:
 
 
 def register_configurables() -> None:
-  """Imports every module that defines gin configurables."""
+  """Imports every module that defines gin configurables (an import error is an error)."""
   # pylint: disable=unused-import,g-import-not-at-top
   from prompt_tuning.models import config  # noqa: F401
-  from prompt_tuning.prompts import initializers, prompt  # noqa: F401
-  from prompt_tuning.train import (evaluation, initialize, optim, partitioning, step,  # noqa: F401
-                                   trainable, trainer)
-  from prompt_tuning.prompts import ensemble  # noqa: F401
-  from prompt_tuning.train import eval_run  # noqa: F401
+  from prompt_tuning.prompts import ensemble, initializers, prompt  # noqa: F401
+  from prompt_tuning.train import (eval_run, evaluation, initialize, optim, partitioning,  # noqa: F401
+                                   step, trainable, trainer)
+  from prompt_tuning.methods import residual  # noqa: F401
+  from prompt_tuning.methods.xprompt import driver, masks  # noqa: F401
+  from prompt_tuning.demo import experiment  # noqa: F401
   from prompt_tuning.tasks import sources  # noqa: F401  (local_data_dir for DATA_DIR)
-  for optional in ("prompt_tuning.prompts.residual", "prompt_tuning.methods.xprompt",
-                   "prompt_tuning.methods.xprompt_driver",
-                   "prompt_tuning.demo.experiment"):
-    try:
-      __import__(optional)
-    except ImportError:
-      pass
 
 
 def _one_line(error: Exception) -> str:
@@ -127,7 +120,7 @@ def setup_from_args(args) -> None:
   parse(args.gin_file, getattr(args, "gin_bindings", []), paths)
 
 
-def gin_command(module: str, function: str):
+def gin_command(function: Callable):
   """`(add_arguments, run)` of a subcommand that calls a gin-configured function.
 
   Used by `commands/{train,evaluate,infer}.py`, which differ only in the target.
@@ -137,8 +130,7 @@ def gin_command(module: str, function: str):
 
   def run(args) -> int:
     setup_from_args(args)
-    import importlib
-    call(getattr(importlib.import_module(module), function))
+    call(function)
     return 0
 
   return add_arguments, run

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from prompt_tuning.commands.convert import model_param_shapes
+from prompt_tuning.train.initialize import backbone_shapes
 from prompt_tuning.io import t5x
 from prompt_tuning.io.backbone import flatten_paths, load_backbone
 from prompt_tuning.models.config import T5Config
@@ -29,7 +29,7 @@ def convert(*args: str) -> subprocess.CompletedProcess:
 
 def random_params(config: T5Config, seed: int = 0):
   rng = np.random.default_rng(seed)
-  shapes = model_param_shapes(config)
+  shapes = backbone_shapes(config)
   return jax.tree_util.tree_map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
 
 

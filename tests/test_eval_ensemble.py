@@ -29,7 +29,7 @@ def test_ensemble_of_identical_prompts_equals_the_single_prompt(tmp_path):
   gin_utils.parse(["models/t5_1_1_toy_prompt.gin", "prompts/from_file.gin", "runs/prompt_eval.gin"],
                   BINDINGS + [f"MODEL_DIR = '{tmp_path}/single'", f"PROMPT_FILE = '{tmp_path}/p.npy'"])
   single = gin_utils.call(eval_run.evaluate)
-  gin_utils.parse(["models/t5_1_1_toy_prompt.gin", "prompts/ensemble.gin", "runs/prompt_eval.gin"],
+  gin_utils.parse(["models/t5_1_1_toy_prompt.gin", "runs/prompt_eval.gin", "prompts/ensemble.gin"],
                   BINDINGS + [f"MODEL_DIR = '{tmp_path}/ens'",
                               f"PROMPT_FILES = ['{tmp_path}/p.npy', '{tmp_path}/p.npy']"])
   ensembled = gin_utils.call(eval_run.evaluate)

@@ -213,6 +213,10 @@ def test_real_checkpoint_config_and_logits():
   logits = apply({"params": params}, encoder, decoder)
   assert logits.shape == (2, 3, 32128)
   assert np.isfinite(np.asarray(logits)).all()
-  # Padding must not change the result: drop the padded columns.
+  # Padding must not change the result: drop the padded columns. The two
+  # programs differ in shape, so XLA may pick other kernels and summation
+  # orders: allow f32 reassociation error (a few ulps per reduction over
+  # ~16 layers' depth) relative to the logits' scale, not one machine's value.
   trimmed = apply({"params": params}, encoder[:1, :4], decoder[:1])
-  np.testing.assert_allclose(logits[:1], trimmed, rtol=1e-6, atol=1e-6)
+  scale = float(np.abs(np.asarray(logits)).max())
+  np.testing.assert_allclose(logits[:1], trimmed, rtol=1e-5, atol=1e-5 * max(scale, 1.0))

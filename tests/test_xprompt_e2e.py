@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from prompt_tuning import cli
-from prompt_tuning.methods import xprompt_driver
+from prompt_tuning.methods.xprompt import driver as xprompt_driver
 from tests.train_helpers import TOY_BINDINGS
 
 PIECES = 2  # divides the toy model's d_model 32

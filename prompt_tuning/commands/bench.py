@@ -66,24 +66,19 @@ def bench_train_step(size: str = "small", batch_size: int = 8, inputs_length: in
   from prompt_tuning.prompts import initializers
   from prompt_tuning.prompts.prompt import Prompt
   from prompt_tuning.train import optim
-  from prompt_tuning.train.initialize import initialize_variables
-  from prompt_tuning.train.partitioning import Partitioner
-  from prompt_tuning.train.step import LossConfig, make_train_step
-  from prompt_tuning.train.trainable import split_variables
+  from prompt_tuning.train.run_setup import build_run, compile_train_step
 
   if min(batch_size, inputs_length, targets_length, steps) < 1 or prompt_length < 1:
     raise UserError("bench sizes and --steps must be positive integers")
   config = t5_1_1_config(size, dtype=dtype, remat=remat)
   model = T5(config, prompt=Prompt(length=prompt_length, initializer=initializers.uniform()))
-  partitioner = Partitioner()
-  variables, shardings = initialize_variables(model, partitioner, None, jax.random.PRNGKey(seed),
-                                              frozen_dtype)
-  patterns = ("prompt/.*",)
-  trainable, frozen = split_variables(variables, patterns)
-  trainable_sh, frozen_sh = split_variables(shardings, patterns)
-  optimizer = optim.adafactor()
-  opt_state = optimizer.init(trainable)
-  step_fn = jax.jit(make_train_step(model, optimizer, LossConfig()), donate_argnums=(0, 1))
+  # The same setup and the same jitted, sharded, donating step as `trainer.train`.
+  ctx = build_run(model=model, seed=seed, frozen_dtype=frozen_dtype)
+  split = ctx.split(("prompt/.*",))
+  ctx.variables = None
+  train_step = compile_train_step(ctx, split, optim.adafactor())
+  partitioner, frozen = ctx.partitioner, split.frozen
+  trainable, opt_state, step_fn = split.trainable, train_step.opt_state, train_step.step
   batch = partitioner.shard_batch(random_batch(np.random.default_rng(seed), batch_size,
                                                inputs_length, targets_length, config.vocab_size))
   rng = jax.random.PRNGKey(seed + 1)

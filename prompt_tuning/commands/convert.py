@@ -17,9 +17,11 @@ from typing import Any, Dict, Optional, Tuple
 import jax
 import numpy as np
 
+from prompt_tuning import fs
 from prompt_tuning.errors import UserError, closest
 from prompt_tuning.io.backbone import check_tree_shapes, save_backbone
 from prompt_tuning.models.config import T5Config
+from prompt_tuning.train.initialize import backbone_shapes
 
 FORMATS = ("t5x", "hf")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -40,16 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "HF: overrides config.json")
 
 
-def model_param_shapes(config: T5Config) -> Dict[str, Any]:
-  """The `T5(config)` parameter tree as `jax.ShapeDtypeStruct`s (nothing allocated)."""
-  import flax.linen as nn
-  import jax.numpy as jnp
-  from prompt_tuning.models.t5 import T5
-  tokens = jnp.zeros((1, 1), jnp.int32)
-  shapes = jax.eval_shape(lambda: T5(config).init(jax.random.PRNGKey(0), tokens, tokens))
-  return nn.meta.unbox(shapes)["params"]
-
-
 def read_checkpoint(source_format: str, path: str, dtype: Optional[str] = None,
                     max_distance: Optional[int] = None) -> Tuple[T5Config, Dict[str, Any]]:
   """(config, numpy params) of a checkpoint, checked against the model it describes."""
@@ -62,7 +54,7 @@ def read_checkpoint(source_format: str, path: str, dtype: Optional[str] = None,
   else:
     raise UserError(f"unknown --from {source_format!r}.{closest(source_format, FORMATS)} "
                     f"Choose one of {', '.join(FORMATS)}")
-  check_tree_shapes(params, model_param_shapes(config), what=f"{source_format} checkpoint {path}")
+  check_tree_shapes(params, backbone_shapes(config), what=f"{source_format} checkpoint {path}")
   return config, params
 
 
@@ -74,13 +66,13 @@ def _check_args(args: argparse.Namespace) -> None:
     raise UserError(f"unknown --dtype {args.dtype!r}; choose one of {', '.join(DTYPES)}")
   if args.relative_attention_max_distance is not None and args.relative_attention_max_distance < 1:
     raise UserError("--relative_attention_max_distance must be a positive integer")
-  if "://" not in args.output and os.path.exists(args.output) and (
+  if not fs.is_remote(args.output) and os.path.exists(args.output) and (
       not os.path.isdir(args.output) or os.listdir(args.output)):
     raise UserError(f"--output {args.output} already exists; choose a new folder or delete it")
 
 
 def _write(output: str, config: T5Config, params: Dict[str, Any], source: Dict[str, Any]) -> None:
-  if "://" in output:  # remote: config.json, written last, marks completion
+  if fs.is_remote(output):  # remote: config.json, written last, marks completion
     save_backbone(output, config, params, source)
     return
   output = os.path.abspath(output)
@@ -101,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
   config, params = read_checkpoint(args.source_format, args.input, args.dtype,
                                    args.relative_attention_max_distance)
   source = {"format": args.source_format,
-            "path": args.input if "://" in args.input else os.path.abspath(args.input)}
+            "path": fs.absolute(args.input)}
   _write(args.output, config, params, source)
   count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
   print(f"wrote {args.output}: T5 1.1 emb_dim={config.emb_dim} heads={config.num_heads} "

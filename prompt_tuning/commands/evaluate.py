@@ -1,4 +1,5 @@
 """`prompt-tuning eval --gin_file=... --gin.PROMPT_FILE=...`: metrics of saved prompts."""
 from prompt_tuning import gin_utils
+from prompt_tuning.train import eval_run
 
-add_arguments, run = gin_utils.gin_command("prompt_tuning.train.eval_run", "evaluate")
+add_arguments, run = gin_utils.gin_command(eval_run.evaluate)

@@ -8,7 +8,8 @@ import argparse
 
 import numpy as np
 
-from prompt_tuning.commands.score import Progress, add_common_arguments, check_common_arguments
+from prompt_tuning.commands.score import add_common_arguments, check_common_arguments
+from prompt_tuning.train.summaries import Progress
 from prompt_tuning.data import jsonl
 from prompt_tuning.errors import UserError
 
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
   jsonl.check_token_range(inputs, model.vocab_size, args.vocab)
 
   predictions = [""] * len(examples)
-  progress = Progress("generate", len(examples))
+  progress = Progress(0, len(examples), "generate")
   seed = jax.random.PRNGKey(args.seed)
   for number, batch in enumerate(length_sorted_batches([len(i) for i in inputs], args.batch_size)):
     input_tokens, _ = jsonl.pad_sequences(

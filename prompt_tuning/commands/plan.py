@@ -13,6 +13,7 @@ import flax.linen as nn
 import gin
 import jax
 import numpy as np
+from jax.sharding import PartitionSpec
 
 from prompt_tuning import gin_utils
 from prompt_tuning import plan as plan_lib
@@ -52,6 +53,7 @@ def plan_run(num_devices: Optional[int] = None) -> Dict[str, Any]:
   """The plan of the parsed gin configuration (see module docstring)."""
   from prompt_tuning.train import initialize, trainable as trainable_lib
   from prompt_tuning.train.partitioning import DEFAULT_RULES
+  from prompt_tuning.train.run_setup import optimizer_layouts
   num_devices = num_devices or jax.device_count()
   try:
     axis_sizes = plan_lib.mesh_axis_sizes(num_devices, _gin_value("make_mesh.model_parallel_size", 1),
@@ -80,14 +82,10 @@ def plan_run(num_devices: Optional[int] = None) -> Dict[str, Any]:
   optimizer = _gin_value("train.optimizer")
   opt_fp = plan_lib.Footprint()
   if optimizer is not None:
+    # The trainer's own rule (run_setup.optimizer_layouts), on PartitionSpecs.
     opt_state = jax.eval_shape(optimizer.init, trainable)
-    # As the trainer does: a state leaf shaped like a parameter takes its sharding.
-    by_shape = {}
-    for shape, _, spec in _leaves(trainable, trainable_specs):
-      by_shape.setdefault(tuple(shape), spec)
-    opt_fp = plan_lib.footprint(
-        [(x.shape, x.dtype, by_shape.get(tuple(x.shape))) for x in jax.tree_util.tree_leaves(opt_state)],
-        axis_sizes)
+    opt_specs = optimizer_layouts(optimizer, trainable, trainable_specs, PartitionSpec())
+    opt_fp = plan_lib.footprint(_leaves(opt_state, opt_specs), axis_sizes)
   frozen_fp = plan_lib.footprint(_leaves(frozen, frozen_specs), axis_sizes)
   trainable_fp = plan_lib.footprint(_leaves(trainable, trainable_specs), axis_sizes)
 

@@ -6,14 +6,13 @@ target tokens, EOS appended as SeqIO does, of log p(token)) and
 the same inputs is rank classification.
 """
 import argparse
-import sys
-import time
 from typing import Any, Dict, List
 
 import numpy as np
 
 from prompt_tuning.data import jsonl
 from prompt_tuning.errors import UserError
+from prompt_tuning.train.summaries import Progress
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,25 +40,6 @@ def check_common_arguments(args: argparse.Namespace) -> None:
   read_backbone_metadata(args.checkpoint)
 
 
-class Progress:
-  """Occasional 'N/M examples' lines on stderr, so long files show signs of life."""
-
-  def __init__(self, what: str, total: int, every_s: float = 5.0):
-    self.what, self.total, self.every_s = what, total, every_s
-    self.start = self.last = time.monotonic()
-    self.done = 0
-
-  def update(self, count: int) -> None:
-    self.done += count
-    now = time.monotonic()
-    finished_slowly = self.done >= self.total and now - self.start >= self.every_s
-    if now - self.last >= self.every_s or finished_slowly:
-      self.last = now
-      rate = self.done / max(now - self.start, 1e-9)
-      print(f"{self.what}: {self.done}/{self.total} examples ({rate:.1f}/s)", file=sys.stderr,
-            flush=True)
-
-
 def run(args: argparse.Namespace) -> int:
   check_common_arguments(args)
   examples = jsonl.read_examples(args.inputs_file, ("inputs", "targets"))
@@ -72,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
   jsonl.check_token_range(inputs + targets, model.vocab_size, args.vocab)
 
   log_likelihoods = np.zeros(len(examples), np.float64)
-  progress = Progress("score", len(examples))
+  progress = Progress(0, len(examples), "score")
   lengths = [len(i) + len(t) for i, t in zip(inputs, targets)]
   for batch in length_sorted_batches(lengths, args.batch_size):
     input_tokens, _ = jsonl.pad_sequences(

@@ -6,11 +6,10 @@ Same gin files as `prompt-tuning train` plus `methods/xprompt.gin`, e.g.
       --gin_file=methods/xprompt.gin --gin_file=runs/prompt_finetune.gin \
       --gin.MODEL_DIR="'/tmp/rte_xprompt'" --gin.run_xprompt.metric_name="'accuracy'"
 
-See `prompt_tuning.methods.xprompt_driver` for the stages and the files written.
+See `prompt_tuning.methods.xprompt.driver` for the stages and the files written.
 """
 from prompt_tuning import gin_utils
-# Re-exported: the demo (and any caller) can use this module as the driver.
-from prompt_tuning.methods.xprompt_driver import run_xprompt  # noqa: F401
+from prompt_tuning.methods.xprompt.driver import run_xprompt
 
 
 def add_arguments(parser) -> None:

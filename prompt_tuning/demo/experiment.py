@@ -9,27 +9,24 @@ Every tuning run goes through the same code path as `prompt-tuning train`: the
 gin files in `configs/`, `trainer.train`, Orbax checkpoints and `seqio.Evaluator`
 on held-out inputs that no training split (pretraining included) contains.
 """
-import importlib
-import json
 import os
 import shutil
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import gin
-import jax
 
 from prompt_tuning import gin_utils
 from prompt_tuning.demo import plots, tasks
 from prompt_tuning.demo.pretrain import pretrain_backbone
 from prompt_tuning.errors import UserError
+from prompt_tuning.fs import write_json
 from prompt_tuning.io.backbone import CONFIG_FILE, load_backbone_config
+from prompt_tuning.methods.xprompt.driver import run_xprompt
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.t5 import T5
-from prompt_tuning.train import evaluation
-from prompt_tuning.train.checkpoints import write_json
-from prompt_tuning.train.initialize import build_model, initialize_variables
-from prompt_tuning.train.partitioning import Partitioner
+from prompt_tuning.train import evaluation, trainer
+from prompt_tuning.train.run_setup import RunContext, build_run
 
 SUMMARY_FILE = "demo_summary.json"
 CURVES_FILE = "learning_curves.png"
@@ -40,9 +37,6 @@ METHOD_FILES = {
     "residual": ("runs/prompt_finetune.gin", "prompts/prompt.gin", "methods/residual.gin"),
     "xprompt": ("runs/prompt_finetune.gin", "prompts/prompt.gin", "methods/xprompt.gin"),
 }
-# The three-stage XPrompt driver (tune, prune, rewind). Until it exists the demo
-# reports XPrompt as skipped; see `_run_xprompt` for the expected entry point.
-XPROMPT_DRIVER = "prompt_tuning.commands.xprompt"
 
 
 @gin.configurable
@@ -68,66 +62,32 @@ def _last_metric(history: Sequence[Mapping[str, float]], key: str) -> Optional[f
   return values[-1] if values else None
 
 
-def evaluate_variables(model: T5, partitioner: Partitioner, variables: Any, shardings: Any,
-                       task: str, feature_lengths: Mapping[str, int]) -> float:
-  """Held-out exact match of `variables` on `task`, through the trainer's SeqIO evaluation."""
+def evaluate_variables(ctx: RunContext, task: str, feature_lengths: Mapping[str, int]) -> float:
+  """Held-out exact match of the run's variables on `task`, through the trainer's SeqIO evaluation."""
   evaluator = evaluation.make_evaluator(task, feature_lengths, "validation")
-  fns = evaluation.EvalModelFns(model, partitioner, variables, shardings,
+  fns = evaluation.EvalModelFns(ctx.model, ctx.partitioner, ctx.variables, ctx.shardings,
                                 max_decode_length=feature_lengths["targets"])
   return evaluation.run_evaluation(evaluator, fns, step=0)[f"{task}/{METRIC}"]
-
-
-def _initial_variables(model: T5, backbone_dir: str, seed: int):
-  """The variables a tuning run starts from (same rng as `trainer.train`)."""
-  partitioner = Partitioner()
-  variables, shardings = initialize_variables(
-      model, partitioner, backbone_dir, jax.random.fold_in(jax.random.PRNGKey(seed), 0))
-  return partitioner, variables, shardings
 
 
 def instructed_reference(backbone_dir: str, operation: str,
                          feature_lengths: Mapping[str, int]) -> float:
   """The backbone WITH the instruction word (no prompt): what a perfect prompt could reach."""
   gin.clear_config()
-  model = T5(load_backbone_config(backbone_dir), prompt=None)
-  partitioner, variables, shardings = _initial_variables(model, backbone_dir, 0)
-  return evaluate_variables(model, partitioner, variables, shardings,
-                            tasks.task_name(operation, True), feature_lengths)
+  ctx = build_run(initial_checkpoint_path=backbone_dir,
+                  model=T5(load_backbone_config(backbone_dir), prompt=None))
+  return evaluate_variables(ctx, tasks.task_name(operation, True), feature_lengths)
 
 
 def random_prompt_baseline(task: str, feature_lengths: Mapping[str, int], backbone_dir: str,
                            seed: int) -> float:
   """Frozen backbone + the untrained prompt a run starts from (gin must be parsed)."""
-  model = build_model()
-  partitioner, variables, shardings = _initial_variables(model, backbone_dir, seed)
-  return evaluate_variables(model, partitioner, variables, shardings, task, feature_lengths)
+  ctx = build_run(initial_checkpoint_path=backbone_dir, seed=seed)
+  return evaluate_variables(ctx, task, feature_lengths)
 
 
-def _run_method(method: str, files: Sequence[str], bindings: Sequence[str], run_dir: str
-                ) -> Dict[str, Any]:
-  from prompt_tuning.train import trainer
-  gin_utils.parse(list(files), list(bindings))
-  start = time.time()
-  summary = gin_utils.call(trainer.train)
-  return {"summary": summary, "wall_s": time.time() - start}
-
-
-def _run_xprompt(files: Sequence[str], bindings: Sequence[str], run_dir: str
-                 ) -> Optional[Dict[str, Any]]:
-  """Runs the XPrompt driver if it exists, else None.
-
-  Hook: the driver module `XPROMPT_DRIVER` is expected to expose a gin-configurable
-  `run_xprompt()` (reading the same `train.*` bindings) that returns a dict with
-  `trainable_parameters`, `final_step`, `eval_history` (list of `{step, metric...}`)
-  and optionally `heatmap` (a PNG path).
-  """
-  try:
-    driver = importlib.import_module(XPROMPT_DRIVER)
-  except ImportError:
-    return None
-  entry = getattr(driver, "run_xprompt", None)
-  if entry is None:
-    return None
+def _run_gin(entry, files: Sequence[str], bindings: Sequence[str]) -> Dict[str, Any]:
+  """Parses the method's gin files, then runs `entry` (`trainer.train` or `run_xprompt`)."""
   gin_utils.parse(list(files), list(bindings))
   start = time.time()
   summary = gin_utils.call(entry)
@@ -164,11 +124,8 @@ def format_table(summary: Mapping[str, Any]) -> str:
       round(ref["wall_s"], 1))
   add("random prompt (untrained)", "-", summary["baseline"]["held_out_exact_match"], 0, "-")
   for row in summary["methods"]:
-    if "skipped" in row:
-      lines.append(f"{row['method']:<34}  skipped: {row['skipped']}")
-    else:
-      add(row["method"], f"{row['trainable_parameters']:,}", row["held_out_exact_match"],
-          row["steps"], row["wall_s"])
+    add(row["method"], f"{row['trainable_parameters']:,}", row["held_out_exact_match"],
+        row["steps"], row["wall_s"])
   return "\n".join(lines)
 
 
@@ -247,14 +204,10 @@ def run_demo(model_dir: str = gin.REQUIRED, operation: str = "reverse",
     bindings += list((method_bindings or {}).get(method, ()))
     print(f"\n=== {method}: tuning a {prompt_length}-token prompt on {task} ===", flush=True)
     if method == "xprompt":
-      result = _run_xprompt(METHOD_FILES[method],
-                            [*bindings, f"XPROMPT_PIECES = {xprompt_pieces}"], run_dir)
-      if result is None:
-        rows.append({"method": method, "skipped": f"{XPROMPT_DRIVER}.run_xprompt not available yet"})
-        print(f"xprompt skipped: {XPROMPT_DRIVER}.run_xprompt is not available yet", flush=True)
-        continue
+      result = _run_gin(run_xprompt, METHOD_FILES[method],
+                        [*bindings, f"XPROMPT_PIECES = {xprompt_pieces}"])
     else:
-      result = _run_method(method, METHOD_FILES[method], bindings, run_dir)
+      result = _run_gin(trainer.train, METHOD_FILES[method], bindings)
     rows.append(_row(method, result, task))
 
   summary = {

@@ -1,7 +1,7 @@
 """Pretraining the demo's tiny T5 1.1 on the instruction mixture (full training, no prompt).
 
-A short loop around the project's own `make_train_step` with every parameter
-trainable (`.*`); the result is saved with `save_backbone`, so prompt tuning
+A short loop around the trainer's own compiled step (`compile_train_step`)
+with every parameter trainable (`.*`); the result is saved with `save_backbone`, so prompt tuning
 later loads it through `INITIAL_CHECKPOINT_PATH` exactly like a converted
 T5X or Hugging Face checkpoint.
 """
@@ -18,8 +18,8 @@ from prompt_tuning.train import data as data_lib
 from prompt_tuning.train import optim
 from prompt_tuning.train.initialize import initialize_variables
 from prompt_tuning.train.partitioning import Partitioner
-from prompt_tuning.train.step import LossConfig, make_train_step
-from prompt_tuning.train.trainable import split_variables
+from prompt_tuning.train.run_setup import RunContext, compile_train_step
+from prompt_tuning.train.step import LossConfig
 
 ALL_PARAMETERS = (".*",)
 
@@ -37,20 +37,19 @@ def pretrain_backbone(path: str, config: T5Config, mixture: str,
   model = T5(config, prompt=None)
   partitioner = Partitioner()
   variables, shardings = initialize_variables(model, partitioner, None, jax.random.PRNGKey(seed))
-  params, _ = split_variables(variables, ALL_PARAMETERS)
-  params_sh, _ = split_variables(shardings, ALL_PARAMETERS)
+  ctx = RunContext(model, partitioner, variables, shardings, jax.random.PRNGKey(seed))
+  split = ctx.split(ALL_PARAMETERS)
   schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, max(1, steps // 20), steps,
                                                 learning_rate * 0.05)
   optimizer = optim.adamw(learning_rate=schedule, weight_decay=0.0, max_grad_norm=1.0)
-  opt_state = optimizer.init(params)
-  step_fn = jax.jit(make_train_step(model, optimizer, LossConfig(z_loss=0.0)),
-                    donate_argnums=(0, 1))
+  compiled = compile_train_step(ctx, split, optimizer, loss_config=LossConfig(z_loss=0.0))
+  params, opt_state, step_fn = split.trainable, compiled.opt_state, compiled.step
   batches = data_lib.batches(mixture, task_feature_lengths, "train", batch_size, seed=seed)
   rng = jax.random.PRNGKey(seed + 1)
   history: List[Dict[str, float]] = []
   for step in range(1, steps + 1):
     with partitioner.context():
-      params, opt_state, metrics = step_fn(params, opt_state, {"params": {}},
+      params, opt_state, metrics = step_fn(params, opt_state, split.frozen,
                                            partitioner.shard_batch(next(batches)),
                                            jax.random.fold_in(rng, step))
     if step % log_every == 0 or step == steps:

@@ -16,6 +16,7 @@ from typing import Any, Dict, Optional, Tuple
 import jax
 import numpy as np
 
+from prompt_tuning import fs
 from prompt_tuning.errors import UserError
 from prompt_tuning.models.config import T5Config
 
@@ -32,7 +33,7 @@ def _checkpointer():
 def save_backbone(path: str, config: T5Config, params: Dict[str, Any],
                   source: Optional[Dict[str, Any]] = None) -> None:
   """Writes `params` and `config` to `path` (which must not exist yet)."""
-  path = os.path.abspath(path) if "://" not in path else path
+  path = fs.absolute(path)
   if os.path.exists(os.path.join(path, CONFIG_FILE)):
     raise UserError(f"{path} already holds a backbone; choose a new --output folder or delete it")
   ckpt = _checkpointer()

@@ -15,8 +15,13 @@ Parameter tree (flaxformer names, so T5X checkpoints load by name)::
   decoder/decoder_norm/scale
   decoder/logits_dense/kernel                             [embed, vocab]
   prompt/...                                              (only with a prompt module)
+  <name>/...                                              (each of `extras`, e.g. `info/`)
+
+These paths (without `prompt/` and extras) are the *backbone*: what a
+checkpoint must hold. Everything else the model defines is new and created by
+`model.init` (see `prompt_tuning.train.initialize`).
 """
-from typing import Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -109,8 +114,13 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, y: Array, encoded: Array, encoder_valid: Array,
-               deterministic: bool = True, decode: bool = False) -> Array:
-    """y: `[B, Lt, E]` embedded decoder inputs (`[B, 1, E]` when decoding) -> logits `[B, Lt, V]`."""
+               deterministic: bool = True, decode: bool = False) -> Tuple[Array, Array]:
+    """y: `[B, Lt, E]` embedded decoder inputs (`[B, 1, E]` when decoding).
+
+    Returns:
+      (logits `[B, Lt, V]` float32, final hidden state `[B, Lt, E]`: what the
+      LM head reads, after the final norm and dropout).
+    """
     c = self.config
     relpos = RelativePositionBiases(c.relative_attention_num_buckets,
                                     c.relative_attention_max_distance, c.num_heads,
@@ -142,7 +152,11 @@ class Decoder(nn.Module):
     logits = Dense(c.vocab_size, ("embed", "vocab"), dtype=jnp.dtype(c.dtype),
                    param_dtype=jnp.dtype(c.param_dtype), name="logits_dense")(y)
     logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
-    return logits.astype(jnp.float32)
+    return logits.astype(jnp.float32), y
+
+
+Features = Dict[str, Array]
+RESERVED_NAMES = ("token_embedder", "encoder", "decoder", "prompt")
 
 
 class T5(nn.Module):
@@ -151,15 +165,26 @@ class T5(nn.Module):
   The prompt module is called as `prompt(tokens [B, L], embedded [B, L, E],
   embedding_table [V, E], deterministic) -> (embedded [B, L', E], valid [B, L'])`; its
   parameters land under the top-level `prompt/` path.
+
+  `extras` are a method's own modules that the forward pass does not use
+  (e.g. InfoPrompt's critics): `(name, factory)` pairs, each module's
+  parameters under the top-level `name/` path. Whenever parameters are being
+  created, each extra is called once with `features()`'s dict so that it can
+  create them; training code reaches them with `model.apply(..., method=...)`.
   """
   config: T5Config
   prompt: Optional[nn.Module] = None
+  extras: Tuple[Tuple[str, Callable[[], nn.Module]], ...] = ()
 
   def setup(self):
     c = self.config
     self.token_embedder = Embed(c.vocab_size, c.emb_dim, **_kw(c))
     self.encoder = Encoder(c)
     self.decoder = Decoder(c)
+    for name, make in self.extras:
+      if name in RESERVED_NAMES:
+        raise ValueError(f"model extra {name!r} would shadow the model's own {name!r}")
+      setattr(self, name, make())
 
   def embed_encoder_inputs(self, encoder_input_tokens: Array,
                            enable_dropout: bool = False) -> Tuple[Array, Array]:
@@ -180,10 +205,34 @@ class T5(nn.Module):
              enable_dropout: bool = False, decode: bool = False) -> Array:
     """Decoder logits `[B, Lt, V]` (float32) for `[B, Lt]` decoder input tokens."""
     y = self.token_embedder(decoder_input_tokens)
-    return self.decoder(y, encoded, encoder_valid, deterministic=not enable_dropout, decode=decode)
+    logits, _ = self.decoder(y, encoded, encoder_valid, deterministic=not enable_dropout,
+                             decode=decode)
+    return logits
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                enable_dropout: bool = False) -> Array:
-    """Teacher-forced logits `[B, Lt, V]`."""
+    """Teacher-forced logits `[B, Lt, V]`.
+
+    Also sows the `features` dict into the `intermediates` collection (a no-op
+    unless the caller makes it mutable), for losses that need more than logits.
+    """
     encoded, valid = self.encode(encoder_input_tokens, enable_dropout)
-    return self.decode(encoded, valid, decoder_input_tokens, enable_dropout)
+    y = self.token_embedder(decoder_input_tokens)
+    logits, hidden = self.decoder(y, encoded, valid, deterministic=not enable_dropout)
+    features = {"encoded": encoded, "encoder_valid": valid, "decoder_hidden": hidden}
+    for key, value in features.items():
+      self.sow("intermediates", key, value)
+    if self.extras and self.is_mutable_collection("params"):
+      features = {**features, **self.input_features(encoder_input_tokens)}
+      for name, _ in self.extras:
+        getattr(self, name)(features)
+    return logits
+
+  def input_features(self, encoder_input_tokens: Array) -> Features:
+    """`input_embeddings` `[B, L, E]` and `input_valid` `[B, L]` of the bare input,
+    plus `prompt` `[P, E]` (what the encoder sees as the prompt) when there is one."""
+    out = {"input_embeddings": self.token_embedder(encoder_input_tokens),
+           "input_valid": encoder_input_tokens > 0}
+    if self.prompt is not None and hasattr(self.prompt, "value"):
+      out["prompt"] = self.prompt.value(self.token_embedder.embedding, deterministic=True)
+    return out

@@ -1,6 +1,8 @@
 """Prompt initializers (Lester et al. 2021, section 3), as gin-bindable factories.
 
 Each factory returns `init(rng, shape [P, E], embedding_table [V, E]) -> [P, E]`.
+Initializers that read saved values (`from_file`, `from_t5x_checkpoint`) carry
+`loads_saved_values = True`: eval and infer refuse any other prompt source.
 The embedding table is the real (frozen) one: the trainer creates the prompt
 after the backbone is loaded, so vocabulary- and label-based initializers see
 the pretrained embeddings.
@@ -90,6 +92,7 @@ def from_file(path: str = gin.REQUIRED) -> Initializer:
     except ValueError as e:
       raise UserError(f"prompt file {path} is not a plain .npy array ({e})") from None
     return _checked(value, shape, f"prompt file {path}")
+  init.loads_saved_values = True  # eval/infer accept it as a trained prompt
   return init
 
 
@@ -101,6 +104,7 @@ def from_t5x_checkpoint(path: str = gin.REQUIRED,
     del rng, embedding_table
     from prompt_tuning.io.t5x import read_t5x_variable
     return _checked(read_t5x_variable(path, variable), shape, f"{path}:{variable}")
+  init.loads_saved_values = True
   return init
 
 

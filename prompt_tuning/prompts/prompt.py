@@ -1,11 +1,13 @@
 """The soft prompt: `[PROMPT_LENGTH, d_model]` parameters placed into the encoder input.
 
-A `Prompt` owns the raw parameter `prompt/prompt` and a chain of
+A `Prompt` owns the raw parameter `prompt/prompt` and a chain of named
 `reparameterizations`, modules mapping `[P, E] -> [P, E]` (Residual Prompt
-Tuning's MLP, XPrompt's masks). What the encoder sees is the end of that chain;
-`Prompt.value` computes it, which is also what gets exported as `.npy`.
+Tuning's MLP under `prompt/residual/`, XPrompt's masks under
+`prompt_masks/prompt/xprompt/`). What the encoder sees is the end of that
+chain; `encoder_prompt` computes it, which is also what gets exported as `.npy`.
 """
-from typing import Callable, Optional, Sequence, Tuple
+import functools
+from typing import Callable, Optional, Tuple
 
 import flax.linen as nn
 import gin
@@ -18,6 +20,40 @@ Array = jax.Array
 # Logical axes of the prompt: replicated by default (see the partitioning rules).
 PROMPT_AXES = ("prompt", "prompt_embed")
 PLACEMENTS = ("prefix", "suffix")
+# The order in which reparameterizations apply, by slot name.
+REPARAMETERIZATION_SLOTS = ("residual", "xprompt")
+Reparameterizations = Tuple[Tuple[str, Callable[..., nn.Module]], ...]
+
+
+@gin.configurable
+def prompt_reparameterizations(residual: Optional[Callable[..., nn.Module]] = None,
+                               xprompt: Optional[Callable[..., nn.Module]] = None
+                               ) -> Reparameterizations:
+  """The reparameterization chain of `Prompt`, one gin-bindable slot per method.
+
+  Each method's gin file binds its own slot (e.g. `prompt_reparameterizations.residual =
+  @ResidualReparameterization`, a module class or factory, not an instance), so
+  stacking method files combines them instead of the last one winning. The
+  chain applies in `REPARAMETERIZATION_SLOTS` order: the residual MLP first,
+  then XPrompt's masks on what the MLP made.
+
+  Returns:
+    `(name, factory)` pairs; the module made by `factory(name=name)` owns the
+    parameters under `prompt/<name>/`. A gin-configurable class is returned
+    with its bindings of this moment applied, so the model does not depend on
+    the gin config still being in place when Flax builds the module.
+  """
+  slots = {"residual": residual, "xprompt": xprompt}
+  return tuple((name, _with_current_bindings(slots[name])) for name in REPARAMETERIZATION_SLOTS
+               if slots[name] is not None)
+
+
+def _with_current_bindings(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+  try:
+    bindings = gin.get_bindings(factory)
+  except ValueError:  # not a gin configurable: a plain class or functools.partial
+    return factory
+  return functools.partial(factory, **bindings) if bindings else factory
 
 
 def place_prompt(prompt: Array, tokens: Array, embedded: Array, valid: Array,
@@ -65,16 +101,20 @@ class Prompt(nn.Module):
     initializer: `(rng, [P, E], embedding_table [V, E]) -> [P, E]`; see
       `prompt_tuning.prompts.initializers`.
     placement: `prefix` (Lester et al.) or `suffix` (before EOS).
-    reparameterizations: modules applied in order to the raw `[P, E]` prompt.
+    reparameterizations: `(name, module factory)` pairs applied in order to the
+      raw `[P, E]` prompt (see `prompt_reparameterizations`).
   """
   length: int = gin.REQUIRED
   initializer: Callable = initializers.uniform()
   placement: str = "prefix"
-  reparameterizations: Sequence[nn.Module] = ()
+  reparameterizations: Reparameterizations = ()
 
   def setup(self):
     if self.placement not in PLACEMENTS:
       raise ValueError(f"unknown prompt placement {self.placement!r}; choose one of {PLACEMENTS}")
+    names = [name for name, _ in self.reparameterizations]
+    if len(set(names)) != len(names) or "prompt" in names:
+      raise ValueError(f"prompt reparameterization names {names} must be distinct and not 'prompt'")
 
   @nn.compact
   def value(self, embedding_table: Array, deterministic: bool = True) -> Array:
@@ -86,8 +126,8 @@ class Prompt(nn.Module):
             lambda rng, shape: self.initializer(rng, shape, embedding_table), PROMPT_AXES),
         shape)
     value = raw
-    for reparam in self.reparameterizations:
-      value = reparam(value, deterministic=deterministic)
+    for name, make in self.reparameterizations:
+      value = make(name=name)(value, deterministic=deterministic)
     return value
 
   def __call__(self, tokens: Array, embedded: Array, embedding_table: Array,
@@ -99,7 +139,8 @@ class Prompt(nn.Module):
 
 def encoder_prompt(model: nn.Module, variables) -> Array:
   """What `model`'s encoder sees as the prompt, `[P, E]`: every reparameterization
-  applied deterministically. This is what gets exported as `.npy`.
+  applied deterministically (residual MLP folded, masks applied). This is what
+  gets exported as `.npy` and what `initializers.from_file` loads.
 
   Args:
     model: a `T5` built with a prompt module.
@@ -108,3 +149,4 @@ def encoder_prompt(model: nn.Module, variables) -> Array:
   def value(module):
     return module.prompt.value(module.token_embedder.embedding, deterministic=True)
   return model.apply(variables, method=value)
+

@@ -8,13 +8,12 @@ prompt was tuned against. The frozen backbone is never re-saved.
 Orbax writes each step to a temporary folder and renames it when complete,
 so an interrupted save never leaves a checkpoint that restore would pick up.
 """
-import json
-import os
 from typing import Any, Dict, Optional, Tuple
 
-import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from prompt_tuning import fs
 
 PROMPTS_DIR = "prompts"
 
@@ -23,7 +22,7 @@ class RunCheckpoints:
   """Periodic, keep-N checkpoints of a run folder, with automatic resume."""
 
   def __init__(self, model_dir: str, keep: Optional[int] = 3):
-    self.directory = os.path.join(local_or_remote(model_dir), "checkpoints")
+    self.directory = fs.join(fs.absolute(model_dir), "checkpoints")
     self._keep = keep
     self._lazy_manager = None
 
@@ -38,7 +37,7 @@ class RunCheckpoints:
     return self._lazy_manager
 
   def latest_step(self) -> Optional[int]:
-    if not exists(self.directory):
+    if not fs.exists(self.directory):
       return None
     return self._manager.latest_step()
 
@@ -57,58 +56,9 @@ class RunCheckpoints:
       self._lazy_manager.close()
 
 
-def to_host(x: jax.Array) -> np.ndarray:
-  """A replicated (or fully addressable) array as numpy on this host."""
-  if getattr(x, "is_fully_replicated", False):
-    return np.asarray(x.addressable_data(0))
-  if getattr(x, "is_fully_addressable", True):
-    return np.asarray(x)
-  from jax.experimental import multihost_utils
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-def local_or_remote(path: str) -> str:
-  """Absolute local path, or a `gs://`-style URL unchanged."""
-  return path if "://" in str(path) else os.path.abspath(path)
-
-
-def exists(path: str) -> bool:
-  if "://" in str(path):
-    import tensorflow as tf
-    return tf.io.gfile.exists(path)
-  return os.path.exists(path)
-
-
-def makedirs(path: str) -> None:
-  if "://" in str(path):
-    import tensorflow as tf
-    tf.io.gfile.makedirs(path)
-  else:
-    os.makedirs(path, exist_ok=True)
-
-
-def atomic_write(path: str, write) -> None:
-  """Local files: write then rename. Object stores (gs://) write whole objects anyway."""
-  makedirs(os.path.dirname(path))
-  if "://" in str(path):
-    import tensorflow as tf
-    with tf.io.gfile.GFile(path, "wb") as f:
-      write(f)
-    return
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    write(f)
-  os.replace(tmp, path)
-
-
 def export_prompt(model_dir: str, name: str, prompt: np.ndarray) -> str:
   """Writes `MODEL_DIR/prompts/<name>.npy` (float32, `[P, E]`) on the first host."""
-  path = os.path.join(model_dir, PROMPTS_DIR, f"{name}.npy")
-  if jax.process_index() == 0:
-    atomic_write(path, lambda f: np.save(f, np.asarray(prompt, np.float32), allow_pickle=False))
+  path = fs.join(model_dir, PROMPTS_DIR, f"{name}.npy")
+  fs.write_on_first_host(
+      path, lambda f: np.save(f, np.asarray(prompt, np.float32), allow_pickle=False))
   return path
-
-
-def write_json(path: str, value: Any) -> None:
-  if jax.process_index() == 0:
-    atomic_write(path, lambda f: f.write(json.dumps(value, indent=2, sort_keys=True).encode()))

@@ -5,31 +5,67 @@ with `PROMPT_FILE=MODEL_DIR/prompts/step_N.npy` (or a `PromptEnsemble` of
 several files); the backbone from INITIAL_CHECKPOINT_PATH.
 """
 import json
-import os
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
+import flax
 import gin
-import jax
 import numpy as np
-import seqio
 
-from prompt_tuning.train import data as data_lib
+from prompt_tuning import fs
+from prompt_tuning.errors import UserError
+from prompt_tuning.prompts.ensemble import PromptEnsemble
 from prompt_tuning.train import evaluation, summaries
-from prompt_tuning.train.checkpoints import write_json
-from prompt_tuning.train.initialize import build_model, initialize_variables
-from prompt_tuning.train.partitioning import Partitioner
+from prompt_tuning.train.initialize import backbone_paths
+from prompt_tuning.train.run_setup import RunContext, build_run
+
+
+def loaded_parameter_paths(model) -> Tuple[str, ...]:
+  """The new (non-backbone) parameter paths whose values come from files, not initializers."""
+  if isinstance(model.prompt, PromptEnsemble):
+    return ("prompt/prompts",)
+  if getattr(getattr(model.prompt, "initializer", None), "loads_saved_values", False):
+    return ("prompt/prompt",)
+  return ()
+
+
+def check_parameters_are_loaded(ctx: RunContext, allow_random_parameters: bool) -> None:
+  """Refuses to evaluate parameters that were randomly initialized rather than loaded.
+
+  Every parameter outside the backbone must come from where the user said
+  (`PROMPT_FILE`, `PROMPT_FILES`, a checkpoint); otherwise eval would report
+  plausible-looking metrics of an untrained prompt.
+  """
+  params = flax.traverse_util.flatten_dict(flax.core.unfreeze(ctx.variables["params"]), sep="/")
+  new = set(params) - backbone_paths(ctx.model.config)
+  random = sorted(new - set(loaded_parameter_paths(ctx.model)))
+  if random and not allow_random_parameters:
+    shown = ", ".join(random[:3]) + (f" and {len(random) - 3} more" if len(random) > 3 else "")
+    raise UserError(
+        f"refusing to evaluate randomly initialized parameters ({shown}): load the prompt with "
+        "--gin_file=prompts/from_file.gin --gin.PROMPT_FILE=\"'.../prompts/step_N.npy'\" after the "
+        "model's gin file (exported prompts already fold Residual/XPrompt, so drop those method "
+        "files), or pass --gin.evaluate.allow_random_parameters=True to evaluate them on purpose")
+
+
+def load_run(mixture_or_task_name: str, mixture_or_task_module: Optional[Sequence[str]],
+             task_feature_lengths: Mapping[str, int], initial_checkpoint_path: Optional[str],
+             allow_random_parameters: bool = False) -> RunContext:
+  """The run context of an eval or infer, after checking where its parameters came from."""
+  ctx = build_run(initial_checkpoint_path=initial_checkpoint_path,
+                  mixture_or_task_names=[mixture_or_task_name],
+                  mixture_or_task_module=mixture_or_task_module,
+                  task_feature_lengths=task_feature_lengths)
+  check_parameters_are_loaded(ctx, allow_random_parameters)
+  return ctx
 
 
 def _setup(mixture_or_task_name, mixture_or_task_module, task_feature_lengths,
-           initial_checkpoint_path, split, use_cached, num_examples, batch_size, seed=0):
-  data_lib.import_task_modules(mixture_or_task_module)
-  data_lib.get_mixture_or_task(mixture_or_task_name)
-  model = build_model()
-  data_lib.validate_feature_lengths(task_feature_lengths, getattr(model.prompt, "length", 0) or 0)
-  partitioner = Partitioner()
-  variables, shardings = initialize_variables(model, partitioner, initial_checkpoint_path,
-                                              jax.random.PRNGKey(seed))
-  fns = evaluation.EvalModelFns(model, partitioner, variables, shardings, batch_size=batch_size,
+           initial_checkpoint_path, split, use_cached, num_examples, batch_size,
+           allow_random_parameters):
+  ctx = load_run(mixture_or_task_name, mixture_or_task_module, task_feature_lengths,
+                 initial_checkpoint_path, allow_random_parameters)
+  fns = evaluation.EvalModelFns(ctx.model, ctx.partitioner, ctx.variables, ctx.shardings,
+                                batch_size=batch_size,
                                 max_decode_length=task_feature_lengths["targets"])
   evaluator = evaluation.make_evaluator(mixture_or_task_name, task_feature_lengths, split,
                                         use_cached, num_examples)
@@ -42,14 +78,20 @@ def evaluate(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.R
              initial_checkpoint_path: Optional[str] = None,
              mixture_or_task_module: Optional[Sequence[str]] = None, split: str = "validation",
              batch_size: int = 32, use_cached_tasks: bool = False,
-             num_examples: Optional[int] = None, step: int = 0) -> Dict[str, float]:
-  """Metrics of every task in the mixture; writes `MODEL_DIR/eval/metrics.json` + TensorBoard."""
+             num_examples: Optional[int] = None, step: int = 0,
+             allow_random_parameters: bool = False) -> Dict[str, float]:
+  """Metrics of every task in the mixture; writes `MODEL_DIR/eval/metrics.json` + TensorBoard.
+
+  `allow_random_parameters=True` evaluates a prompt (or other new parameters)
+  that was not loaded from a file: only ever on purpose, e.g. as a baseline.
+  """
   fns, evaluator = _setup(mixture_or_task_name, mixture_or_task_module, task_feature_lengths,
-                          initial_checkpoint_path, split, use_cached_tasks, num_examples, batch_size)
+                          initial_checkpoint_path, split, use_cached_tasks, num_examples, batch_size,
+                          allow_random_parameters)
   metrics = evaluation.run_evaluation(evaluator, fns, step)
-  out_dir = os.path.join(model_dir, "eval")
-  os.makedirs(out_dir, exist_ok=True)
-  write_json(os.path.join(out_dir, f"metrics_{split}.json"), metrics)
+  out_dir = fs.join(model_dir, "eval")
+  fs.makedirs(out_dir)
+  fs.write_json(fs.join(out_dir, f"metrics_{split}.json"), metrics)
   writer = summaries.Writer(out_dir)
   writer.scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
   writer.close()
@@ -64,24 +106,25 @@ def infer(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           initial_checkpoint_path: Optional[str] = None,
           mixture_or_task_module: Optional[Sequence[str]] = None, split: str = "validation",
           batch_size: int = 32, use_cached_tasks: bool = False,
-          num_examples: Optional[int] = None) -> Dict[str, str]:
+          num_examples: Optional[int] = None,
+          allow_random_parameters: bool = False) -> Dict[str, str]:
   """Writes `MODEL_DIR/inference/<task>-<split>.jsonl` lines `{inputs, targets, prediction}`."""
   fns, evaluator = _setup(mixture_or_task_name, mixture_or_task_module, task_feature_lengths,
-                          initial_checkpoint_path, split, use_cached_tasks, num_examples, batch_size)
-  out_dir = os.path.join(model_dir, "inference")
-  os.makedirs(out_dir, exist_ok=True)
+                          initial_checkpoint_path, split, use_cached_tasks, num_examples, batch_size,
+                          allow_random_parameters)
+  out_dir = fs.join(model_dir, "inference")
   written = {}
   for task in evaluator.eval_tasks:
     model_ds = evaluator.cached_model_datasets[task.name]
     predictions = dict(fns.predict_fn(model_ds))
     vocab = task.output_features["targets"].vocabulary
-    path = os.path.join(out_dir, f"{task.name}-{split}.jsonl")
-    with open(path + ".tmp", "w") as f:
-      for i, ex in enumerate(evaluator.cached_task_datasets[task.name].as_numpy_iterator()):
-        record = {"inputs": _text(ex, "inputs", task), "targets": _text(ex, "targets", task),
-                  "prediction": vocab.decode(predictions[i])}
-        f.write(json.dumps(record) + "\n")
-    os.replace(path + ".tmp", path)
+    path = fs.join(out_dir, f"{task.name}-{split}.jsonl")
+    lines = []
+    for i, ex in enumerate(evaluator.cached_task_datasets[task.name].as_numpy_iterator()):
+      record = {"inputs": _text(ex, "inputs", task), "targets": _text(ex, "targets", task),
+                "prediction": vocab.decode(predictions[i])}
+      lines.append(json.dumps(record) + "\n")
+    fs.write_on_first_host(path, lambda f: f.write("".join(lines).encode()))
     written[task.name] = path
     print(f"{task.name}: {len(predictions)} predictions -> {path}", flush=True)
   return written

@@ -6,11 +6,10 @@ jitted model function over the mesh, and return `(index, output)` pairs.
 Every host runs the same global computation on the full evaluation set.
 """
 import logging
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 import seqio
 

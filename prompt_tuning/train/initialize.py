@@ -1,21 +1,29 @@
-"""Building the model and its variables on a mesh: backbone loaded once, prompt created on top.
+"""Building the model and its variables on a mesh: backbone loaded once, new variables on top.
+
+The *backbone* is the set of parameter paths of a plain `T5` of the run's
+config; a checkpoint must hold all of them, with the right shapes, and is
+never asked for anything else. Every other variable the model defines (the
+prompt, reparameterization MLPs, XPrompt masks, LoRA pairs, InfoPrompt
+critics, ...) is *new*: created by the model's own initializers.
 
 Order matters: the backbone is restored straight into its shardings, then the
-prompt (and any other missing variables, e.g. XPrompt masks) is created by
-running only the embedding path with the real embedding table, so vocabulary-
-and label-based prompt initializers see pretrained embeddings.
+new variables are created by one model pass with the real backbone in place,
+so vocabulary- and label-based prompt initializers see pretrained embeddings.
 """
+import functools
 import logging
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Mapping, Optional, Tuple
 
 import flax
 import flax.linen as nn
+from flax import traverse_util
 import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_tuning import fs
 from prompt_tuning.errors import UserError
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.t5 import T5
@@ -23,13 +31,17 @@ from prompt_tuning.train.partitioning import Partitioner
 
 Variables = Dict[str, Any]
 BACKBONE_COLLECTION = "params"
-PROMPT_KEY = "prompt"
 
 
 @gin.configurable
-def build_model(model_config: T5Config = gin.REQUIRED, prompt: Optional[nn.Module] = None) -> T5:
-  """The T5 model of a run (gin: `build_model.model_config`, `build_model.prompt`)."""
-  return T5(model_config, prompt=prompt)
+def build_model(model_config: T5Config = gin.REQUIRED, prompt: Optional[nn.Module] = None,
+                extras: Mapping[str, Callable[[], nn.Module]] = None) -> T5:
+  """The T5 model of a run (gin: `build_model.model_config`, `.prompt`, `.extras`).
+
+  `extras` maps a name to a module factory (e.g. `{'info': @InfoPromptHeads}`): a
+  method's own parameters under `<name>/` (see `T5.extras`).
+  """
+  return T5(model_config, prompt=prompt, extras=tuple(sorted((extras or {}).items())))
 
 
 def _dummy_inputs(batch: int = 1, length: int = 4):
@@ -50,21 +62,45 @@ def variable_shardings(model: T5, partitioner: Partitioner) -> Tuple[Any, Any]:
   return nn.meta.unbox(boxed), partitioner.shardings_of(boxed)
 
 
-def _backbone_part(tree: Variables) -> Variables:
-  return {k: v for k, v in tree[BACKBONE_COLLECTION].items() if k != PROMPT_KEY}
+def backbone_shapes(config: T5Config) -> Variables:
+  """The `params` tree of a plain `T5(config)` as `jax.ShapeDtypeStruct`s (nothing allocated)."""
+  enc, dec = _dummy_inputs()
+  abstract = jax.eval_shape(lambda: T5(config).init(jax.random.PRNGKey(0), enc, dec))
+  return nn.meta.unbox(abstract)[BACKBONE_COLLECTION]
+
+
+@functools.lru_cache(maxsize=8)
+def backbone_paths(config: T5Config) -> FrozenSet[str]:
+  """The `params` paths of a plain T5 of `config`: exactly what a checkpoint must hold."""
+  return frozenset(traverse_util.flatten_dict(flax.core.unfreeze(backbone_shapes(config)),
+                                              sep="/"))
+
+
+def split_backbone(tree: Variables, paths: FrozenSet[str]) -> Tuple[Variables, Variables]:
+  """`{'params': ..., other collections}` -> (backbone params, every new variable).
+
+  Backbone params come without the collection level; the new variables keep
+  it (`{'params': {'prompt': ...}, 'prompt_masks': ...}`), empty parts dropped.
+  """
+  params = traverse_util.flatten_dict(flax.core.unfreeze(tree[BACKBONE_COLLECTION]), sep="/")
+  backbone = traverse_util.unflatten_dict({k: v for k, v in params.items() if k in paths}, sep="/")
+  new_params = {k: v for k, v in params.items() if k not in paths}
+  new = {c: t for c, t in tree.items() if c != BACKBONE_COLLECTION and t}
+  if new_params:
+    new[BACKBONE_COLLECTION] = traverse_util.unflatten_dict(new_params, sep="/")
+  return backbone, new
 
 
 def identify_checkpoint(path: str) -> str:
   """'backbone' (ours), 't5x' or 'hf' — by the files in the folder."""
-  if "://" not in path and not os.path.exists(path):
+  if not fs.is_remote(path) and not os.path.exists(path):
     raise UserError(f"INITIAL_CHECKPOINT_PATH {path} does not exist; pass a folder written by "
                     "`prompt-tuning convert`, a T5X checkpoint_N folder or a Hugging Face folder")
-  exists = (lambda p: __import__("tensorflow").io.gfile.exists(p)) if "://" in path else os.path.exists
-  if exists(os.path.join(path, "params")) and exists(os.path.join(path, "config.json")):
+  if fs.exists(fs.join(path, "params")) and fs.exists(fs.join(path, "config.json")):
     return "backbone"
-  if exists(os.path.join(path, "checkpoint")):
+  if fs.exists(fs.join(path, "checkpoint")):
     return "t5x"
-  if exists(os.path.join(path, "config.json")):
+  if fs.exists(fs.join(path, "config.json")):
     return "hf"
   raise UserError(f"{path} is not a backbone folder (config.json + params/), a T5X checkpoint "
                   "(checkpoint file) or a Hugging Face folder; check INITIAL_CHECKPOINT_PATH")
@@ -89,57 +125,53 @@ def load_backbone_params(path: str, target: Any, dtype: Optional[str] = None) ->
 
 def initialize_variables(model: T5, partitioner: Partitioner, initial_checkpoint_path: Optional[str],
                          rng: jax.Array, frozen_dtype: Optional[str] = None) -> Tuple[Variables, Any]:
-  """All variables of `model`, sharded: backbone from the checkpoint, the rest freshly initialized.
+  """All variables of `model`, sharded: backbone from the checkpoint, the rest created by init.
 
   Returns:
     (variables, shardings), both `{'params': ..., other collections}`.
   """
   abstract, shardings = variable_shardings(model, partitioner)
+  paths = backbone_paths(model.config)
+  backbone_abstract, _ = split_backbone(abstract, paths)
+  backbone_shardings, new_shardings = split_backbone(shardings, paths)
   backbone_target = jax.tree_util.tree_map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      _backbone_part(abstract), _backbone_part(shardings))
+      backbone_abstract, backbone_shardings)
   if initial_checkpoint_path:
     backbone = load_backbone_params(initial_checkpoint_path, backbone_target, frozen_dtype)
   else:
     logging.warning("INITIAL_CHECKPOINT_PATH is None: the backbone is randomly initialized "
                     "(fine for smoke tests, meaningless for real tuning)")
     enc, dec = _dummy_inputs()
-    init_fn = jax.jit(lambda r: _backbone_part(nn.meta.unbox(model.init(r, enc, dec))),
-                      out_shardings=_backbone_part(shardings))
+    init_fn = jax.jit(
+        lambda r: split_backbone(nn.meta.unbox(model.init(r, enc, dec)), paths)[0],
+        out_shardings=backbone_shardings)
     with partitioner.context():
       backbone = init_fn(jax.random.fold_in(rng, 1))
     if frozen_dtype:
       backbone = jax.tree_util.tree_map(lambda x: x.astype(frozen_dtype), backbone)
-  rest = _initialize_missing(model, partitioner, backbone, shardings, rng)
-  rest[BACKBONE_COLLECTION] = {**backbone, **rest.get(BACKBONE_COLLECTION, {})}
-  return rest, shardings
+  new = _initialize_new(model, partitioner, backbone, new_shardings, rng)
+  new[BACKBONE_COLLECTION] = {**backbone, **new.get(BACKBONE_COLLECTION, {})}
+  return new, shardings
 
 
-def _missing_shardings(shardings: Variables) -> Variables:
-  out = {}
-  for collection, tree in shardings.items():
-    if collection == BACKBONE_COLLECTION:
-      tree = {k: v for k, v in tree.items() if k == PROMPT_KEY}
-    if tree:
-      out[collection] = tree
-  return out
+def _initialize_new(model: T5, partitioner: Partitioner, backbone: Variables,
+                    new_shardings: Variables, rng: jax.Array) -> Variables:
+  """Every non-backbone variable, created by the model's own initializers.
 
-
-def _initialize_missing(model, partitioner, backbone, shardings, rng) -> Variables:
-  """Creates `prompt/...` params (and non-param collections) with the real embeddings."""
-  out_shardings = _missing_shardings(shardings)
-  if not out_shardings:
+  The model runs once with the loaded backbone in place and every collection
+  mutable, so Flax creates exactly the variables that are missing, and
+  vocabulary- or label-based prompt initializers see the real embeddings.
+  """
+  if not new_shardings:
     return {}
-  enc, _ = _dummy_inputs()
-  collections = list(out_shardings)
+  enc, dec = _dummy_inputs()
+  paths = backbone_paths(model.config)
 
   def create(backbone, rng):
-    _, new = model.apply({BACKBONE_COLLECTION: backbone}, enc, method=T5.embed_encoder_inputs,
-                         mutable=collections, rngs={"params": rng})
-    new = nn.meta.unbox(flax.core.unfreeze(new))
-    if BACKBONE_COLLECTION in new:
-      new[BACKBONE_COLLECTION] = {PROMPT_KEY: new[BACKBONE_COLLECTION][PROMPT_KEY]}
-    return new
+    _, created = model.apply({BACKBONE_COLLECTION: backbone}, enc, dec, mutable=list(new_shardings),
+                             rngs={"params": rng})
+    return split_backbone(nn.meta.unbox(flax.core.unfreeze(created)), paths)[1]
 
   with partitioner.context():
-    return jax.jit(create, out_shardings=out_shardings)(backbone, rng)
+    return jax.jit(create, out_shardings=new_shardings)(backbone, rng)

@@ -133,3 +133,13 @@ def check_batch_size(batch_size: int, partitioner: Partitioner) -> int:
   if batch_size % jax.process_count():
     raise UserError(f"BATCH_SIZE={batch_size} is not divisible by {jax.process_count()} hosts")
   return batch_size // jax.process_count()
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """A replicated (or fully addressable) array as numpy on this host; gathers otherwise."""
+  if getattr(x, "is_fully_replicated", False):
+    return np.asarray(x.addressable_data(0))
+  if getattr(x, "is_fully_addressable", True):
+    return np.asarray(x)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -107,13 +107,3 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
 
   return train_step
 
-
-def make_eval_loss_step(model: nn.Module, loss_config: LossConfig = LossConfig()) -> Callable:
-  """`eval_step(trainable, frozen, batch) -> metric sums` without dropout."""
-
-  def eval_step(trainable, frozen, batch):
-    _, sums = token_loss_sums(model, merge_variables(trainable, frozen), batch,
-                              jax.random.PRNGKey(0), loss_config, False)
-    return sums
-
-  return eval_step

@@ -1,31 +1,53 @@
 """Console progress, TensorBoard summaries and the operative gin config of a run."""
-import os
+import sys
 import time
 from typing import Dict, Optional
 
 import gin
 import jax
 
+from prompt_tuning import fs
+
 
 class Progress:
-  """One console line per log: step, loss, steps/s and ETA."""
+  """Rate and ETA of long work counted in steps or examples: one progress class for the project.
 
-  def __init__(self, start_step: int, total_steps: int):
-    self.total = total_steps
-    self.last_step, self.last_time = start_step, time.time()
+  `line(step, metrics)` is the trainer's console line; `update(count)` prints
+  an occasional `what: done/total examples (rate/s, ETA)` line to stderr for
+  commands that work through a file.
+  """
+
+  def __init__(self, start: int, total: int, what: str = "step", every_s: float = 5.0):
+    self.total, self.what, self.every_s = total, what, every_s
+    self.done = start
+    self.last_step, self.last_time = start, time.time()
+    self.started_at = self.last_printed = self.last_time
 
   def restart_clock(self, step: int) -> None:
     """Excludes time spent outside training steps (eval, checkpoints) from the rate."""
     self.last_step, self.last_time = step, time.time()
 
+  def _rate_and_eta(self, done: int, since_done: int, since_time: float) -> tuple:
+    rate = (done - since_done) / max(time.time() - since_time, 1e-9)
+    eta = (self.total - done) / rate if rate > 0 else float("inf")
+    return rate, _duration(eta)
+
   def line(self, step: int, metrics: Dict[str, float]) -> str:
-    now = time.time()
-    rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
-    self.last_step, self.last_time = step, now
-    eta = (self.total - step) / rate if rate > 0 else float("inf")
+    rate, eta = self._rate_and_eta(step, self.last_step, self.last_time)
+    self.last_step, self.last_time = step, time.time()
     shown = " ".join(f"{k}={metrics[k]:.4g}" for k in ("loss", "accuracy", "grad_norm",
                                                        "learning_rate") if k in metrics)
-    return f"step {step}/{self.total} {shown} | {rate:.2f} steps/s | ETA {_duration(eta)}"
+    return f"step {step}/{self.total} {shown} | {rate:.2f} steps/s | ETA {eta}"
+
+  def update(self, count: int) -> None:
+    self.done += count
+    now = time.time()
+    finished_slowly = self.done >= self.total and now - self.started_at >= self.every_s
+    if now - self.last_printed >= self.every_s or finished_slowly:
+      self.last_printed = now
+      rate, eta = self._rate_and_eta(self.done, 0, self.started_at)
+      print(f"{self.what}: {self.done}/{self.total} examples ({rate:.1f}/s, ETA {eta})",
+            file=sys.stderr, flush=True)
 
 
 def _duration(seconds: float) -> str:
@@ -55,7 +77,6 @@ def write_operative_config(model_dir: str) -> Optional[str]:
   """`MODEL_DIR/config.gin`: the gin bindings the run actually used."""
   if jax.process_index() != 0:
     return None
-  from prompt_tuning.train.checkpoints import atomic_write
-  path = os.path.join(model_dir, "config.gin")
-  atomic_write(path, lambda f: f.write(gin.operative_config_str().encode()))
+  path = fs.join(model_dir, "config.gin")
+  fs.atomic_write(path, lambda f: f.write(gin.operative_config_str().encode()))
   return path

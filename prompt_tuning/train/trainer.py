@@ -1,7 +1,7 @@
 """The prompt-tuning train loop (`prompt-tuning train`), readable in one sitting.
 
-    validate config -> mesh + model -> backbone (sharded, frozen) + prompt
-    -> resume from MODEL_DIR if possible -> jit(train_step)
+    build_run (tasks checked, model, mesh, backbone sharded + new variables)
+    -> split trainable/frozen -> compile_train_step -> resume from MODEL_DIR if possible
     -> loop: batch -> step -> log -> [eval] -> [checkpoint + prompt export]
 
 Nothing is written to MODEL_DIR until the configuration, the task, the data
@@ -10,33 +10,20 @@ and the checkpoint shapes have been checked.
 import logging
 import math
 import os
-import time
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import gin
 import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 
+from prompt_tuning import fs
 from prompt_tuning.errors import UserError
-from prompt_tuning.prompts.prompt import encoder_prompt
 from prompt_tuning.train import data as data_lib
-from prompt_tuning.train import evaluation, optim, summaries
-from prompt_tuning.train.checkpoints import (RunCheckpoints, export_prompt, makedirs, to_host,
-                                             write_json)
-from prompt_tuning.train.initialize import build_model, initialize_variables
-from prompt_tuning.train.partitioning import Partitioner, check_batch_size
-from prompt_tuning.train.step import LossConfig, make_train_step
-from prompt_tuning.train.trainable import (count_parameters, merge_variables, split_variables,
-                                           trainable_patterns)
-
-
-def prompt_value(model, variables) -> Optional[np.ndarray]:
-  """What the encoder sees as the prompt, `[P, E]` float32 (None without a prompt)."""
-  if model.prompt is None:
-    return None
-  return to_host(encoder_prompt(model, variables)).astype(np.float32)
+from prompt_tuning.train import evaluation, summaries
+from prompt_tuning.train.checkpoints import RunCheckpoints, export_prompt
+from prompt_tuning.train.partitioning import check_batch_size
+from prompt_tuning.train.run_setup import abstract_arrays, build_run, compile_train_step
+from prompt_tuning.train.trainable import count_parameters, trainable_patterns
 
 
 class EarlyStopping:
@@ -92,38 +79,29 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   See `configs/runs/prompt_finetune.gin`.
   """
   # ---- validate everything before touching MODEL_DIR ----
-  data_lib.import_task_modules(mixture_or_task_module)
-  data_lib.get_mixture_or_task(mixture_or_task_name)
   eval_name = eval_mixture_or_task_name or mixture_or_task_name
-  if eval_period:
-    data_lib.get_mixture_or_task(eval_name)
-  model = build_model()
-  prompt_length = getattr(model.prompt, "length", 0) or 0
-  data_lib.validate_feature_lengths(task_feature_lengths, prompt_length)
-  partitioner = Partitioner()
+  ctx = build_run(initial_checkpoint_path=initial_checkpoint_path, seed=seed,
+                  mixture_or_task_names=[mixture_or_task_name] + ([eval_name] if eval_period else []),
+                  mixture_or_task_module=mixture_or_task_module,
+                  task_feature_lengths=task_feature_lengths, frozen_dtype=frozen_dtype,
+                  edit_initial_variables=edit_initial_variables)
+  partitioner = ctx.partitioner
   local_batch = check_batch_size(batch_size, partitioner)
   if num_microbatches < 1 or batch_size % (num_microbatches * partitioner.data_parallel_size):
     raise UserError(f"BATCH_SIZE={batch_size} does not split into {num_microbatches} microbatches "
                     f"over {partitioner.data_parallel_size} data shards")
-
-  rng = jax.random.PRNGKey(seed)
-  variables, shardings = initialize_variables(model, partitioner, initial_checkpoint_path,
-                                              jax.random.fold_in(rng, 0), frozen_dtype)
-  if edit_initial_variables is not None:
-    variables = jax.device_put(edit_initial_variables(variables), shardings)
-  patterns = trainable_patterns()
-  trainable, frozen = split_variables(variables, patterns)
-  trainable_sh, frozen_sh = split_variables(shardings, patterns)
-  del variables
-  opt_sh = _optimizer_shardings(optimizer, trainable, trainable_sh, partitioner)
-  opt_state = jax.jit(optimizer.init, out_shardings=opt_sh)(trainable)
+  split = ctx.split(trainable_patterns())
+  ctx.variables = None  # the split holds them; the backbone is not kept twice
+  compiled = compile_train_step(ctx, split, optimizer, num_microbatches)
+  trainable, opt_state, frozen = split.trainable, compiled.opt_state, split.frozen
 
   # ---- resume ----
   checkpoints = RunCheckpoints(model_dir, keep=keep_checkpoints)
   start_step, batches_consumed = 0, 0
   latest = checkpoints.latest_step()
   if latest is not None:
-    abstract = {"trainable": _abstract(trainable, trainable_sh), "opt_state": _abstract(opt_state, opt_sh)}
+    abstract = {"trainable": abstract_arrays(trainable, split.trainable_shardings),
+                "opt_state": abstract_arrays(opt_state, compiled.opt_shardings)}
     restored, meta = checkpoints.restore(latest, abstract)
     trainable, opt_state = restored["trainable"], restored["opt_state"]
     start_step, batches_consumed = latest, int(meta.get("batches_consumed", latest))
@@ -135,17 +113,12 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   batches = data_lib.batches(mixture_or_task_name, task_feature_lengths, train_split, local_batch,
                              seed=seed, skip_batches=batches_consumed,
                              use_cached=use_cached_tasks)
-  makedirs(model_dir)
+  fs.makedirs(model_dir)
   writer = summaries.Writer(model_dir)
   n_trainable, n_frozen = count_parameters(trainable), count_parameters(frozen)
-  print(f"trainable parameters: {n_trainable:,} ({', '.join(patterns)}); frozen: {n_frozen:,}; "
-        f"mesh {dict(partitioner.mesh.shape)}", flush=True)
-
-  step_fn = jax.jit(
-      make_train_step(model, optimizer, LossConfig(), num_microbatches),
-      in_shardings=(trainable_sh, opt_sh, frozen_sh, partitioner.data_sharding, partitioner.replicated),
-      out_shardings=(trainable_sh, opt_sh, partitioner.replicated),
-      donate_argnums=(0, 1))
+  print(f"trainable parameters: {n_trainable:,} ({', '.join(split.patterns)}); frozen: "
+        f"{n_frozen:,}; mesh {dict(partitioner.mesh.shape)}", flush=True)
+  step_fn = compiled.step
 
   evaluator, early = None, EarlyStopping(early_stopping_metric, early_stopping_mode,
                                          early_stopping_patience)
@@ -155,11 +128,11 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
 
   def meta(step):
     return {"step": step, "batches_consumed": step, "initial_checkpoint_path": initial_checkpoint_path,
-            "mixture_or_task_name": mixture_or_task_name, "trainable_patterns": list(patterns)}
+            "mixture_or_task_name": mixture_or_task_name, "trainable_patterns": list(split.patterns)}
 
   def save(step):
     checkpoints.save(step, {"trainable": trainable, "opt_state": opt_state}, meta(step))
-    value = prompt_value(model, merge_variables(trainable, frozen))
+    value = ctx.exported_prompt(split.merged(trainable))
     if value is not None:
       export_prompt(model_dir, f"step_{step}", value)
 
@@ -168,10 +141,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   def evaluate(step):
     nonlocal eval_fns
     if eval_fns is None:  # built once: its jitted functions compile once per run
-      eval_fns = evaluation.EvalModelFns(model, partitioner, None,
-                                         merge_variables(trainable_sh, frozen_sh),
+      eval_fns = evaluation.EvalModelFns(ctx.model, partitioner, None, split.shardings,
                                          max_decode_length=task_feature_lengths["targets"])
-    eval_fns.variables = merge_variables(trainable, frozen)
+    eval_fns.variables = split.merged(trainable)
     metrics = evaluation.run_evaluation(evaluator, eval_fns, step)
     writer.scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
     print(f"step {step} eval: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())),
@@ -188,10 +160,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     local = next(batches, None)
     if local is None:
       raise UserError(f"{mixture_or_task_name} ran out of data at step {step}")
-    step_rng = jax.random.fold_in(jax.random.fold_in(rng, 1), step)
     with partitioner.context():
       trainable, opt_state, metrics = step_fn(trainable, opt_state, frozen,
-                                              partitioner.shard_batch(local), step_rng)
+                                              partitioner.shard_batch(local), ctx.step_rng(step))
     step += 1
     if not wrote_config:
       summaries.write_operative_config(model_dir)
@@ -211,11 +182,11 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       eval_metrics = evaluate(step)
       eval_history.append({"step": step, **eval_metrics})
       if early.improved(eval_metrics):
-        value = prompt_value(model, merge_variables(trainable, frozen))
+        value = ctx.exported_prompt(split.merged(trainable))
         if value is not None:
           export_prompt(model_dir, "best", value)
-        write_json(os.path.join(model_dir, "prompts", "best.json"),
-                   {"step": step, "metric": early.metric, "value": early.best})
+        fs.write_json(os.path.join(model_dir, "prompts", "best.json"),
+                      {"step": step, "metric": early.metric, "value": early.best})
       stop = early.should_stop
     if due_save or stop:
       save(step)
@@ -230,21 +201,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   summary = {"model_dir": model_dir, "final_step": step, "trainable_parameters": n_trainable,
              "frozen_parameters": n_frozen, "train_history": history, "eval_history": eval_history,
              "best_metric": early.best}
-  write_json(os.path.join(model_dir, "train_summary.json"), summary)
+  fs.write_json(os.path.join(model_dir, "train_summary.json"), summary)
   if return_variables:
     summary.update(trainable=trainable, frozen=frozen)
   return summary
 
-
-def _abstract(tree, shardings):
-  return jax.tree_util.tree_map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
-
-def _optimizer_shardings(optimizer, trainable, trainable_sh, partitioner):
-  """Optimizer state leaves shaped like a parameter take its sharding; the rest replicate."""
-  by_shape = {}
-  for leaf, sh in zip(jax.tree_util.tree_leaves(trainable), jax.tree_util.tree_leaves(trainable_sh)):
-    by_shape.setdefault(leaf.shape, sh)
-  abstract = jax.eval_shape(optimizer.init, trainable)
-  return jax.tree_util.tree_map(lambda x: by_shape.get(x.shape, partitioner.replicated), abstract)

@@ -17,7 +17,7 @@ Pure pieces, glued together by the `prompt-tuning xprompt` driver:
 * `rewind`: kept entries reset to their stage-1 values, pruned entries zero.
 * `get_masks` / `set_masks`: find and replace α and β inside the collection.
 
-The report (JSON + heatmap) is written by `prompt_tuning.methods.xprompt_report`.
+The report (JSON + heatmap) is written by `prompt_tuning.methods.xprompt.report`.
 """
 import dataclasses
 from typing import Any, Callable, List, Optional, Sequence, Tuple

@@ -16,7 +16,6 @@ unfinished training stage from its own checkpoints. Stages 1 and 3 are plain
 data order); only `model_dir` and the initial variables differ.
 """
 import inspect
-import json
 import os
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -26,17 +25,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_tuning import fs
 from prompt_tuning.errors import UserError
-from prompt_tuning.methods import xprompt
-from prompt_tuning.methods.xprompt_report import HEATMAP_NAME, REPORT_NAME, write_report
-from prompt_tuning.prompts.residual import fold
-from prompt_tuning.train import data as data_lib
-from prompt_tuning.train import evaluation, trainer
-from prompt_tuning.train.checkpoints import export_prompt, to_host, write_json
-from prompt_tuning.train.initialize import (abstract_variables, build_model, initialize_variables,
-                                           variable_shardings)
-from prompt_tuning.train.partitioning import Partitioner, check_batch_size
-from prompt_tuning.train.step import LossConfig, token_loss_sums
+from prompt_tuning.methods.xprompt import masks as xprompt
+from prompt_tuning.methods.xprompt.report import HEATMAP_NAME, REPORT_NAME
+from prompt_tuning.methods.xprompt.search import (PIECE_MASK_FILE, TOKEN_MASK_FILE, SearchContext,
+                                                  search_stage)
+from prompt_tuning.train import trainer
+from prompt_tuning.train.checkpoints import export_prompt
+from prompt_tuning.train.initialize import abstract_variables, build_model
+from prompt_tuning.train.partitioning import Partitioner, to_host
 from prompt_tuning.train.trainable import merge_variables
 
 STAGE1_DIR = "stage1_prompt_tuning"
@@ -44,42 +42,23 @@ SEARCH_DIR = "xprompt"
 STAGE3_DIR = "stage3_rewinding"
 STAGE_FILE = "stage.json"
 TRAINABLE_FILE = "trainable.npz"
-TOKEN_MASK_FILE = "token_mask.npy"
-PIECE_MASK_FILE = "piece_mask.npy"
 FINAL_PROMPT = "final"  # MODEL_DIR/prompts/final.npy
 SUMMARY_FILE = "xprompt_summary.json"
 
 
-# --- Small file helpers --------------------------------------------------------
-
-
-def _read_json(path: str) -> Optional[Dict[str, Any]]:
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
-def _atomic_save(path: str, save: Callable[[Any], None]) -> None:
-  if jax.process_index() != 0:
-    return
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    save(f)
-  os.replace(tmp, path)
+# --- Files ---------------------------------------------------------------------
 
 
 def save_tree(path: str, tree: Any) -> None:
   """Writes a parameter tree as `.npz` with '/'-joined keys (e.g. `prompt/prompt`)."""
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/")
   arrays = {k: to_host(v) for k, v in flat.items()}
-  _atomic_save(path, lambda f: np.savez(f, **arrays))
+  fs.write_on_first_host(path, lambda f: np.savez(f, **arrays))
 
 
 def load_tree(path: str) -> Dict[str, Any]:
   """Inverse of `save_tree` (numpy leaves)."""
-  with np.load(path) as data:
+  with fs.open_file(path) as f, np.load(f, allow_pickle=False) as data:
     flat = {k: np.asarray(data[k]) for k in data.files}
   return flax.traverse_util.unflatten_dict(flat, sep="/")
 
@@ -101,96 +80,6 @@ def train_config() -> Dict[str, Any]:
     raise UserError(f"gin configuration incomplete: train.{missing[0]} is not bound; add "
                     "--gin_file=runs/prompt_finetune.gin and the task macros")
   return config
-
-
-def resolve_metric(metrics: Mapping[str, float], metric_name: Optional[str]) -> str:
-  """The key of `metrics` that `metric_name` names (`task/metric` or a unique `metric`)."""
-  if metric_name in metrics:
-    return metric_name
-  if metric_name is None:
-    matches = list(metrics)
-  else:
-    matches = [k for k in metrics if k.split("/")[-1] == metric_name]
-  if len(matches) == 1:
-    return matches[0]
-  raise UserError(f"XPrompt's validation metric {metric_name!r} is not one of the eval metrics "
-                  f"{sorted(metrics)}; set run_xprompt.metric_name to one of them")
-
-
-# --- Validation and importance on one model -------------------------------------
-
-
-class _Backbone:
-  """The model with its variables (same backbone and rng as the trainer) and jitted helpers.
-
-  Built at most once per run; the evaluation functions compile once and are
-  reused for every candidate mask and for the stage-3 prompt.
-  """
-
-  def __init__(self, config: Mapping[str, Any], variables: Optional[Dict[str, Any]] = None):
-    """`variables`: those a trainer stage of this run ended with, else initialized here."""
-    self.config = config
-    data_lib.import_task_modules(config["mixture_or_task_module"])
-    self.model = build_model()
-    self.partitioner = Partitioner()
-    if variables is None:
-      rng = jax.random.fold_in(jax.random.PRNGKey(config["seed"]), 0)  # as in trainer.train
-      variables, self.shardings = initialize_variables(
-          self.model, self.partitioner, config["initial_checkpoint_path"], rng,
-          config["frozen_dtype"])
-    else:
-      self.shardings = variable_shardings(self.model, self.partitioner)[1]
-    self.variables = jax.device_put(variables, self.shardings)
-    eval_name = config["eval_mixture_or_task_name"] or config["mixture_or_task_name"]
-    lengths = config["task_feature_lengths"]
-    self.evaluator = evaluation.make_evaluator(eval_name, lengths, config["eval_split"],
-                                               config["use_cached_tasks"],
-                                               config["eval_num_examples"])
-    self.fns = evaluation.EvalModelFns(self.model, self.partitioner, self.variables,
-                                       self.shardings, max_decode_length=lengths["targets"])
-
-  def release_variables(self) -> None:
-    """Drops the backbone held here, keeping the evaluator and the compiled functions.
-
-    The next trainer stage then does not hold the backbone twice in device memory.
-    """
-    self.variables = self.fns.variables = None
-
-  def with_trainable(self, trainable: Any) -> Dict[str, Any]:
-    return jax.device_put(merge_variables(trainable, self.variables), self.shardings)
-
-  def with_masks(self, variables: Dict[str, Any], token_mask: np.ndarray,
-                 piece_mask: np.ndarray) -> Dict[str, Any]:
-    masks = xprompt.set_masks(variables[xprompt.MASK_COLLECTION], token_mask, piece_mask)
-    return jax.device_put({**variables, xprompt.MASK_COLLECTION: masks}, self.shardings)
-
-  def evaluate(self, variables: Dict[str, Any]) -> Dict[str, float]:
-    self.fns.variables = variables  # same structure and shardings: no recompilation
-    return evaluation.run_evaluation(self.evaluator, self.fns, step=0)
-
-  def importance_fn(self, per_example: bool) -> Callable:
-    model, loss_config = self.model, LossConfig()
-
-    def mean_loss(params, masks, batch):
-      variables = {"params": params, xprompt.MASK_COLLECTION: masks}
-      loss_sum, sums = token_loss_sums(model, variables, batch, jax.random.PRNGKey(0), loss_config,
-                                       enable_dropout=False)
-      return loss_sum / jnp.maximum(sums["weight"], 1.0)
-
-    return xprompt.make_importance_fn(mean_loss, per_example)
-
-  def training_batches(self, count: int) -> Dict[str, np.ndarray]:
-    """`count` training batches stacked: leaves `[count, B, ...]`."""
-    config = self.config
-    local_batch = check_batch_size(config["batch_size"], self.partitioner)
-    stream = data_lib.batches(config["mixture_or_task_name"], config["task_feature_lengths"],
-                              config["train_split"], local_batch, seed=config["seed"],
-                              use_cached=config["use_cached_tasks"])
-    taken = [b for _, b in zip(range(count), stream)]
-    if len(taken) < count:
-      raise UserError(f"{config['mixture_or_task_name']} has only {len(taken)} training batches; "
-                      f"lower run_xprompt.importance_batches ({count})")
-    return {k: np.stack([b[k] for b in taken]) for k in taken[0]}
 
 
 # --- Stages -----------------------------------------------------------------------
@@ -220,48 +109,6 @@ def _training_stage(title: str, stage_dir: str, config: Mapping[str, Any],
   return _without_variables(summary), merge_variables(summary["trainable"], summary["frozen"])
 
 
-def _search_stage(backbone: _Backbone, stage1_trainable: Any, search_dir: str, *,
-                  importance_batches: int, per_example: bool, token_ratios: Sequence[float],
-                  piece_ratios: Sequence[float], metric_name: Optional[str],
-                  higher_is_better: bool) -> Dict[str, Any]:
-  """Stage 2: importance scores, token then piece rounds, report and chosen masks."""
-  print(f"=== xprompt stage 2/3: pruning search -> {search_dir} ===", flush=True)
-  variables = backbone.with_trainable(stage1_trainable)
-  token_ones, piece_ones = (np.ones_like(to_host(m)) for m in
-                            xprompt.get_masks(variables[xprompt.MASK_COLLECTION]))
-  importance = backbone.importance_fn(per_example)
-  batches = backbone.training_batches(importance_batches)
-  print(f"xprompt importance over {importance_batches} training batches "
-        f"({'per example' if per_example else 'per batch'})", flush=True)
-  resolved = {}
-
-  def score_fn(token_mask, piece_mask):
-    masked = backbone.with_masks(variables, token_mask, piece_mask)
-    with backbone.partitioner.context():
-      scores = importance(masked["params"], masked[xprompt.MASK_COLLECTION], batches)
-    return tuple(to_host(s) for s in xprompt.get_masks(scores))
-
-  def evaluate_fn(token_mask, piece_mask):
-    metrics = backbone.evaluate(backbone.with_masks(variables, token_mask, piece_mask))
-    if "key" not in resolved:
-      resolved["key"] = resolve_metric(metrics, metric_name)
-    return metrics[resolved["key"]]
-
-  result = xprompt.search(score_fn, evaluate_fn, token_ones, piece_ones, token_ratios,
-                          piece_ratios, higher_is_better,
-                          log=lambda line: print(line, flush=True))
-  stages = {"prompt_tuning": result.candidates[0].metric, "pruning": result.best.metric}
-  paths = write_report(search_dir, result, stages, resolved["key"], higher_is_better)
-  _atomic_save(os.path.join(search_dir, TOKEN_MASK_FILE),
-               lambda f: np.save(f, result.best.token_mask.astype(np.float32)))
-  _atomic_save(os.path.join(search_dir, PIECE_MASK_FILE),
-               lambda f: np.save(f, result.best.piece_mask.astype(np.float32)))
-  report = _read_json(paths["report"])
-  print(f"xprompt chosen: {report['chosen']}", flush=True)
-  return {"metric_name": resolved["key"], "higher_is_better": higher_is_better,
-          "stages": stages, "chosen": report["chosen"], **paths}
-
-
 def rewinding_edit(stage1_trainable: Any, token_mask: np.ndarray,
                  piece_mask: np.ndarray) -> Callable[[Dict[str, Any]], Dict[str, Any]]:
   """`edit_initial_variables` for stage 3: rewound stage-1 trainable values, fixed masks."""
@@ -285,8 +132,8 @@ def rewinding_edit(stage1_trainable: Any, token_mask: np.ndarray,
 
 
 def _load_masks(search_dir: str) -> Tuple[np.ndarray, np.ndarray]:
-  return (np.load(os.path.join(search_dir, TOKEN_MASK_FILE)),
-          np.load(os.path.join(search_dir, PIECE_MASK_FILE)))
+  return tuple(np.load(os.path.join(search_dir, name), allow_pickle=False)
+               for name in (TOKEN_MASK_FILE, PIECE_MASK_FILE))
 
 
 def _combined_histories(stage1: Mapping[str, Any], search: Mapping[str, Any],
@@ -351,50 +198,50 @@ def run_xprompt(model_dir: Optional[str] = None, importance_batches: int = 8,
           "pruning": os.path.join(model_dir, SEARCH_DIR),
           "rewinding": os.path.join(model_dir, STAGE3_DIR)}
   summary_path = os.path.join(model_dir, SUMMARY_FILE)
-  finished = _read_json(os.path.join(dirs["rewinding"], STAGE_FILE))
-  if finished is not None and os.path.exists(summary_path):
+  finished = fs.read_json(os.path.join(dirs["rewinding"], STAGE_FILE))
+  if finished is not None and fs.exists(summary_path):
     print(f"xprompt: all three stages of {model_dir} are finished; skipping "
           f"(final prompt {finished['final_prompt']})", flush=True)
-    return _read_json(summary_path)
+    return fs.read_json(summary_path)
   _check_masks_configured()
 
-  backbone: Optional[_Backbone] = None
+  backbone: Optional[SearchContext] = None
 
-  def get_backbone(trained: Optional[Dict[str, Any]] = None) -> _Backbone:
+  def get_backbone(trained: Optional[Dict[str, Any]] = None) -> SearchContext:
     """Built once; from a stage's final variables when this process trained one (no reload)."""
     nonlocal backbone
     if backbone is None:
-      backbone = _Backbone(config, trained)
+      backbone = SearchContext(config, trained)
     return backbone
 
   # Stage 1: plain prompt tuning (masks at one).
-  stage1 = _read_json(os.path.join(dirs["prompt_tuning"], STAGE_FILE))
+  stage1 = fs.read_json(os.path.join(dirs["prompt_tuning"], STAGE_FILE))
   trained = None
   if stage1 is None:
     stage1, trained = _training_stage("stage 1/3: prompt tuning", dirs["prompt_tuning"], config)
     if stage1 is None:
       return {"interrupted": "prompt_tuning", "model_dir": model_dir, "stage_dirs": dirs}
-    write_json(os.path.join(dirs["prompt_tuning"], STAGE_FILE), stage1)
+    fs.write_json(os.path.join(dirs["prompt_tuning"], STAGE_FILE), stage1)
   else:
     print(f"xprompt stage 1/3: prompt tuning finished earlier ({stage1['final_step']} steps); "
           "skipping", flush=True)
   stage1_trainable = load_tree(os.path.join(dirs["prompt_tuning"], TRAINABLE_FILE))
 
   # Stage 2: importance scores and the pruning search.
-  search = _read_json(os.path.join(dirs["pruning"], STAGE_FILE))
+  search = fs.read_json(os.path.join(dirs["pruning"], STAGE_FILE))
   if search is None:
-    search = _search_stage(get_backbone(trained), stage1_trainable, dirs["pruning"],
+    search = search_stage(get_backbone(trained), stage1_trainable, dirs["pruning"],
                            importance_batches=importance_batches, per_example=per_example,
                            token_ratios=token_ratios, piece_ratios=piece_ratios,
                            metric_name=metric_name, higher_is_better=higher_is_better)
-    write_json(os.path.join(dirs["pruning"], STAGE_FILE), search)
+    fs.write_json(os.path.join(dirs["pruning"], STAGE_FILE), search)
   else:
     print(f"xprompt stage 2/3: pruning search finished earlier (chosen {search['chosen']}); "
           "skipping", flush=True)
   token_mask, piece_mask = _load_masks(dirs["pruning"])
 
   # Stage 3: rewinding and retraining with the masks fixed.
-  stage3 = _read_json(os.path.join(dirs["rewinding"], STAGE_FILE))
+  stage3 = fs.read_json(os.path.join(dirs["rewinding"], STAGE_FILE))
   if stage3 is None:
     trained = None
     if backbone is not None:
@@ -405,9 +252,9 @@ def run_xprompt(model_dir: Optional[str] = None, importance_batches: int = 8,
     if stage3 is None:
       return {"interrupted": "rewinding", "model_dir": model_dir, "stage_dirs": dirs}
     stage3.update(_finish(get_backbone(trained), trained, stage3, search, model_dir))
-    write_json(os.path.join(dirs["rewinding"], STAGE_FILE), stage3)
+    fs.write_json(os.path.join(dirs["rewinding"], STAGE_FILE), stage3)
   summary = _summary(model_dir, dirs, stage1, search, stage3, token_mask, piece_mask)
-  write_json(summary_path, summary)
+  fs.write_json(summary_path, summary)
   print(f"xprompt finished: {summary['metric_name']} " +
         ", ".join(f"{k}={v:.4f}" for k, v in summary["stages"].items()) +
         f"; final prompt {summary['final_prompt']}", flush=True)
@@ -421,7 +268,7 @@ def _check_masks_configured() -> None:
   xprompt.get_masks(abstract.get(xprompt.MASK_COLLECTION, {}))
 
 
-def _finish(backbone: _Backbone, trained: Dict[str, Any], stage3: Mapping[str, Any],
+def _finish(backbone: SearchContext, trained: Dict[str, Any], stage3: Mapping[str, Any],
             search: Mapping[str, Any], model_dir: str) -> Dict[str, Any]:
   """Stage-3 validation metric, the exported final prompt and the completed report.
 
@@ -433,15 +280,15 @@ def _finish(backbone: _Backbone, trained: Dict[str, Any], stage3: Mapping[str, A
   key = search["metric_name"]
   last = [h for h in stage3["eval_history"] if h["step"] == stage3["final_step"] and key in h]
   metric = last[-1][key] if last else backbone.evaluate(variables)[key]
-  prompt = fold(backbone.model, variables)
+  prompt = backbone.ctx.exported_prompt(variables)
   kept = np.asarray(xprompt.effective_mask(jnp.asarray(token_mask), jnp.asarray(piece_mask),
                                            prompt.shape[-1]))
   prompt = np.where(kept > 0, prompt, 0.0).astype(np.float32)  # exact zeros where pruned
   path = export_prompt(model_dir, FINAL_PROMPT, prompt)
   report_path = os.path.join(model_dir, SEARCH_DIR, REPORT_NAME)
-  report = _read_json(report_path)
+  report = fs.read_json(report_path)
   report["stages"] = {**report["stages"], "rewinding": float(metric)}
-  write_json(report_path, report)
+  fs.write_json(report_path, report)
   print(f"xprompt stage 3/3: {key}={metric:.4f}; final prompt -> {path}", flush=True)
   return {"metric": float(metric), "final_prompt": path,
           "kept_parameters": int(np.sum(kept > 0))}

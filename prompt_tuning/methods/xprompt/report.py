@@ -15,13 +15,12 @@
                       token_scores, piece_scores}]  every evaluated ratio, in order
   pieces, prompt_length, metric_name, higher_is_better
 """
-import json
-import os
 from typing import Dict
 
 import numpy as np
 
-from prompt_tuning.methods.xprompt import Candidate, SearchResult
+from prompt_tuning import fs
+from prompt_tuning.methods.xprompt.masks import Candidate, SearchResult
 
 REPORT_NAME = "report.json"
 HEATMAP_NAME = "importance.png"
@@ -110,14 +109,10 @@ def write_report(directory: str, result: SearchResult, stages: Dict[str, float],
   Returns:
     `{"report": path, "heatmap": path}`.
   """
-  os.makedirs(directory, exist_ok=True)
   report = build_report(result, stages, metric_name, higher_is_better)
-  report_path = os.path.join(directory, REPORT_NAME)
-  tmp = report_path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(report, f, indent=1)
-  os.replace(tmp, report_path)  # never leave a half-written report behind
-  heatmap_path = os.path.join(directory, HEATMAP_NAME)
+  report_path = fs.join(directory, REPORT_NAME)
+  fs.write_json(report_path, report)
+  heatmap_path = fs.join(directory, HEATMAP_NAME)
   if report["token_scores"] is not None:
     token_scores, piece_scores = report["token_scores"], report["piece_scores"]
   else:  # no pruning round ran: plot zeros so the masks are still shown

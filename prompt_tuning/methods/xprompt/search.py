@@ -1,0 +1,158 @@
+"""XPrompt's stage 2 on one model: importance scores, the pruning search and its report.
+
+`SearchContext` holds the run's model and variables (the same `build_run` as
+`trainer.train`) with evaluation functions compiled once and reused for every
+candidate mask; `search_stage` runs the token then piece rounds of
+`masks.search` and writes the chosen masks and the report.
+"""
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prompt_tuning import fs
+from prompt_tuning.errors import UserError
+from prompt_tuning.methods.xprompt import masks as xprompt
+from prompt_tuning.methods.xprompt.report import write_report
+from prompt_tuning.train import data as data_lib
+from prompt_tuning.train import evaluation
+from prompt_tuning.train.initialize import build_model, variable_shardings
+from prompt_tuning.train.partitioning import Partitioner, check_batch_size, to_host
+from prompt_tuning.train.run_setup import RunContext, build_run
+from prompt_tuning.train.step import LossConfig, token_loss_sums
+from prompt_tuning.train.trainable import merge_variables
+
+TOKEN_MASK_FILE = "token_mask.npy"
+PIECE_MASK_FILE = "piece_mask.npy"
+
+
+def resolve_metric(metrics: Mapping[str, float], metric_name: Optional[str]) -> str:
+  """The key of `metrics` that `metric_name` names (`task/metric` or a unique `metric`)."""
+  if metric_name in metrics:
+    return metric_name
+  if metric_name is None:
+    matches = list(metrics)
+  else:
+    matches = [k for k in metrics if k.split("/")[-1] == metric_name]
+  if len(matches) == 1:
+    return matches[0]
+  raise UserError(f"XPrompt's validation metric {metric_name!r} is not one of the eval metrics "
+                  f"{sorted(metrics)}; set run_xprompt.metric_name to one of them")
+
+
+class SearchContext:
+  """The run's model and variables (`build_run`, as in `trainer.train`) and jitted helpers.
+
+  Built at most once per run; the evaluation functions compile once and are
+  reused for every candidate mask and for the stage-3 prompt.
+  """
+
+  def __init__(self, config: Mapping[str, Any], variables: Optional[Dict[str, Any]] = None):
+    """`variables`: those a trainer stage of this run ended with, else loaded here."""
+    self.config = config
+    eval_name = config["eval_mixture_or_task_name"] or config["mixture_or_task_name"]
+    lengths = config["task_feature_lengths"]
+    if variables is None:
+      self.ctx = build_run(initial_checkpoint_path=config["initial_checkpoint_path"],
+                           seed=config["seed"], mixture_or_task_names=[eval_name],
+                           mixture_or_task_module=config["mixture_or_task_module"],
+                           task_feature_lengths=lengths, frozen_dtype=config["frozen_dtype"])
+    else:
+      data_lib.import_task_modules(config["mixture_or_task_module"])
+      model, partitioner = build_model(), Partitioner()
+      shardings = variable_shardings(model, partitioner)[1]
+      self.ctx = RunContext(model, partitioner, jax.device_put(variables, shardings), shardings,
+                            jax.random.PRNGKey(config["seed"]), lengths)
+    self.model, self.partitioner = self.ctx.model, self.ctx.partitioner
+    self.shardings, self.variables = self.ctx.shardings, self.ctx.variables
+    self.evaluator = evaluation.make_evaluator(eval_name, lengths, config["eval_split"],
+                                               config["use_cached_tasks"],
+                                               config["eval_num_examples"])
+    self.fns = evaluation.EvalModelFns(self.model, self.partitioner, self.variables,
+                                       self.shardings, max_decode_length=lengths["targets"])
+
+  def release_variables(self) -> None:
+    """Drops the backbone held here, keeping the evaluator and the compiled functions.
+
+    The next trainer stage then does not hold the backbone twice in device memory.
+    """
+    self.variables = self.fns.variables = None
+
+  def with_trainable(self, trainable: Any) -> Dict[str, Any]:
+    return jax.device_put(merge_variables(trainable, self.variables), self.shardings)
+
+  def with_masks(self, variables: Dict[str, Any], token_mask: np.ndarray,
+                 piece_mask: np.ndarray) -> Dict[str, Any]:
+    masks = xprompt.set_masks(variables[xprompt.MASK_COLLECTION], token_mask, piece_mask)
+    return jax.device_put({**variables, xprompt.MASK_COLLECTION: masks}, self.shardings)
+
+  def evaluate(self, variables: Dict[str, Any]) -> Dict[str, float]:
+    self.fns.variables = variables  # same structure and shardings: no recompilation
+    return evaluation.run_evaluation(self.evaluator, self.fns, step=0)
+
+  def importance_fn(self, per_example: bool) -> Callable:
+    model, loss_config = self.model, LossConfig()
+
+    def mean_loss(params, masks, batch):
+      variables = {"params": params, xprompt.MASK_COLLECTION: masks}
+      loss_sum, sums = token_loss_sums(model, variables, batch, jax.random.PRNGKey(0), loss_config,
+                                       enable_dropout=False)
+      return loss_sum / jnp.maximum(sums["weight"], 1.0)
+
+    return xprompt.make_importance_fn(mean_loss, per_example)
+
+  def training_batches(self, count: int) -> Dict[str, np.ndarray]:
+    """`count` training batches stacked: leaves `[count, B, ...]`."""
+    config = self.config
+    local_batch = check_batch_size(config["batch_size"], self.partitioner)
+    stream = data_lib.batches(config["mixture_or_task_name"], config["task_feature_lengths"],
+                              config["train_split"], local_batch, seed=config["seed"],
+                              use_cached=config["use_cached_tasks"])
+    taken = [b for _, b in zip(range(count), stream)]
+    if len(taken) < count:
+      raise UserError(f"{config['mixture_or_task_name']} has only {len(taken)} training batches; "
+                      f"lower run_xprompt.importance_batches ({count})")
+    return {k: np.stack([b[k] for b in taken]) for k in taken[0]}
+
+
+def search_stage(backbone: SearchContext, stage1_trainable: Any, search_dir: str, *,
+                  importance_batches: int, per_example: bool, token_ratios: Sequence[float],
+                  piece_ratios: Sequence[float], metric_name: Optional[str],
+                  higher_is_better: bool) -> Dict[str, Any]:
+  """Stage 2: importance scores, token then piece rounds, report and chosen masks."""
+  print(f"=== xprompt stage 2/3: pruning search -> {search_dir} ===", flush=True)
+  variables = backbone.with_trainable(stage1_trainable)
+  token_ones, piece_ones = (np.ones_like(to_host(m)) for m in
+                            xprompt.get_masks(variables[xprompt.MASK_COLLECTION]))
+  importance = backbone.importance_fn(per_example)
+  batches = backbone.training_batches(importance_batches)
+  print(f"xprompt importance over {importance_batches} training batches "
+        f"({'per example' if per_example else 'per batch'})", flush=True)
+  resolved = {}
+
+  def score_fn(token_mask, piece_mask):
+    masked = backbone.with_masks(variables, token_mask, piece_mask)
+    with backbone.partitioner.context():
+      scores = importance(masked["params"], masked[xprompt.MASK_COLLECTION], batches)
+    return tuple(to_host(s) for s in xprompt.get_masks(scores))
+
+  def evaluate_fn(token_mask, piece_mask):
+    metrics = backbone.evaluate(backbone.with_masks(variables, token_mask, piece_mask))
+    if "key" not in resolved:
+      resolved["key"] = resolve_metric(metrics, metric_name)
+    return metrics[resolved["key"]]
+
+  result = xprompt.search(score_fn, evaluate_fn, token_ones, piece_ones, token_ratios,
+                          piece_ratios, higher_is_better,
+                          log=lambda line: print(line, flush=True))
+  stages = {"prompt_tuning": result.candidates[0].metric, "pruning": result.best.metric}
+  paths = write_report(search_dir, result, stages, resolved["key"], higher_is_better)
+  for name, mask in ((TOKEN_MASK_FILE, result.best.token_mask),
+                     (PIECE_MASK_FILE, result.best.piece_mask)):
+    fs.write_on_first_host(fs.join(search_dir, name),
+                           lambda f, m=mask: np.save(f, m.astype(np.float32), allow_pickle=False))
+  report = fs.read_json(paths["report"])
+  print(f"xprompt chosen: {report['chosen']}", flush=True)
+  return {"metric_name": resolved["key"], "higher_is_better": higher_is_better,
+          "stages": stages, "chosen": report["chosen"], **paths}

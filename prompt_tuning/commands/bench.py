@@ -66,6 +66,7 @@ def bench_train_step(size: str = "small", batch_size: int = 8, inputs_length: in
   from prompt_tuning.prompts import initializers
   from prompt_tuning.prompts.prompt import Prompt
   from prompt_tuning.train import optim
+  from prompt_tuning.train.data import with_example_index
   from prompt_tuning.train.run_setup import build_run, compile_train_step
 
   if min(batch_size, inputs_length, targets_length, steps) < 1 or prompt_length < 1:
@@ -79,8 +80,9 @@ def bench_train_step(size: str = "small", batch_size: int = 8, inputs_length: in
   train_step = compile_train_step(ctx, split, optim.adafactor())
   partitioner, frozen = ctx.partitioner, split.frozen
   trainable, opt_state, step_fn = split.trainable, train_step.opt_state, train_step.step
-  batch = partitioner.shard_batch(random_batch(np.random.default_rng(seed), batch_size,
-                                               inputs_length, targets_length, config.vocab_size))
+  batch = partitioner.shard_batch(with_example_index(
+      random_batch(np.random.default_rng(seed), batch_size, inputs_length, targets_length,
+                   config.vocab_size), step=0, global_batch_size=batch_size))
   rng = jax.random.PRNGKey(seed + 1)
   with partitioner.context():
     start = time.perf_counter()

@@ -110,3 +110,17 @@ def batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], 
     yield first
     yield from iterator
   return gen()
+
+
+def with_example_index(local_batch: Dict[str, np.ndarray], step: int,
+                       global_batch_size: int) -> Dict[str, np.ndarray]:
+  """Adds `example_index` `[b]` int32: each example's global position in the run's data order.
+
+  Step `s` consumes examples `[s * B, (s + 1) * B)`; this host's rows are its
+  contiguous block of the global batch (`make_array_from_process_local_data`).
+  Methods key per-example randomness on it, so any mesh or microbatching
+  samples what one device does.
+  """
+  rows = len(next(iter(local_batch.values())))
+  first = step * global_batch_size + jax.process_index() * rows
+  return {**local_batch, "example_index": np.arange(first, first + rows, dtype=np.int32)}

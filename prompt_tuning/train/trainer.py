@@ -161,8 +161,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     if local is None:
       raise UserError(f"{mixture_or_task_name} ran out of data at step {step}")
     with partitioner.context():
-      trainable, opt_state, metrics = step_fn(trainable, opt_state, frozen,
-                                              partitioner.shard_batch(local), ctx.step_rng(step))
+      batch = partitioner.shard_batch(data_lib.with_example_index(local, step, batch_size))
+      trainable, opt_state, metrics = step_fn(trainable, opt_state, frozen, batch,
+                                              ctx.step_rng(step))
     step += 1
     if not wrote_config:
       summaries.write_operative_config(model_dir)

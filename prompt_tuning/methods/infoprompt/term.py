@@ -1,0 +1,78 @@
+"""InfoPrompt on the shared train step: its heads on the model, its loss term on the step.
+
+The gin file (`configs/methods/infoprompt.gin`) binds
+
+    build_model.extras = {'info': @infoprompt_heads()}     # parameters under info/
+    LossConfig.extra_terms = @infoprompt_loss_terms()      # () when beta = gamma = 0
+
+so the step adds `-β·I(P; Z | X) - γ·I(P; θ | X)` per example (Eq. 11) and
+reports both estimates as `mi_representation` and `mi_head`.
+"""
+import functools
+from typing import Any, Callable, Dict, Mapping, Tuple
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+
+from prompt_tuning.errors import UserError
+from prompt_tuning.methods.infoprompt.loss import (InfoPromptConfig, extra_loss, is_active,
+                                                   make_heads, mutual_information)
+from prompt_tuning.methods.infoprompt.representations import label_vectors, select_representation
+
+Array = jax.Array
+HEADS_NAME = "info"
+
+
+@gin.configurable
+def infoprompt_heads(config: InfoPromptConfig = None) -> Callable[[], nn.Module]:
+  """The factory of the `info` module (`build_model.extras`), for one `InfoPromptConfig`."""
+  return functools.partial(make_heads, config or InfoPromptConfig())
+
+
+def prompt_free_representation(model: nn.Module, variables: Any, batch: Mapping[str, Array],
+                               z_source: str) -> Array:
+  """Z′ `[B, E]`: the same representation as Z from a pass without the prompt, no gradient.
+
+  The encoder reads the bare inputs and the decoder only its first position;
+  dropout is off, as the prompt-free pass is a fixed reference.
+  """
+  bare = model.clone(prompt=None, extras=())
+  first = batch["decoder_input_tokens"][:, :1]
+  _, sown = bare.apply(variables, batch["encoder_input_tokens"], first, mutable=["intermediates"])
+  features = {k: v[0] for k, v in sown["intermediates"].items()}
+  return jax.lax.stop_gradient(select_representation(
+      z_source, features["decoder_hidden"], features["encoded"], features["encoder_valid"]))
+
+
+@gin.configurable
+def infoprompt_loss_terms(config: InfoPromptConfig = None) -> Tuple[Callable, ...]:
+  """`LossConfig.extra_terms` of InfoPrompt: one term, or none when β = γ = 0."""
+  config = config or InfoPromptConfig()
+  if not is_active(config):
+    return ()
+
+  def term(model, variables, batch, features, rng) -> Tuple[Array, Dict[str, Array]]:
+    if "example_index" not in batch:
+      raise UserError("InfoPrompt needs the batch's global example indices (example_index); "
+                      "train with `prompt-tuning train`, which adds them")
+    if HEADS_NAME not in variables["params"]:
+      raise UserError("InfoPrompt's loss is configured but the model has no info/ parameters; "
+                      "add --gin_file=methods/infoprompt.gin (it binds build_model.extras)")
+    bare = model.apply(variables, batch["encoder_input_tokens"], method=type(model).input_features)
+    if "prompt" not in bare:
+      raise UserError("InfoPrompt needs a prompt module; use a *_prompt.gin model file")
+    z = select_representation(config.z_source, features["decoder_hidden"], features["encoded"],
+                              features["encoder_valid"])
+    z_prime = (prompt_free_representation(model, variables, batch, config.z_source)
+               if config.beta else None)
+    kernel = variables["params"]["decoder"]["logits_dense"]["kernel"]
+    estimates = mutual_information(
+        config, variables["params"][HEADS_NAME], prompt=bare["prompt"], z=z, z_prime=z_prime,
+        input_embeddings=bare["input_embeddings"], input_valid=bare["input_valid"],
+        label_vectors=label_vectors(kernel, batch["decoder_target_tokens"], config.label_pieces),
+        example_ids=batch["example_index"].astype(jnp.int32), key=rng)
+    return extra_loss(estimates, config), estimates
+
+  return (term,)

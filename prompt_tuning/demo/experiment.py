@@ -36,6 +36,7 @@ METHOD_FILES = {
     "prompt_tuning": ("runs/prompt_finetune.gin", "prompts/prompt.gin"),
     "residual": ("runs/prompt_finetune.gin", "prompts/prompt.gin", "methods/residual.gin"),
     "xprompt": ("runs/prompt_finetune.gin", "prompts/prompt.gin", "methods/xprompt.gin"),
+    "infoprompt": ("runs/prompt_finetune.gin", "prompts/prompt.gin", "methods/infoprompt.gin"),
 }
 
 
@@ -131,7 +132,7 @@ def format_table(summary: Mapping[str, Any]) -> str:
 
 @gin.configurable
 def run_demo(model_dir: str = gin.REQUIRED, operation: str = "reverse",
-             methods: Sequence[str] = ("prompt_tuning", "residual", "xprompt"),
+             methods: Sequence[str] = ("prompt_tuning", "residual", "xprompt", "infoprompt"),
              pretrain_steps: int = 800, pretrain_batch_size: int = 64,
              pretrain_learning_rate: float = 3e-3, tune_steps: int = 300,
              tune_batch_size: int = 32, eval_period: int = 100, prompt_length: int = 8,
@@ -145,7 +146,7 @@ def run_demo(model_dir: str = gin.REQUIRED, operation: str = "reverse",
     model_dir: output folder; `backbone/` in it is reused when present, the
       method folders are rewritten on every run.
     operation: the task tuned WITHOUT its instruction word (`copy`, `reverse`, `sort`).
-    methods: any of `prompt_tuning`, `residual`, `xprompt`.
+    methods: any of `prompt_tuning`, `residual`, `xprompt`, `infoprompt`.
     extra_bindings: gin bindings appended to every tuning run.
     method_bindings: `{method: [bindings]}` appended to that method's run only.
   """

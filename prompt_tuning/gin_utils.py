@@ -36,7 +36,8 @@ def register_configurables() -> None:
   from prompt_tuning.train import eval_run  # noqa: F401
   from prompt_tuning.tasks import sources  # noqa: F401  (local_data_dir for DATA_DIR)
   for optional in ("prompt_tuning.prompts.residual", "prompt_tuning.methods.xprompt",
-                   "prompt_tuning.methods.xprompt_driver",
+                   "prompt_tuning.methods.xprompt_driver", "prompt_tuning.methods.apet.baselines",
+                   "prompt_tuning.methods.apet.selection",
                    "prompt_tuning.demo.experiment"):
     try:
       __import__(optional)

@@ -36,6 +36,7 @@ def register_configurables() -> None:
   from prompt_tuning.methods.xprompt import driver, masks  # noqa: F401
   from prompt_tuning.demo import experiment  # noqa: F401
   from prompt_tuning.tasks import sources  # noqa: F401  (local_data_dir for DATA_DIR)
+  from prompt_tuning.methods.apet import baselines, selection  # noqa: F401
 
 
 def _one_line(error: Exception) -> str:

@@ -3,6 +3,8 @@
 Every parameter carries T5X logical axis names (`embed`, `joined_kv`, `mlp`,
 `heads`, `relpos_buckets`, `vocab`) so the partitioner can shard it by rules.
 Parameter names follow flaxformer so T5X checkpoints load by name.
+`RMSNorm`, `Dense`, `MultiHeadAttention` and `GatedMlp` take an optional
+`deltas` plan (`prompt_tuning.models.deltas`); the default adds nothing.
 """
 import functools
 from typing import Optional, Sequence, Tuple
@@ -11,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from prompt_tuning.models.deltas import NO_DELTAS, DeltaPlan, SiteInfo, apply_deltas
 
 Array = jax.Array
 # Large negative attention bias for masked positions (T5X's value); finite so
@@ -29,6 +33,7 @@ class RMSNorm(nn.Module):
   epsilon: float = 1e-6
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  deltas: DeltaPlan = NO_DELTAS
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -36,7 +41,8 @@ class RMSNorm(nn.Module):
                        (x.shape[-1],), self.param_dtype)
     x32 = x.astype(jnp.float32)
     x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
-    return (x32 * scale.astype(jnp.float32)).astype(self.dtype)
+    y = (x32 * scale.astype(jnp.float32)).astype(self.dtype)
+    return apply_deltas(self, "output", y, SiteInfo("norm", x.shape[-1], "embed"))
 
 
 class Dense(nn.Module):
@@ -46,12 +52,15 @@ class Dense(nn.Module):
   kernel_init: nn.initializers.Initializer = _KERNEL_INIT
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  deltas: DeltaPlan = NO_DELTAS
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     kernel = self.param("kernel", _partitioned(self.kernel_init, self.kernel_axes),
                         (x.shape[-1], self.features), self.param_dtype)
-    return jnp.einsum("...d,df->...f", x.astype(self.dtype), kernel.astype(self.dtype))
+    y = jnp.einsum("...d,df->...f", x.astype(self.dtype), kernel.astype(self.dtype))
+    info = SiteInfo("dense", self.features, self.kernel_axes[1], x.shape[-1], self.kernel_axes[0])
+    return apply_deltas(self, "output", y, info, inputs=x)
 
 
 def relative_position_bucket(relative_position: Array, bidirectional: bool,
@@ -112,6 +121,7 @@ class MultiHeadAttention(nn.Module):
   dropout_rate: float = 0.0
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  deltas: DeltaPlan = NO_DELTAS
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Array, *,
@@ -119,8 +129,8 @@ class MultiHeadAttention(nn.Module):
     """inputs_q: `[B, Lq, E]`, inputs_kv: `[B, Lk, E]`, bias: broadcastable to `[B, H, Lq, Lk]`."""
     joined = self.num_heads * self.head_dim
     query_init = lambda *a: _KERNEL_INIT(*a) / np.sqrt(self.head_dim).astype(np.float32)
-    dense = functools.partial(Dense, joined, ("embed", "joined_kv"),
-                              dtype=self.dtype, param_dtype=self.param_dtype)
+    dense = functools.partial(Dense, joined, ("embed", "joined_kv"), dtype=self.dtype,
+                              param_dtype=self.param_dtype, deltas=self.deltas)
     split = lambda x: x.reshape(x.shape[:-1] + (self.num_heads, self.head_dim))
     q = split(dense(kernel_init=query_init, name="query")(inputs_q))
     k = split(dense(name="key")(inputs_kv))
@@ -137,17 +147,23 @@ class MultiHeadAttention(nn.Module):
     # Softmax with the division deferred to the `[B, Lq, H, D]` output (D = 64
     # is narrower than Lk): `softmax(s) @ v == (exp(s - max) @ v) / sum(exp(s - max))`.
     # The shift by the row max cancels exactly, so it needs no gradient.
-    shifted = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    logits_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    shifted = logits - logits_max
     unnormalized = jnp.exp(shifted)
     denominator = jnp.sum(unnormalized, axis=-1)  # [B, H, Lq]
     weights = unnormalized.astype(self.dtype)
     if not deterministic and self.dropout_rate > 0:
       weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, v, preferred_element_type=jnp.float32)
-    out = (out / jnp.swapaxes(denominator, 1, 2)[..., None]).astype(self.dtype)
+    out = out / jnp.swapaxes(denominator, 1, 2)[..., None]
+    info = SiteInfo("attention", inputs_q.shape[-1], "embed", num_heads=self.num_heads,
+                    head_dim=self.head_dim)
+    out = apply_deltas(self, "attended", out, info, query=q, logits_max=logits_max,
+                       denominator=denominator).astype(self.dtype)
     out = out.reshape(out.shape[:2] + (joined,))
-    return Dense(inputs_q.shape[-1], ("joined_kv", "embed"), dtype=self.dtype,
-                 param_dtype=self.param_dtype, name="out")(out)
+    y = Dense(inputs_q.shape[-1], ("joined_kv", "embed"), dtype=self.dtype,
+              param_dtype=self.param_dtype, deltas=self.deltas, name="out")(out)
+    return apply_deltas(self, "output", y, info, inputs=inputs_q)
 
   def _update_cache(self, k: Array, v: Array) -> Tuple[Array, Array]:
     initialized = self.has_variable("cache", "cached_key")
@@ -172,19 +188,23 @@ class GatedMlp(nn.Module):
   dropout_rate: float = 0.0
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  deltas: DeltaPlan = NO_DELTAS
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool = True) -> Array:
     hidden = None
     for i, name in enumerate(self.activations):
-      h = Dense(self.mlp_dim, ("embed", "mlp"), dtype=self.dtype,
-                param_dtype=self.param_dtype, name=f"wi_{i}" if len(self.activations) > 1 else "wi")(x)
+      h = Dense(self.mlp_dim, ("embed", "mlp"), dtype=self.dtype, param_dtype=self.param_dtype,
+                deltas=self.deltas, name=f"wi_{i}" if len(self.activations) > 1 else "wi")(x)
       h = _activation(name)(h)
       hidden = h if hidden is None else hidden * h
     hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
+    info = SiteInfo("mlp", x.shape[-1], "embed", hidden=self.mlp_dim)
+    hidden = apply_deltas(self, "hidden", hidden, info)
     hidden = nn.Dropout(self.dropout_rate)(hidden, deterministic=deterministic)
-    return Dense(x.shape[-1], ("mlp", "embed"), dtype=self.dtype,
-                 param_dtype=self.param_dtype, name="wo")(hidden)
+    y = Dense(x.shape[-1], ("mlp", "embed"), dtype=self.dtype, param_dtype=self.param_dtype,
+              deltas=self.deltas, name="wo")(hidden)
+    return apply_deltas(self, "output", y, info, inputs=x)
 
 
 def _activation(name: str):

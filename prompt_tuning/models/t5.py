@@ -16,10 +16,14 @@ Parameter tree (flaxformer names, so T5X checkpoints load by name)::
   decoder/logits_dense/kernel                             [embed, vocab]
   prompt/...                                              (only with a prompt module)
   <name>/...                                              (each of `extras`, e.g. `info/`)
+  <module path>/<insertion>/...                           (only with a delta plan)
 
-These paths (without `prompt/` and extras) are the *backbone*: what a
+These paths (without `prompt/`, extras and deltas) are the *backbone*: what a
 checkpoint must hold. Everything else the model defines is new and created by
-`model.init` (see `prompt_tuning.train.initialize`).
+`model.init` (see `prompt_tuning.train.initialize`). `T5(config, deltas=plan)`
+inserts trainable deltas (LoRA, adapters, biases, ...) into the modules whose
+paths the plan's regexes match (`models/deltas.py`); `delta_sites(config)`
+lists those paths and what each module can host.
 """
 from typing import Callable, Dict, Optional, Tuple
 
@@ -27,7 +31,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from prompt_tuning.errors import UserError
 from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.deltas import NO_DELTAS, DeltaPlan, SiteInfo, path_matches
 from prompt_tuning.models.layers import (Dense, Embed, GatedMlp, MultiHeadAttention,
                                          RMSNorm, RelativePositionBiases,
                                          attention_bias_from_mask)
@@ -41,40 +47,44 @@ def _kw(config: T5Config):
 
 class EncoderLayer(nn.Module):
   config: T5Config
+  deltas: DeltaPlan = NO_DELTAS
 
   @nn.compact
   def __call__(self, x: Array, bias: Array, deterministic: bool) -> Array:
     c = self.config
+    kw = dict(_kw(c), deltas=self.deltas)
     drop = nn.Dropout(c.dropout_rate)
-    h = RMSNorm(c.layer_norm_epsilon, **_kw(c), name="pre_attention_layer_norm")(x)
-    h = MultiHeadAttention(c.num_heads, c.head_dim, c.dropout_rate, **_kw(c), name="attention")(
+    h = RMSNorm(c.layer_norm_epsilon, **kw, name="pre_attention_layer_norm")(x)
+    h = MultiHeadAttention(c.num_heads, c.head_dim, c.dropout_rate, **kw, name="attention")(
         h, h, bias, deterministic=deterministic)
     x = x + drop(h, deterministic=deterministic)
-    h = RMSNorm(c.layer_norm_epsilon, **_kw(c), name="pre_mlp_layer_norm")(x)
-    h = GatedMlp(c.mlp_dim, c.mlp_activations, c.dropout_rate, **_kw(c), name="mlp")(h, deterministic)
+    h = RMSNorm(c.layer_norm_epsilon, **kw, name="pre_mlp_layer_norm")(x)
+    h = GatedMlp(c.mlp_dim, c.mlp_activations, c.dropout_rate, **kw, name="mlp")(h, deterministic)
     x = x + drop(h, deterministic=deterministic)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
 class DecoderLayer(nn.Module):
   config: T5Config
+  deltas: DeltaPlan = NO_DELTAS
 
   @nn.compact
   def __call__(self, x: Array, encoded: Array, self_bias: Array, cross_bias: Array,
                deterministic: bool, decode: bool) -> Array:
     c = self.config
+    kw = dict(_kw(c), deltas=self.deltas)
     drop = nn.Dropout(c.dropout_rate)
-    h = RMSNorm(c.layer_norm_epsilon, **_kw(c), name="pre_self_attention_layer_norm")(x)
-    h = MultiHeadAttention(c.num_heads, c.head_dim, c.dropout_rate, **_kw(c), name="self_attention")(
+    h = RMSNorm(c.layer_norm_epsilon, **kw, name="pre_self_attention_layer_norm")(x)
+    h = MultiHeadAttention(c.num_heads, c.head_dim, c.dropout_rate, **kw, name="self_attention")(
         h, h, self_bias, decode=decode, deterministic=deterministic)
     x = x + drop(h, deterministic=deterministic)
-    h = RMSNorm(c.layer_norm_epsilon, **_kw(c), name="pre_cross_attention_layer_norm")(x)
-    h = MultiHeadAttention(c.num_heads, c.head_dim, c.dropout_rate, **_kw(c),
+    h = RMSNorm(c.layer_norm_epsilon, **kw, name="pre_cross_attention_layer_norm")(x)
+    h = MultiHeadAttention(c.num_heads, c.head_dim, c.dropout_rate, **kw,
                            name="encoder_decoder_attention")(
                                h, encoded, cross_bias, deterministic=deterministic)
     x = x + drop(h, deterministic=deterministic)
-    h = RMSNorm(c.layer_norm_epsilon, **_kw(c), name="pre_mlp_layer_norm")(x)
-    h = GatedMlp(c.mlp_dim, c.mlp_activations, c.dropout_rate, **_kw(c), name="mlp")(h, deterministic)
+    h = RMSNorm(c.layer_norm_epsilon, **kw, name="pre_mlp_layer_norm")(x)
+    h = GatedMlp(c.mlp_dim, c.mlp_activations, c.dropout_rate, **kw, name="mlp")(h, deterministic)
     x = x + drop(h, deterministic=deterministic)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
@@ -90,6 +100,7 @@ def _layer_class(cls, config: T5Config):
 class Encoder(nn.Module):
   """Bidirectional stack over (prompt +) embedded inputs."""
   config: T5Config
+  deltas: DeltaPlan = NO_DELTAS
 
   @nn.compact
   def __call__(self, x: Array, valid: Array, deterministic: bool = True) -> Array:
@@ -103,14 +114,15 @@ class Encoder(nn.Module):
     x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
     layer = _layer_class(EncoderLayer, c)
     for i in range(c.num_encoder_layers):
-      x = layer(c, name=f"layers_{i}")(x, bias, deterministic)
-    x = RMSNorm(c.layer_norm_epsilon, **_kw(c), name="encoder_norm")(x)
+      x = layer(c, self.deltas, name=f"layers_{i}")(x, bias, deterministic)
+    x = RMSNorm(c.layer_norm_epsilon, **_kw(c), deltas=self.deltas, name="encoder_norm")(x)
     return nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
 
 
 class Decoder(nn.Module):
   """Causal stack with cross-attention; ends in the untied `logits_dense`."""
   config: T5Config
+  deltas: DeltaPlan = NO_DELTAS
 
   @nn.compact
   def __call__(self, y: Array, encoded: Array, encoder_valid: Array,
@@ -146,11 +158,12 @@ class Decoder(nn.Module):
     y = nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
     layer = _layer_class(DecoderLayer, c)
     for i in range(c.num_decoder_layers):
-      y = layer(c, name=f"layers_{i}")(y, encoded, self_bias, cross_bias, deterministic, decode)
-    y = RMSNorm(c.layer_norm_epsilon, **_kw(c), name="decoder_norm")(y)
+      y = layer(c, self.deltas, name=f"layers_{i}")(y, encoded, self_bias, cross_bias,
+                                                   deterministic, decode)
+    y = RMSNorm(c.layer_norm_epsilon, **_kw(c), deltas=self.deltas, name="decoder_norm")(y)
     y = nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
-    logits = Dense(c.vocab_size, ("embed", "vocab"), dtype=jnp.dtype(c.dtype),
-                   param_dtype=jnp.dtype(c.param_dtype), name="logits_dense")(y)
+    logits = Dense(c.vocab_size, ("embed", "vocab"), **_kw(c), deltas=self.deltas,
+                   name="logits_dense")(y)
     logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
     return logits.astype(jnp.float32), y
 
@@ -164,7 +177,8 @@ class T5(nn.Module):
 
   The prompt module is called as `prompt(tokens [B, L], embedded [B, L, E],
   embedding_table [V, E], deterministic) -> (embedded [B, L', E], valid [B, L'])`; its
-  parameters land under the top-level `prompt/` path.
+  parameters land under the top-level `prompt/` path. `deltas` (default: none)
+  inserts trainable deltas into the modules its rules match; see `delta_sites`.
 
   `extras` are a method's own modules that the forward pass does not use
   (e.g. InfoPrompt's critics): `(name, factory)` pairs, each module's
@@ -174,13 +188,16 @@ class T5(nn.Module):
   """
   config: T5Config
   prompt: Optional[nn.Module] = None
+  deltas: DeltaPlan = NO_DELTAS
   extras: Tuple[Tuple[str, Callable[[], nn.Module]], ...] = ()
 
   def setup(self):
     c = self.config
+    if self.deltas:
+      check_plan(self.deltas, c)
     self.token_embedder = Embed(c.vocab_size, c.emb_dim, **_kw(c))
-    self.encoder = Encoder(c)
-    self.decoder = Decoder(c)
+    self.encoder = Encoder(c, self.deltas)
+    self.decoder = Decoder(c, self.deltas)
     for name, make in self.extras:
       if name in RESERVED_NAMES:
         raise ValueError(f"model extra {name!r} would shadow the model's own {name!r}")
@@ -236,3 +253,73 @@ class T5(nn.Module):
     if self.prompt is not None and hasattr(self.prompt, "value"):
       out["prompt"] = self.prompt.value(self.token_embedder.embedding, deterministic=True)
     return out
+
+
+def delta_sites(config: T5Config) -> Dict[str, SiteInfo]:
+  """Every module that can host a delta insertion: `{path: SiteInfo}`, in model order.
+
+  Paths are those the layers see at run time (`encoder/layers_0/attention/query`),
+  so plan regexes, parameter counts and APET's selection all work from this list.
+  """
+  c = config
+  e, joined, m = c.emb_dim, c.num_heads * c.head_dim, c.mlp_dim
+  norm = SiteInfo("norm", e, "embed")
+  attention = SiteInfo("attention", e, "embed", num_heads=c.num_heads, head_dim=c.head_dim)
+  projection = SiteInfo("dense", joined, "joined_kv", e, "embed")
+  out = SiteInfo("dense", e, "embed", joined, "joined_kv")
+  wi = SiteInfo("dense", m, "mlp", e, "embed")
+  wo = SiteInfo("dense", e, "embed", m, "mlp")
+  mlp = SiteInfo("mlp", e, "embed", hidden=m)
+  wi_names = ([f"wi_{i}" for i in range(len(c.mlp_activations))]
+              if len(c.mlp_activations) > 1 else ["wi"])
+  sites: Dict[str, SiteInfo] = {}
+
+  def add_attention(prefix: str) -> None:
+    sites[prefix] = attention
+    for name in ("query", "key", "value"):
+      sites[f"{prefix}/{name}"] = projection
+    sites[f"{prefix}/out"] = out
+
+  def add_mlp(prefix: str) -> None:
+    sites[prefix] = mlp
+    for name in wi_names:
+      sites[f"{prefix}/{name}"] = wi
+    sites[f"{prefix}/wo"] = wo
+
+  for i in range(c.num_encoder_layers):
+    layer = f"encoder/layers_{i}"
+    sites[f"{layer}/pre_attention_layer_norm"] = norm
+    add_attention(f"{layer}/attention")
+    sites[f"{layer}/pre_mlp_layer_norm"] = norm
+    add_mlp(f"{layer}/mlp")
+  sites["encoder/encoder_norm"] = norm
+  for i in range(c.num_decoder_layers):
+    layer = f"decoder/layers_{i}"
+    sites[f"{layer}/pre_self_attention_layer_norm"] = norm
+    add_attention(f"{layer}/self_attention")
+    sites[f"{layer}/pre_cross_attention_layer_norm"] = norm
+    add_attention(f"{layer}/encoder_decoder_attention")
+    sites[f"{layer}/pre_mlp_layer_norm"] = norm
+    add_mlp(f"{layer}/mlp")
+  sites["decoder/decoder_norm"] = norm
+  sites["decoder/logits_dense"] = SiteInfo("dense", c.vocab_size, "vocab", e, "embed")
+  return sites
+
+
+def check_plan(plan: DeltaPlan, config: T5Config) -> None:
+  """Raises `UserError` for a rule that matches no module able to host it, or a name clash."""
+  sites = delta_sites(config)
+  for pattern, ins in plan.rules:
+    if not any(ins.site(info.kind) is not None and path_matches(pattern, path)
+               for path, info in sites.items()):
+      sample = ", ".join(list(sites)[1:4])
+      raise UserError(f"delta rule {pattern!r} ({type(ins).__name__}) matches no module that can "
+                      f"host it; module paths look like {sample}; fix the regex")
+  for path, info in sites.items():
+    matched = plan.matching(path, info.kind)
+    for ins in matched:
+      ins.check(path, info)
+    names = [ins.name for ins in matched]
+    if len(set(names)) != len(names):
+      raise UserError(f"delta plan puts two insertions named {sorted(names)} on {path}; give one "
+                      "of them another `name`")

@@ -13,7 +13,7 @@ so vocabulary- and label-based prompt initializers see pretrained embeddings.
 import functools
 import logging
 import os
-from typing import Any, Callable, Dict, FrozenSet, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Mapping, Optional, Tuple, Union
 
 import flax
 import flax.linen as nn
@@ -26,6 +26,7 @@ import numpy as np
 from prompt_tuning import fs
 from prompt_tuning.errors import UserError
 from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.deltas import NO_DELTAS, DeltaPlan
 from prompt_tuning.models.t5 import T5
 from prompt_tuning.train.partitioning import Partitioner
 
@@ -35,13 +36,19 @@ BACKBONE_COLLECTION = "params"
 
 @gin.configurable
 def build_model(model_config: T5Config = gin.REQUIRED, prompt: Optional[nn.Module] = None,
-                extras: Mapping[str, Callable[[], nn.Module]] = None) -> T5:
-  """The T5 model of a run (gin: `build_model.model_config`, `.prompt`, `.extras`).
+                extras: Mapping[str, Callable[[], nn.Module]] = None,
+                deltas: Union[DeltaPlan, Callable[[T5Config], DeltaPlan], None] = None) -> T5:
+  """The T5 model of a run (gin: `build_model.model_config`, `.prompt`, `.extras`, `.deltas`).
 
-  `extras` maps a name to a module factory (e.g. `{'info': @InfoPromptHeads}`): a
-  method's own parameters under `<name>/` (see `T5.extras`).
+  `extras` maps a name to a module factory (e.g. `{'info': @infoprompt_heads()}`): a
+  method's own parameters under `<name>/` (see `T5.extras`). `deltas` is a
+  `DeltaPlan` or a function of the model config returning one (e.g.
+  `@apet_deltas`, whose positions depend on the model's shapes).
   """
-  return T5(model_config, prompt=prompt, extras=tuple(sorted((extras or {}).items())))
+  if deltas is not None and not isinstance(deltas, DeltaPlan):
+    deltas = deltas(model_config)
+  return T5(model_config, prompt=prompt, deltas=deltas or NO_DELTAS,
+            extras=tuple(sorted((extras or {}).items())))
 
 
 def _dummy_inputs(batch: int = 1, length: int = 4):

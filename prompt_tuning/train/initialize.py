@@ -158,7 +158,11 @@ def initialize_variables(model: T5, partitioner: Partitioner, initial_checkpoint
     if frozen_dtype:
       backbone = jax.tree_util.tree_map(lambda x: x.astype(frozen_dtype), backbone)
   new = _initialize_new(model, partitioner, backbone, new_shardings, rng)
-  new[BACKBONE_COLLECTION] = {**backbone, **new.get(BACKBONE_COLLECTION, {})}
+  # New parameters can sit inside backbone modules (`.../query/lora/a`): merge by path.
+  flat = traverse_util.flatten_dict(flax.core.unfreeze(backbone), sep="/")
+  flat.update(traverse_util.flatten_dict(flax.core.unfreeze(new.get(BACKBONE_COLLECTION, {})),
+                                         sep="/"))
+  new[BACKBONE_COLLECTION] = traverse_util.unflatten_dict(flat, sep="/")
   return new, shardings
 
 

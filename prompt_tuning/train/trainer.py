@@ -22,8 +22,9 @@ import optax
 from prompt_tuning.errors import UserError
 from prompt_tuning.prompts.prompt import encoder_prompt
 from prompt_tuning.train import data as data_lib
-from prompt_tuning.train import evaluation, optim, summaries
-from prompt_tuning.train.checkpoints import (RunCheckpoints, export_prompt, makedirs, to_host,
+from prompt_tuning.train import evaluation, optim, run_lock, summaries
+from prompt_tuning.train.checkpoints import (RunCheckpoints, export_prompt,
+                                             export_prompt_if_missing, makedirs, to_host,
                                              write_json)
 from prompt_tuning.train.initialize import build_model, initialize_variables
 from prompt_tuning.train.partitioning import Partitioner, check_batch_size
@@ -66,6 +67,7 @@ class EarlyStopping:
 
 
 @gin.configurable
+@run_lock.releases_run_lock
 def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
           task_feature_lengths: Mapping[str, int] = gin.REQUIRED, train_steps: int = gin.REQUIRED,
           batch_size: int = gin.REQUIRED, initial_checkpoint_path: Optional[str] = None,
@@ -78,7 +80,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           early_stopping_patience: Optional[int] = None, num_microbatches: int = 1,
           frozen_dtype: Optional[str] = None, use_cached_tasks: bool = False, log_every: int = 10,
           train_split: str = "train", stop_after_steps: Optional[int] = None,
-          return_variables: bool = False,
+          return_variables: bool = False, allow_config_change: bool = False,
           edit_initial_variables: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None
           ) -> Dict[str, Any]:
   """Tunes the trainable subtree on a task; returns a summary dict.
@@ -88,7 +90,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   `trainable` and `frozen` trees to the summary (not to the JSON file);
   `edit_initial_variables` maps the freshly initialized variables (before any
   resume) to new ones of the same structure — how XPrompt rewinds the prompt
-  and fixes its masks.
+  and fixes its masks. `allow_config_change` resumes a run whose saved
+  `config.gin` differs in a binding that changes results (refused otherwise).
   See `configs/runs/prompt_finetune.gin`.
   """
   # ---- validate everything before touching MODEL_DIR ----
@@ -119,18 +122,24 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   opt_state = jax.jit(optimizer.init, out_shardings=opt_sh)(trainable)
 
   # ---- resume ----
+  run_lock.acquire(model_dir)  # one writer per MODEL_DIR; released when train() ends or raises
   checkpoints = RunCheckpoints(model_dir, keep=keep_checkpoints)
   start_step, batches_consumed = 0, 0
-  latest = checkpoints.latest_step()
-  if latest is not None:
-    abstract = {"trainable": _abstract(trainable, trainable_sh), "opt_state": _abstract(opt_state, opt_sh)}
-    restored, meta = checkpoints.restore(latest, abstract)
+  if checkpoints.latest_step() is not None:
+    summaries.check_config_unchanged(model_dir, allow_config_change)
+  abstract = {"trainable": _abstract(trainable, trainable_sh),
+              "opt_state": _abstract(opt_state, opt_sh)}
+  resumed = checkpoints.restore_latest(abstract)  # sets aside damaged newer steps
+  if resumed is not None:
+    restored, meta, start_step = resumed
     trainable, opt_state = restored["trainable"], restored["opt_state"]
-    start_step, batches_consumed = latest, int(meta.get("batches_consumed", latest))
+    batches_consumed = int(meta.get("batches_consumed", start_step))
     if meta.get("initial_checkpoint_path") != initial_checkpoint_path:
       logging.warning("resuming a run tuned against %s with backbone %s",
                       meta.get("initial_checkpoint_path"), initial_checkpoint_path)
     print(f"resumed from {checkpoints.directory} at step {start_step}", flush=True)
+    export_prompt_if_missing(model_dir, f"step_{start_step}",
+                             prompt_value(model, merge_variables(trainable, frozen)))
 
   batches = data_lib.batches(mixture_or_task_name, task_feature_lengths, train_split, local_batch,
                              seed=seed, skip_batches=batches_consumed,
@@ -162,6 +171,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     value = prompt_value(model, merge_variables(trainable, frozen))
     if value is not None:
       export_prompt(model_dir, f"step_{step}", value)
+    summaries.write_history(model_dir, step, history, eval_history)
 
   eval_fns = None
 
@@ -179,7 +189,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     return metrics
 
   # ---- loop ----
-  history, eval_history = [], []
+  history, eval_history = summaries.previous_history(model_dir, start_step if resumed else None)
   end_step = train_steps if stop_after_steps is None else min(train_steps, stop_after_steps)
   progress = summaries.Progress(start_step, train_steps)
   step, last_metrics = start_step, None

@@ -7,7 +7,7 @@ object stores, and happen on the first JAX process only.
 """
 import json
 import os
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import jax
 
@@ -46,6 +46,31 @@ def makedirs(path: str) -> None:
     _gfile().makedirs(path)
   else:
     os.makedirs(path, exist_ok=True)
+
+
+def listdir(path: str) -> List[str]:
+  if is_remote(path):
+    return [name.rstrip("/") for name in _gfile().listdir(path)]
+  return os.listdir(path)
+
+
+def read_bytes(path: str) -> bytes:
+  with open_file(path, "rb") as f:
+    return f.read()
+
+
+def move(source: str, target: str) -> None:
+  """Renames a folder; object stores (no folder rename) copy it, then remove the source."""
+  if not is_remote(source):
+    os.rename(source, target)
+    return
+  gfile = _gfile()
+  for folder, _, files in gfile.walk(source):
+    relative = folder[len(source):].lstrip("/")
+    gfile.makedirs(join(target, relative))
+    for name in files:
+      gfile.copy(join(folder, name), join(target, relative, name))
+  gfile.rmtree(source)
 
 
 def open_file(path: str, mode: str = "rb"):

@@ -11,7 +11,6 @@ import numpy as np
 
 from prompt_tuning import gin_utils
 from prompt_tuning.methods.infoprompt.term import prompt_free_representation
-from prompt_tuning.train import initialize
 from prompt_tuning.train.run_setup import build_run
 from tests.train_helpers import TOY_BINDINGS, TOY_FILES, losses, toy_train
 

@@ -220,3 +220,61 @@ def test_real_checkpoint_config_and_logits():
   trimmed = apply({"params": params}, encoder[:1, :4], decoder[:1])
   scale = float(np.abs(np.asarray(logits)).max())
   np.testing.assert_allclose(logits[:1], trimmed, rtol=1e-5, atol=1e-5 * max(scale, 1.0))
+
+
+def _copy_tiny_without_a_chunk(tmp_path, chunk="1.0"):
+  import shutil
+  path = tmp_path / "checkpoint_3"
+  shutil.copytree(TINY_T5X, path)
+  (path / "target.token_embedder.embedding" / chunk).unlink()
+  return path
+
+
+@needs_shared
+def test_a_missing_chunk_is_an_error_not_zeros(tmp_path):
+  # tensorstore's zarr driver reads a missing chunk as the fill value (zeros)
+  # unless told otherwise: 4096 rows of this embedding would silently be 0.
+  path = _copy_tiny_without_a_chunk(tmp_path)
+  message = (r"parameter token_embedder/embedding: chunk \{1, 0\} of zarr array "
+             r".*target\.token_embedder\.embedding is missing \(no file .*/1\.0\)")
+  with pytest.raises(UserError, match=message) as error:
+    t5x.read_t5x_checkpoint(str(path))
+  assert "\n" not in str(error.value)
+  with pytest.raises(UserError, match=message):
+    t5x.load_t5x(str(path))
+  # Restoring into a sharding (how `train` reads INITIAL_CHECKPOINT_PATH) fails the same way.
+  full = t5x.read_t5x_checkpoint(str(TINY_T5X))
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                                  full)
+  with pytest.raises(UserError, match=message):
+    t5x.read_t5x_checkpoint(str(path), target=target)
+  # Other arrays and whole checkpoints still read.
+  np.testing.assert_array_equal(t5x.read_t5x_variable(str(path), "decoder/logits_dense/kernel"),
+                                full["decoder"]["logits_dense"]["kernel"])
+
+
+@needs_shared
+def test_a_truncated_chunk_is_an_error(tmp_path):
+  import shutil
+  path = tmp_path / "checkpoint_3"
+  shutil.copytree(TINY_T5X, path)
+  chunk = path / "target.token_embedder.embedding" / "2.0"
+  chunk.write_bytes(chunk.read_bytes()[:100])
+  with pytest.raises(UserError, match=r"parameter token_embedder/embedding: cannot read"):
+    t5x.read_t5x_checkpoint(str(path))
+
+
+@needs_shared
+def test_convert_cli_refuses_a_checkpoint_with_a_missing_chunk(tmp_path):
+  path = _copy_tiny_without_a_chunk(tmp_path, chunk="7.0")
+  out = tmp_path / "backbone"
+  result = subprocess.run([sys.executable, "-m", "prompt_tuning", "convert", "--from", "t5x",
+                           "--input", str(path), "--output", str(out)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  assert result.returncode != 0
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert "token_embedder/embedding" in errors[0] and "chunk {7, 0}" in errors[0], errors[0]
+  assert not out.exists()

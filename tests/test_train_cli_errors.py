@@ -61,3 +61,28 @@ def test_nan_loss_stops_before_any_checkpoint(tmp_path):
   proc = run_train(tmp_path / "run", "--gin_file=prompts/from_uniform.gin",
                    "--gin.uniform.scale=1e400")
   assert_one_line_error(proc, tmp_path / "run", "loss became", "no checkpoint")
+
+
+def one_error_line(proc):
+  assert proc.returncode != 0
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  return errors[0]
+
+
+def test_a_rerun_that_changes_results_is_refused(tmp_path):
+  run = tmp_path / "run"
+  assert run_train(run).returncode == 0
+  steps = sorted(os.listdir(run / "checkpoints"))
+  error = one_error_line(run_train(run, "--gin.PROMPT_LENGTH=6"))
+  assert "Prompt.length (via %PROMPT_LENGTH) was 4, now 6" in error
+  assert str(run / "config.gin") in error and "--gin.train.allow_config_change=True" in error
+  error = one_error_line(run_train(run, "--gin.train.optimizer=@adamw()"))
+  assert "train.optimizer was @adafactor(), now @adamw()" in error
+  # With the override the config passes, but checkpoints of a 4-token prompt
+  # cannot become a 6-token one: an error, and nothing is set aside.
+  error = one_error_line(run_train(run, "--gin.PROMPT_LENGTH=6",
+                                   "--gin.train.allow_config_change=True"))
+  assert "does not fit this model" in error and "prompt/prompt" in error
+  assert sorted(os.listdir(run / "checkpoints")) == steps
+  assert not os.path.exists(run / "checkpoints_corrupt") and not os.path.exists(run / ".lock")

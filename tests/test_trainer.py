@@ -1,6 +1,7 @@
 """The partitioned trainer: frozen backbone, learning, resume, and its failure modes."""
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -69,8 +70,61 @@ def test_kill_and_resume_continues_with_the_same_losses(tmp_path):
   first = losses(toy_train(tmp_path / "resumed", steps=8, extra=["train.stop_after_steps = 4",
                                                                   "CHECKPOINT_PERIOD = 4"]))
   second = losses(toy_train(tmp_path / "resumed", steps=8))
-  assert len(first) == 4 and len(second) == 4
-  np.testing.assert_allclose(first + second, straight, rtol=1e-5)
+  # The loss record of the first part is kept: the rerun appends to it.
+  assert len(first) == 4 and len(second) == 8 and second[:4] == first
+  np.testing.assert_allclose(second, straight, rtol=1e-5)
+
+
+def test_damaged_newest_checkpoint_and_lost_export_resume_from_the_previous_step(tmp_path, capsys):
+  run = tmp_path / "run"
+  every_2 = ["CHECKPOINT_PERIOD = 2"]
+  straight = toy_train(run, steps=4, extra=every_2)
+  exported = {n: np.load(run / "prompts" / f"step_{n}.npy") for n in (2, 4)}
+  # Step 4's array data is truncated, step 2's prompt export was never written
+  # (killed between save and export), and a SIGKILLed run left its lock.
+  data = sorted((run / "checkpoints" / "4" / "state" / "d").iterdir())[0]
+  data.write_bytes(data.read_bytes()[:10])
+  (run / "prompts" / "step_2.npy").unlink()
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  (run / ".lock").write_text(json.dumps({"pid": dead.pid, "hostname": socket.gethostname(),
+                                         "start_time": 0, "token": "t"}))
+  capsys.readouterr()
+  resumed = toy_train(run, steps=4, extra=every_2)
+  out = capsys.readouterr().out
+  unusable = [l for l in out.splitlines() if "is unusable" in l]
+  assert len(unusable) == 1 and f"checkpoint {run}/checkpoints/4 is unusable (" in unusable[0]
+  assert "resuming from step 2" in out and "took over the lock" in out
+  assert "resumed from" in out and "at step 2" in out
+  assert [p.name.split("-")[0] for p in (run / "checkpoints_corrupt").iterdir()] == ["4"]
+  assert sorted(os.listdir(run / "checkpoints")) == ["2", "4"]
+  assert not (run / ".lock").exists()
+  for n in (2, 4):
+    np.testing.assert_allclose(np.load(run / "prompts" / f"step_{n}.npy"), exported[n], rtol=1e-6)
+  # One record of steps 1..4: 1-2 from the first run, 3-4 recomputed identically.
+  assert [h["step"] for h in resumed["train_history"]] == [1, 2, 3, 4]
+  np.testing.assert_allclose(losses(resumed), losses(straight), rtol=1e-5)
+  # Rerunning a finished run changes nothing and keeps its record.
+  again = toy_train(run, steps=4, extra=every_2)
+  assert again["train_history"] == resumed["train_history"]
+  on_disk = json.loads((run / "train_summary.json").read_text())
+  assert [h["step"] for h in on_disk["train_history"]] == [1, 2, 3, 4]
+
+
+def test_a_second_live_writer_is_refused(tmp_path):
+  from prompt_tuning.errors import UserError
+  sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+  try:
+    (tmp_path / "run").mkdir()
+    lock = {"pid": sleeper.pid, "hostname": socket.gethostname(), "start_time": 0, "token": "t"}
+    (tmp_path / "run" / ".lock").write_text(json.dumps(lock))
+    with pytest.raises(UserError, match=f"in use by another run \\(pid {sleeper.pid} on"):
+      toy_train(tmp_path / "run", steps=2)
+    assert sorted(os.listdir(tmp_path / "run")) == [".lock"]
+    assert json.loads((tmp_path / "run" / ".lock").read_text())["pid"] == sleeper.pid
+  finally:
+    sleeper.kill()
+    sleeper.wait()
 
 
 _MESH_SCRIPT = r"""

@@ -4,12 +4,17 @@ Layout::
 
   DIR/config.json     {"model": T5Config fields, "source": {...}, "format": 1}
   DIR/params/         an Orbax (tensorstore/OCDBT) checkpoint of the parameter tree
+  DIR/checksums.json  per-parameter checksums (`prompt_tuning.io.checksums`)
 
 Every command that takes `--checkpoint DIR` or `INITIAL_CHECKPOINT_PATH` reads
 this. Parameters restore directly into a given sharding (each host reads only
-its slices), so an XXL backbone never has to fit on one host.
+its slices), so an XXL backbone never has to fit on one host. Every load
+checks each restored array against `checksums.json` where it lives (no host
+gathers a whole array); folders written before checksums existed load with
+one logged warning.
 """
 import json
+import logging
 import os
 from typing import Any, Dict, Optional, Tuple
 
@@ -18,11 +23,17 @@ import numpy as np
 
 from prompt_tuning import fs
 from prompt_tuning.errors import UserError
+from prompt_tuning.io import checksums
 from prompt_tuning.models.config import T5Config
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
+CHECKSUMS_FILE = "checksums.json"
+# A backbone may be restored straight into any of these (e.g. `frozen_dtype`),
+# so its checksums are recorded for each.
+CHECKSUM_DTYPES = ("float32", "bfloat16", "float16")
+_warned_unverified = set()
 
 
 def _checkpointer():
@@ -39,12 +50,105 @@ def save_backbone(path: str, config: T5Config, params: Dict[str, Any],
   ckpt = _checkpointer()
   ckpt.save(os.path.join(path, PARAMS_DIR), params)
   ckpt.wait_until_finished()
+  _write_json(os.path.join(path, CHECKSUMS_FILE), {
+      "algorithm": checksums.ALGORITHM,
+      "params": checksums.tree_records(params, CHECKSUM_DTYPES)})
   # config.json last: its presence marks a complete folder.
   meta = {"format": FORMAT_VERSION, "model": config.to_dict(), "source": source or {}}
-  tmp = os.path.join(path, CONFIG_FILE + ".tmp")
+  _write_json(os.path.join(path, CONFIG_FILE), meta)
+
+
+def _write_json(path: str, value: Any) -> None:
+  text = json.dumps(value, indent=2, sort_keys=True)
+  if "://" in path:  # object stores write whole objects
+    import tensorflow as tf
+    with tf.io.gfile.GFile(path, "w") as f:
+      f.write(text)
+    return
+  tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    json.dump(meta, f, indent=2, sort_keys=True)
-  os.replace(tmp, os.path.join(path, CONFIG_FILE))
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def _read_text(path: str) -> Optional[str]:
+  """The file's text, or None when it does not exist."""
+  if "://" in path:
+    import tensorflow as tf
+    if not tf.io.gfile.exists(path):
+      return None
+    with tf.io.gfile.GFile(path, "r") as f:
+      return f.read()
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return f.read()
+
+
+def _exists(path: str) -> bool:
+  if "://" in path:
+    import tensorflow as tf
+    return tf.io.gfile.exists(path)
+  return os.path.exists(path)
+
+
+def ocdbt_problem(item_dir: str) -> Optional[str]:
+  """Why the OCDBT database of an Orbax item folder cannot be read, or None.
+
+  Reads only the manifest and the b-tree (not the arrays), so a lost or
+  damaged manifest or index file is reported in one line before Orbax's
+  restore, whose own failures on them are long and noisy. None also for a
+  folder that is not OCDBT.
+  """
+  if not _exists(os.path.join(item_dir, "manifest.ocdbt")):
+    if _exists(os.path.join(item_dir, "d")):
+      return "manifest.ocdbt is missing"
+    return None
+  import tensorstore as ts
+  base = item_dir if "://" in item_dir else "file://" + os.path.abspath(item_dir)
+  try:
+    store = ts.KvStore.open({"driver": "ocdbt", "base": base.rstrip("/") + "/"}).result()
+    keys = store.list().result()
+  except ValueError as e:
+    lines = [l for l in str(e).splitlines() if l.strip()]
+    return f"manifest.ocdbt: {(lines[0] if lines else type(e).__name__)[:300]}"
+  return None if keys else "manifest.ocdbt lists no arrays"
+
+
+def verify_backbone(path: str, params: Any) -> None:
+  """Checks restored `params` against `path/checksums.json`.
+
+  Raises:
+    UserError: naming the first parameter that does not match.
+  """
+  manifest_path = os.path.join(path, CHECKSUMS_FILE)
+  text = _read_text(manifest_path)
+  if text is None:
+    if path not in _warned_unverified:
+      _warned_unverified.add(path)
+      logging.warning("backbone %s has no %s (converted before checksums were recorded): its "
+                      "parameters are not verified; re-run `prompt-tuning convert` to add them",
+                      path, CHECKSUMS_FILE)
+    return
+  try:
+    manifest = json.loads(text)
+    records, algorithm = manifest["params"], manifest["algorithm"]
+  except (ValueError, KeyError, TypeError) as e:
+    raise UserError(f"{manifest_path} is damaged ({type(e).__name__}); re-run "
+                    "`prompt-tuning convert` into a fresh folder") from None
+  if algorithm != checksums.ALGORITHM:
+    raise UserError(f"{manifest_path} uses checksum algorithm {algorithm!r}, this version knows "
+                    f"{checksums.ALGORITHM!r}; upgrade prompt-tuning or re-run "
+                    "`prompt-tuning convert`")
+  unverifiable = []
+  problem = checksums.find_mismatch(records, params, unverifiable)
+  if problem is not None:
+    raise UserError(f"backbone {path}: {problem} in {CHECKSUMS_FILE} (params/ is corrupt or was "
+                    "changed after conversion); re-run `prompt-tuning convert` into a fresh folder")
+  if unverifiable:
+    logging.warning("backbone %s: %d parameters (e.g. %s) were restored in a dtype without a "
+                    "recorded checksum and are not verified", path, len(unverifiable),
+                    unverifiable[0])
 
 
 def read_backbone_metadata(path: str) -> Dict[str, Any]:
@@ -82,6 +186,10 @@ def load_backbone(path: str, target: Optional[Any] = None,
   """
   config = load_backbone_config(path)
   params_path = os.path.abspath(os.path.join(path, PARAMS_DIR))
+  problem = ocdbt_problem(params_path)
+  if problem is not None:
+    raise UserError(f"backbone {path}: {PARAMS_DIR}/{problem}; the folder is incomplete or "
+                    "corrupt, re-run `prompt-tuning convert` into a fresh folder")
   ckpt = _checkpointer()
   stored = ckpt.metadata(params_path)
   stored = getattr(stored, "item_metadata", stored)
@@ -94,7 +202,15 @@ def load_backbone(path: str, target: Optional[Any] = None,
     if dtype is not None:
       target = jax.tree_util.tree_map(
           lambda t: jax.ShapeDtypeStruct(t.shape, np.dtype(dtype), sharding=t.sharding), target)
-  return config, ckpt.restore(params_path, target)
+  try:
+    params = ckpt.restore(params_path, target)
+  except (ValueError, OSError) as e:  # tensorstore reports lost/damaged files as ValueError
+    first = (str(e).splitlines() or [type(e).__name__])[0][:300]
+    raise UserError(f"backbone {path}: cannot restore {PARAMS_DIR}/ ({first}); the folder is "
+                    "incomplete or corrupt, re-run `prompt-tuning convert` into a fresh "
+                    "folder") from None
+  verify_backbone(path, params)
+  return config, params
 
 
 def flatten_paths(tree: Any) -> Dict[str, Any]:

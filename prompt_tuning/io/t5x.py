@@ -133,6 +133,8 @@ def _resolve_spec(spec: Dict[str, Any], folder: str) -> Dict[str, Any]:
   # The stored .zarray is the truth; T5X's inline copy of it is only checked.
   out = {k: v for k, v in spec.items() if k not in ("kvstore", "metadata")}
   out["kvstore"] = resolved
+  # A missing chunk file is an error, never the fill value (zeros).
+  out["fill_missing_data_reads"] = False
   return out
 
 
@@ -166,9 +168,19 @@ def _zarr_reader(spec: Dict[str, Any], folder: str, name: str) -> StoredArray:
     try:
       return np.asarray(opened[0][index].read().result())
     except ValueError as e:
-      raise UserError(f"parameter {name}: cannot read {where}: {str(e).splitlines()[0]}") from None
+      raise UserError(_read_error(name, where, e)) from None
 
   return StoredArray(shape, dtype, read, where)
+
+
+def _read_error(name: str, where: str, error: ValueError) -> str:
+  first = str(error).splitlines()[0]
+  missing = re.search(r"chunk (\{[^}]*\}) stored at .*?\"([^\"]+)\" is missing", first)
+  if missing:
+    return (f"parameter {name}: chunk {missing.group(1)} of zarr array {where} is missing "
+            f"(no file {missing.group(2)}); the T5X checkpoint was copied incompletely, "
+            "copy it again")
+  return f"parameter {name}: cannot read {where}: {first}"
 
 
 def _zarr_dtype(name: str) -> np.dtype:

@@ -9,7 +9,6 @@ import contextlib
 import importlib
 from typing import Dict, Iterator, Mapping, Optional
 
-import gin
 import jax
 import numpy as np
 import seqio

@@ -1,12 +1,16 @@
-"""Console progress, TensorBoard summaries and the operative gin config of a run."""
+"""Console progress, TensorBoard summaries, the loss record and the gin config of a run."""
+import json
 import sys
 import time
-from typing import Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import gin
 import jax
 
 from prompt_tuning import fs
+from prompt_tuning.errors import UserError
+
+SUMMARY_FILE = "train_summary.json"
 
 
 class Progress:
@@ -80,3 +84,36 @@ def write_operative_config(model_dir: str) -> Optional[str]:
   path = fs.join(model_dir, "config.gin")
   fs.atomic_write(path, lambda f: f.write(gin.operative_config_str().encode()))
   return path
+
+
+# ---- the loss record: appended to across resumes -------------------------------
+
+
+def previous_history(model_dir: str, restored_step: Optional[int]
+                     ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+  """(train_history, eval_history) of `MODEL_DIR/train_summary.json` up to `restored_step`.
+
+  A resumed run extends these instead of starting empty; entries after the
+  restored step (a resume from an older checkpoint) are dropped so no step
+  appears twice. ([], []) for a fresh run.
+  """
+  path = fs.join(model_dir, SUMMARY_FILE)
+  if restored_step is None or not fs.exists(path):
+    return [], []
+  try:
+    summary = json.loads(fs.read_bytes(path))
+    histories = [[dict(h) for h in summary.get(key, []) if int(h["step"]) <= restored_step]
+                 for key in ("train_history", "eval_history")]
+  except (ValueError, TypeError, KeyError, AttributeError) as e:
+    raise UserError(f"{path} is damaged ({type(e).__name__}) and would lose the run's loss record; "
+                    "move it away (the run then starts a new record) and rerun") from None
+  return histories[0], histories[1]
+
+
+def write_history(model_dir: str, step: int, history: List[Dict[str, Any]],
+                  eval_history: List[Dict[str, Any]]) -> None:
+  """Records the loss so far in `train_summary.json` (with each checkpoint, so a killed
+  run keeps it; the run's end rewrites the file with its full summary)."""
+  fs.write_json(fs.join(model_dir, SUMMARY_FILE),
+             {"model_dir": model_dir, "final_step": step, "train_history": history,
+              "eval_history": eval_history})

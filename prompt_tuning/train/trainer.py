@@ -19,8 +19,8 @@ import optax
 from prompt_tuning import fs
 from prompt_tuning.errors import UserError
 from prompt_tuning.train import data as data_lib
-from prompt_tuning.train import evaluation, summaries
-from prompt_tuning.train.checkpoints import RunCheckpoints, export_prompt
+from prompt_tuning.train import config_check, evaluation, run_lock, summaries
+from prompt_tuning.train.checkpoints import RunCheckpoints, export_prompt, export_prompt_if_missing
 from prompt_tuning.train.partitioning import check_batch_size
 from prompt_tuning.train.run_setup import abstract_arrays, build_run, compile_train_step
 from prompt_tuning.train.trainable import count_parameters, trainable_patterns
@@ -53,6 +53,7 @@ class EarlyStopping:
 
 
 @gin.configurable
+@run_lock.releases_run_lock
 def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
           task_feature_lengths: Mapping[str, int] = gin.REQUIRED, train_steps: int = gin.REQUIRED,
           batch_size: int = gin.REQUIRED, initial_checkpoint_path: Optional[str] = None,
@@ -65,7 +66,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           early_stopping_patience: Optional[int] = None, num_microbatches: int = 1,
           frozen_dtype: Optional[str] = None, use_cached_tasks: bool = False, log_every: int = 10,
           train_split: str = "train", stop_after_steps: Optional[int] = None,
-          return_variables: bool = False,
+          return_variables: bool = False, allow_config_change: bool = False,
           edit_initial_variables: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None
           ) -> Dict[str, Any]:
   """Tunes the trainable subtree on a task; returns a summary dict.
@@ -75,7 +76,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   `trainable` and `frozen` trees to the summary (not to the JSON file);
   `edit_initial_variables` maps the freshly initialized variables (before any
   resume) to new ones of the same structure — how XPrompt rewinds the prompt
-  and fixes its masks.
+  and fixes its masks. `allow_config_change` resumes a run whose saved
+  `config.gin` differs in a binding that changes results (refused otherwise).
   See `configs/runs/prompt_finetune.gin`.
   """
   # ---- validate everything before touching MODEL_DIR ----
@@ -96,19 +98,24 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   trainable, opt_state, frozen = split.trainable, compiled.opt_state, split.frozen
 
   # ---- resume ----
+  run_lock.acquire(model_dir)  # one writer per MODEL_DIR; released when train() ends or raises
   checkpoints = RunCheckpoints(model_dir, keep=keep_checkpoints)
   start_step, batches_consumed = 0, 0
-  latest = checkpoints.latest_step()
-  if latest is not None:
-    abstract = {"trainable": abstract_arrays(trainable, split.trainable_shardings),
-                "opt_state": abstract_arrays(opt_state, compiled.opt_shardings)}
-    restored, meta = checkpoints.restore(latest, abstract)
+  if checkpoints.latest_step() is not None:
+    config_check.check_config_unchanged(model_dir, allow_config_change)
+  abstract = {"trainable": abstract_arrays(trainable, split.trainable_shardings),
+              "opt_state": abstract_arrays(opt_state, compiled.opt_shardings)}
+  resumed = checkpoints.restore_latest(abstract)  # sets aside damaged newer steps
+  if resumed is not None:
+    restored, meta, start_step = resumed
     trainable, opt_state = restored["trainable"], restored["opt_state"]
-    start_step, batches_consumed = latest, int(meta.get("batches_consumed", latest))
+    batches_consumed = int(meta.get("batches_consumed", start_step))
     if meta.get("initial_checkpoint_path") != initial_checkpoint_path:
       logging.warning("resuming a run tuned against %s with backbone %s",
                       meta.get("initial_checkpoint_path"), initial_checkpoint_path)
     print(f"resumed from {checkpoints.directory} at step {start_step}", flush=True)
+    export_prompt_if_missing(model_dir, f"step_{start_step}",
+                             ctx.exported_prompt(split.merged(trainable)))
 
   batches = data_lib.batches(mixture_or_task_name, task_feature_lengths, train_split, local_batch,
                              seed=seed, skip_batches=batches_consumed,
@@ -135,6 +142,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     value = ctx.exported_prompt(split.merged(trainable))
     if value is not None:
       export_prompt(model_dir, f"step_{step}", value)
+    summaries.write_history(model_dir, step, history, eval_history)
 
   eval_fns = None
 
@@ -151,7 +159,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     return metrics
 
   # ---- loop ----
-  history, eval_history = [], []
+  history, eval_history = summaries.previous_history(model_dir, start_step if resumed else None)
   end_step = train_steps if stop_after_steps is None else min(train_steps, stop_after_steps)
   progress = summaries.Progress(start_step, train_steps)
   step, last_metrics = start_step, None
@@ -202,7 +210,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   summary = {"model_dir": model_dir, "final_step": step, "trainable_parameters": n_trainable,
              "frozen_parameters": n_frozen, "train_history": history, "eval_history": eval_history,
              "best_metric": early.best}
-  fs.write_json(os.path.join(model_dir, "train_summary.json"), summary)
+  fs.write_json(fs.join(model_dir, summaries.SUMMARY_FILE), summary)
   if return_variables:
     summary.update(trainable=trainable, frozen=frozen)
   return summary

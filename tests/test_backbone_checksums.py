@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from prompt_tuning.commands.convert import model_param_shapes
+from prompt_tuning.train.initialize import backbone_shapes
 from prompt_tuning.errors import UserError
 from prompt_tuning.io import checksums
 from prompt_tuning.io.backbone import CHECKSUMS_FILE, flatten_paths, load_backbone, save_backbone
@@ -26,7 +26,7 @@ SMALL = T5Config(vocab_size=24, emb_dim=8, num_heads=2, head_dim=4, mlp_dim=16,
 def random_params(seed: int):
   rng = np.random.default_rng(seed)
   return jax.tree_util.tree_map(lambda s: rng.normal(size=s.shape).astype(np.float32),
-                                model_param_shapes(SMALL))
+                                backbone_shapes(SMALL))
 
 
 @pytest.fixture

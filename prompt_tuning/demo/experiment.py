@@ -12,7 +12,7 @@ on held-out inputs that no training split (pretraining included) contains.
 import os
 import shutil
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import gin
 
@@ -130,6 +130,49 @@ def format_table(summary: Mapping[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def ensure_backbone(model_dir: str, config: T5Config, feature_lengths: Mapping[str, int],
+                    steps: int, batch_size: int, learning_rate: float, seed: int
+                    ) -> Tuple[str, Dict[str, Any]]:
+  """`MODEL_DIR/backbone`, pretrained unless a complete one is there: (path, pretraining record)."""
+  backbone_dir = os.path.join(model_dir, "backbone")
+  if os.path.exists(os.path.join(backbone_dir, CONFIG_FILE)):
+    print(f"reusing the pretrained backbone in {backbone_dir} (delete it to pretrain again)")
+    return backbone_dir, {"history": [], "wall_s": 0.0, "steps": 0, "reused": True}
+  shutil.rmtree(backbone_dir, ignore_errors=True)  # an interrupted save
+  print(f"pretraining a tiny T5 1.1 on {tasks.PRETRAIN_MIXTURE} "
+        f"({', '.join(t + ':' for t in tasks.OPERATIONS)}) for {steps} steps")
+  return backbone_dir, pretrain_backbone(backbone_dir, config, tasks.PRETRAIN_MIXTURE,
+                                         feature_lengths, steps, batch_size, learning_rate,
+                                         seed=seed)
+
+
+def task_bindings(config: T5Config, task: str, backbone_dir: str,
+                  feature_lengths: Mapping[str, int], prompt_length: int) -> List[str]:
+  """Gin bindings of the demo backbone, a task and the prompt (what train and eval share)."""
+  return [
+      *config_bindings(config),
+      f"MIXTURE_OR_TASK_NAME = {task!r}",
+      "MIXTURE_OR_TASK_MODULE = 'prompt_tuning.demo.tasks'",
+      f"INITIAL_CHECKPOINT_PATH = {backbone_dir!r}",
+      f"TASK_FEATURE_LENGTHS = {dict(feature_lengths)!r}",
+      f"PROMPT_LENGTH = {prompt_length}",
+      # Byte ids 3..258 are the vocabulary's real symbols (0-2: pad, eos, unk).
+      "sampled_vocab.population_start = 3", "sampled_vocab.population_size = 256",
+  ]
+
+
+def tuning_bindings(config: T5Config, task: str, backbone_dir: str,
+                    feature_lengths: Mapping[str, int], steps: int, batch_size: int,
+                    eval_period: int, prompt_length: int, seed: int) -> List[str]:
+  """Gin bindings of a prompt-tuning run on the demo backbone (add MODEL_DIR and a method)."""
+  return [
+      *task_bindings(config, task, backbone_dir, feature_lengths, prompt_length),
+      f"TRAIN_STEPS = {steps}", f"BATCH_SIZE = {batch_size}",
+      f"EVAL_PERIOD = {eval_period}", f"CHECKPOINT_PERIOD = {steps}", f"RANDOM_SEED = {seed}",
+      "train.log_every = 10", "train.keep_checkpoints = 1",
+  ]
+
+
 @gin.configurable
 def run_demo(model_dir: str = gin.REQUIRED, operation: str = "reverse",
              methods: Sequence[str] = ("prompt_tuning", "residual", "xprompt", "infoprompt"),
@@ -159,36 +202,16 @@ def run_demo(model_dir: str = gin.REQUIRED, operation: str = "reverse",
   config = demo_backbone()
   start = time.time()
   os.makedirs(model_dir, exist_ok=True)
-  backbone_dir = os.path.join(model_dir, "backbone")
-  if os.path.exists(os.path.join(backbone_dir, CONFIG_FILE)):
-    print(f"reusing the pretrained backbone in {backbone_dir} (delete it to pretrain again)")
-    backbone = {"history": [], "wall_s": 0.0, "steps": 0, "reused": True}
-  else:
-    shutil.rmtree(backbone_dir, ignore_errors=True)  # an interrupted save
-    print(f"pretraining a tiny T5 1.1 on {tasks.PRETRAIN_MIXTURE} "
-          f"({', '.join(t + ':' for t in tasks.OPERATIONS)}) for {pretrain_steps} steps")
-    backbone = pretrain_backbone(backbone_dir, config, tasks.PRETRAIN_MIXTURE, feature_lengths,
-                                 pretrain_steps, pretrain_batch_size, pretrain_learning_rate,
-                                 seed=seed)
+  backbone_dir, backbone = ensure_backbone(model_dir, config, feature_lengths, pretrain_steps,
+                                           pretrain_batch_size, pretrain_learning_rate, seed)
   config = load_backbone_config(backbone_dir)
   backbone["instructed_exact_match"] = instructed_reference(backbone_dir, operation, feature_lengths)
   print(f"backbone with the instruction word '{operation}:': held-out exact match "
         f"{backbone['instructed_exact_match']:.3f}", flush=True)
 
   task = tasks.task_name(operation, instruction=False)
-  common = [
-      *config_bindings(config),
-      f"MIXTURE_OR_TASK_NAME = {task!r}",
-      "MIXTURE_OR_TASK_MODULE = 'prompt_tuning.demo.tasks'",
-      f"INITIAL_CHECKPOINT_PATH = {backbone_dir!r}",
-      f"TASK_FEATURE_LENGTHS = {feature_lengths!r}",
-      f"TRAIN_STEPS = {tune_steps}", f"BATCH_SIZE = {tune_batch_size}",
-      f"EVAL_PERIOD = {eval_period}", f"CHECKPOINT_PERIOD = {tune_steps}",
-      f"PROMPT_LENGTH = {prompt_length}", f"RANDOM_SEED = {seed}",
-      # Byte ids 3..258 are the vocabulary's real symbols (0-2: pad, eos, unk).
-      "sampled_vocab.population_start = 3", "sampled_vocab.population_size = 256",
-      "train.log_every = 10", "train.keep_checkpoints = 1",
-  ]
+  common = tuning_bindings(config, task, backbone_dir, feature_lengths, tune_steps,
+                           tune_batch_size, eval_period, prompt_length, seed)
   gin_utils.parse(list(METHOD_FILES["prompt_tuning"]),
                   [*common, f"MODEL_DIR = {os.path.join(model_dir, 'baseline')!r}", *extra_bindings])
   baseline = random_prompt_baseline(task, feature_lengths, backbone_dir, seed)

@@ -6,7 +6,10 @@ instruction word, so a frozen backbone cannot know which operation is wanted:
 only the soft prompt can tell it.
 
 Held-out digit strings are chosen by a hash of the string, so no validation
-input of any task is ever seen in training, pretraining included.
+or test input of any task is ever seen in training, pretraining included; the
+test split is disjoint from the validation split, so a number chosen on
+validation can be reported on test. `demo_bare_<task>_train<N>` keeps only the
+first N training examples (the few-shot experiments).
 """
 import zlib
 from typing import Callable, Dict, Iterator, List, Sequence, Tuple
@@ -27,8 +30,9 @@ OPERATIONS: Dict[str, Callable[[str], str]] = {
 }
 MIN_DIGITS, MAX_DIGITS = 3, 6
 HELD_OUT_BUCKETS = 8  # 1 in HELD_OUT_BUCKETS digit strings is reserved for validation
-SPLIT_SIZES = {"train": 20000, "validation": 256}
+SPLIT_SIZES = {"train": 20000, "validation": 256, "test": 256}
 PRETRAIN_MIXTURE = "demo_pretrain"
+FEW_SHOT_SIZES = (16, 64, 256)
 
 
 def is_held_out(digits: str) -> bool:
@@ -55,7 +59,13 @@ def examples(operation: str, split: str, instruction: bool, seed: int = 0
   # A different stream per operation, so tasks do not share their inputs one to one.
   stream = seed * 1000 + sorted(OPERATIONS).index(operation)
   prefix = f"{operation}:" if instruction else ""
-  return [(prefix + d, op(d)) for d in digit_strings(split, SPLIT_SIZES[split], stream)]
+  if split == "test":  # held-out strings that the validation split does not contain
+    seen = set(digit_strings("validation", SPLIT_SIZES["validation"], stream))
+    fresh = (d for d in digit_strings("test", 4 * SPLIT_SIZES["test"], stream) if d not in seen)
+    digits = [d for _, d in zip(range(SPLIT_SIZES["test"]), dict.fromkeys(fresh))]
+  else:
+    digits = list(digit_strings(split, SPLIT_SIZES[split], stream))
+  return [(prefix + d, op(d)) for d in digits]
 
 
 def exact_match(targets: Sequence[str], predictions: Sequence[str]) -> Dict[str, float]:
@@ -67,16 +77,21 @@ def task_name(operation: str, instruction: bool = True) -> str:
   return f"demo_{operation}" if instruction else f"demo_bare_{operation}"
 
 
-def _register(name: str, operation: str, instruction: bool) -> None:
+def few_shot_task_name(operation: str, train_examples: int) -> str:
+  return f"{task_name(operation, False)}_train{train_examples}"
+
+
+def _register(name: str, operation: str, instruction: bool, train_examples: int = None) -> None:
+  sizes = dict(SPLIT_SIZES, **({"train": train_examples} if train_examples else {}))
+
   def dataset_fn(split: str, shuffle_files: bool, seed=None) -> tf.data.Dataset:
     del shuffle_files, seed
-    inputs, targets = zip(*examples(operation, split, instruction))
+    inputs, targets = zip(*examples(operation, split, instruction)[:sizes[split]])
     return tf.data.Dataset.from_tensor_slices({"inputs": list(inputs), "targets": list(targets)})
 
   seqio.TaskRegistry.add(
       name,
-      source=seqio.FunctionDataSource(dataset_fn, splits=tuple(SPLIT_SIZES),
-                                      num_input_examples=SPLIT_SIZES),
+      source=seqio.FunctionDataSource(dataset_fn, splits=tuple(sizes), num_input_examples=sizes),
       preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
       output_features=OUTPUT_FEATURES,
       metric_fns=[exact_match])
@@ -89,6 +104,10 @@ def register() -> None:
       name = task_name(operation, instruction)
       if name not in seqio.TaskRegistry.names():
         _register(name, operation, instruction)
+    for size in FEW_SHOT_SIZES:
+      name = few_shot_task_name(operation, size)
+      if name not in seqio.TaskRegistry.names():
+        _register(name, operation, False, train_examples=size)
   if PRETRAIN_MIXTURE not in seqio.MixtureRegistry.names():
     seqio.MixtureRegistry.add(PRETRAIN_MIXTURE, [task_name(op) for op in OPERATIONS],
                               default_rate=1.0)

@@ -220,3 +220,66 @@ def test_gin_file_adds_the_reparameterization():
   assert residual.bottleneck == 8 and residual.separate_mlps
   variables = _init(T5(CONFIG, prompt=prompt))
   assert _mlp(variables)["down"]["kernel"].shape == (4, CONFIG.emb_dim, 8)
+
+
+def test_dropout_comes_before_layer_norm_as_in_the_official_code():
+  # Linear -> ReLU -> Linear -> Dropout -> LayerNorm, + x: with dropout active,
+  # the branch is still normalized per token (zero mean, unit variance at init).
+  module = ResidualReparameterization(bottleneck=8, dropout_rate=0.5)
+  prompt = jax.random.normal(jax.random.PRNGKey(1), (LENGTH, CONFIG.emb_dim))
+  variables = nn.meta.unbox(module.init(jax.random.PRNGKey(0), prompt))
+  out = module.apply(variables, prompt, deterministic=False, rngs={"dropout": jax.random.PRNGKey(2)})
+  branch = np.asarray(out - prompt)
+  np.testing.assert_allclose(branch.mean(axis=-1), 0.0, atol=1e-5)
+  np.testing.assert_allclose(branch.var(axis=-1), 1.0, rtol=1e-3)
+  # Dropped entries are zeros *before* the norm, so each token's dropped entries share
+  # one value (-mean/std) and none is exactly zero; normalizing first, then dropping
+  # (the old order) leaves exact zeros in the branch instead.
+  assert not (branch == 0).any()
+  for row in branch:
+    values, counts = np.unique(row, return_counts=True)
+    assert counts.max() >= 2, row
+
+
+def test_torch_style_initialization_is_uniform_in_the_fan_in_bound():
+  module = ResidualReparameterization(bottleneck=64, init_style="torch")
+  prompt = jnp.ones((LENGTH, CONFIG.emb_dim))
+  params = nn.meta.unbox(module.init(jax.random.PRNGKey(0), prompt))["params"]
+  for name, fan_in in (("down", CONFIG.emb_dim), ("up", 64)):
+    bound = 1 / np.sqrt(fan_in)
+    for leaf in (params[name]["kernel"], params[name]["bias"]):
+      leaf = np.asarray(leaf)
+      assert np.abs(leaf).max() <= bound and np.abs(leaf).max() > 0.8 * bound
+  assert ResidualReparameterization().bottleneck == 800  # the official scripts' default
+
+
+def test_the_mlp_can_have_its_own_learning_rate():
+  from prompt_tuning.train import optim
+  model = _model()
+  variables = _init(model)
+  trainable = {"prompt": variables["params"]["prompt"]}
+  tx = optim.partitioned(optim.adafactor(learning_rate=0.3),
+                         {"prompt/residual/.*": optim.adafactor(learning_rate=0.0,
+                                                                  weight_decay_rate=None)})
+  state = tx.init(trainable)
+  grads = jax.tree_util.tree_map(jnp.ones_like, trainable)
+  updates, state = tx.update(grads, state, trainable)
+  new = optax.apply_updates(trainable, updates)
+  flat_old, flat_new = (traverse_util.flatten_dict(t, sep="/") for t in (trainable, new))
+  for path in flat_old:
+    moved = not np.array_equal(flat_old[path], flat_new[path])
+    assert moved == (not path.startswith("prompt/residual/")), path
+  assert float(optim.current_learning_rate(state)) == pytest.approx(0.3)
+
+
+def test_training_with_a_separate_mlp_learning_rate(tmp_path):
+  from tests.train_helpers import TOY_FILES, toy_train
+  summary = toy_train(tmp_path / "run", steps=2, files=(*TOY_FILES, "methods/residual.gin"),
+                      extra=["RESIDUAL_BOTTLENECK = 4", "train.optimizer = @partitioned()",
+                             "partitioned.default = @adafactor()",
+                             "partitioned.by_pattern = {'prompt/residual/.*': @mlp/adafactor()}",
+                             "mlp/adafactor.learning_rate = 0.0",
+                             "mlp/adafactor.weight_decay_rate = None",
+                             "train.return_variables = True"])
+  assert len(summary["train_history"]) == 2
+  assert summary["train_history"][-1]["learning_rate"] == pytest.approx(0.3)

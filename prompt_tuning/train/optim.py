@@ -5,9 +5,11 @@ is part of the optimizer state and reaches the summaries.
 The default is Lester et al.'s: Adafactor, constant learning rate 0.3,
 decay rate 0.8, no parameter scaling, weight decay 1e-5.
 """
-from typing import Callable, Optional, Union
+import re
+from typing import Callable, Mapping, Optional, Union
 
 import gin
+import jax
 import optax
 
 Schedule = Union[float, Callable[[int], float]]
@@ -59,9 +61,38 @@ def sgd(learning_rate: Schedule = 0.1, momentum: Optional[float] = None):
   return optax.inject_hyperparams(optax.sgd)(learning_rate, momentum=momentum)
 
 
+@gin.configurable
+def partitioned(default: optax.GradientTransformation = gin.REQUIRED,
+                by_pattern: Optional[Mapping[str, optax.GradientTransformation]] = None
+                ) -> optax.GradientTransformation:
+  """One optimizer per group of trainable parameters, chosen by regex over their paths.
+
+  E.g. Residual Prompt Tuning's MLP at its own learning rate::
+
+    train.optimizer = @partitioned()
+    partitioned.default = @adafactor()
+    partitioned.by_pattern = {'prompt/residual/.*': @residual_mlp/adafactor()}
+    residual_mlp/adafactor.learning_rate = 1e-4
+
+  A path takes the first pattern (in the mapping's order) that fully matches
+  it; the rest take `default`. The reported learning rate is `default`'s.
+  """
+  patterns = list((by_pattern or {}).items())
+  transforms = {"default": default, **{f"group_{i}": tx for i, (_, tx) in enumerate(patterns)}}
+
+  def label(key_path, _):
+    path = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in key_path)
+    return next((f"group_{i}" for i, (p, _) in enumerate(patterns) if re.fullmatch(p, path)),
+                "default")
+
+  def labels(params):  # any pytree, also optax's placeholders when it maps over the state
+    return jax.tree_util.tree_map_with_path(label, params)
+
+  return optax.multi_transform(transforms, labels)
+
+
 def current_learning_rate(opt_state) -> Optional[float]:
-  """The learning rate recorded by `inject_hyperparams` in `opt_state`, if any."""
-  try:
-    return optax.tree_utils.tree_get(opt_state, "learning_rate")
-  except (KeyError, ValueError):
-    return None
+  """The learning rate recorded by `inject_hyperparams` in `opt_state`, if any (the first
+  one found, e.g. `partitioned`'s default group)."""
+  found = optax.tree_utils.tree_get_all_with_path(opt_state, "learning_rate")
+  return found[0][1] if found else None

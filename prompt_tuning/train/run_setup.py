@@ -145,11 +145,14 @@ def optimizer_layouts(optimizer: optax.GradientTransformation, trainable: Any, l
   abstract = jax.eval_shape(optimizer.init, trainable)
 
   def leaf_layout(state_leaf, param, layout):
+    if isinstance(state_leaf, optax.MaskedNode):  # a group of `partitioned` that skips it
+      return state_leaf
     same = tuple(getattr(state_leaf, "shape", ())) == tuple(param.shape)
     return layout if same else replicated
 
   return optax.tree_map_params(optimizer, leaf_layout, abstract, trainable, layouts,
-                               transform_non_params=lambda _: replicated)
+                               transform_non_params=lambda _: replicated,
+                               is_leaf=lambda x: isinstance(x, optax.MaskedNode))
 
 
 def abstract_arrays(tree: Any, shardings: Any) -> Any:

@@ -188,3 +188,20 @@ def test_initial_checkpoint_may_be_a_hugging_face_folder(tmp_path):
   for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(original),
                                jax.tree_util.tree_leaves(frozen)):
     np.testing.assert_array_equal(np.asarray(got), want, err_msg=jax.tree_util.keystr(path))
+
+
+def test_the_best_evaluation_selects_the_exported_prompt_and_trainable(tmp_path, monkeypatch):
+  from prompt_tuning.train import evaluation
+  scripted = iter([0.5, 0.9, 0.7])
+  monkeypatch.setattr(evaluation, "run_evaluation",
+                      lambda evaluator, fns, step: {"toy_parity/accuracy": next(scripted)})
+  best_of = ["EVAL_PERIOD = 2", "CHECKPOINT_PERIOD = 2", "train.return_variables = True",
+             "train.early_stopping_metric = 'toy_parity/accuracy'"]
+  # Interrupted after the best evaluation: the resumed run must remember it.
+  toy_train(tmp_path / "run", steps=6, extra=[*best_of, "train.stop_after_steps = 4"])
+  summary = toy_train(tmp_path / "run", steps=6, extra=best_of)
+  assert summary["best_step"] == 4 and summary["best_metric"] == 0.9
+  step4 = np.load(tmp_path / "run" / "prompts" / "step_4.npy")
+  np.testing.assert_array_equal(np.load(tmp_path / "run" / "prompts" / "best.npy"), step4)
+  np.testing.assert_array_equal(summary["best_trainable"]["prompt"]["prompt"], step4)
+  assert not np.array_equal(np.asarray(summary["trainable"]["prompt"]["prompt"]), step4)

@@ -218,11 +218,44 @@ def test_search_prunes_tokens_then_pieces_and_keeps_the_best():
                     ("piece", 0.25), ("piece", 0.5)]
   assert len(calls) == 5  # re-scored before every round
   assert result.best_token.ratio == 0.4 and result.best_token.kept_tokens == 3
-  # Piece rounds start from the best token sub-prompt; a tie favours the smaller one.
+  # Piece rounds start from the best token sub-prompt; a tie keeps the larger one.
   np.testing.assert_array_equal(calls[3][0], result.best_token.token_mask)
-  assert (result.best.level, result.best.ratio) == ("piece", 0.25)
-  assert result.best.kept_tokens == 3
-  np.testing.assert_array_equal(result.best.piece_mask[result.best.token_mask == 0], 1.0)
+  assert result.best is result.best_token
+  # With a tolerance the user sets, a smaller sub-prompt within it wins the tie.
+  tolerant = xprompt.search(score_fn, evaluate_fn, np.ones(LENGTH), np.ones((LENGTH, PIECES)),
+                            token_ratios=(0.2, 0.4, 0.6), piece_ratios=(0.25, 0.5),
+                            tolerance=0.0)
+  assert (tolerant.best.level, tolerant.best.ratio) == ("piece", 0.25)
+  assert tolerant.best.kept_tokens == 3
+  np.testing.assert_array_equal(tolerant.best.piece_mask[tolerant.best.token_mask == 0], 1.0)
+
+
+def test_a_flat_metric_prunes_nothing():
+  # Ties used to walk the search to 90% of tokens, then 90% of pieces.
+  result = xprompt.search(lambda t, p: (np.arange(LENGTH, dtype=float), np.ones((LENGTH, PIECES))),
+                          lambda t, p: 0.5, np.ones(LENGTH), np.ones((LENGTH, PIECES)))
+  assert result.best.level == "none" and result.best.kept_values_fraction == 1.0
+
+
+def test_importance_estimate_converges_as_batches_grow():
+  # Per-example loss a_x . mask with random a_x: I = E_x |a_x|; the estimate from
+  # n batches has error ~ 1/sqrt(n). Errors must fall as n grows 1 -> 8 -> 64.
+  rng = np.random.default_rng(0)
+  size = 4
+  population = rng.normal(1.0, 2.0, (64 * 8 * size, LENGTH)).astype(np.float32)
+  truth = np.abs(population).mean(0)
+
+  def loss(params, masks, batch):
+    return jnp.mean(batch["a"] @ masks["m"])
+
+  importance = xprompt.make_importance_fn(loss)
+  masks = {"m": jnp.ones(LENGTH)}
+  errors = []
+  for n in (1, 8, 64):
+    batches = {"a": jnp.asarray(rng.permutation(population)[:n * size].reshape(n, size, LENGTH))}
+    estimate = np.asarray(importance({}, masks, batches)["m"])
+    errors.append(np.abs(estimate - truth).mean())
+  assert errors[0] > errors[1] > errors[2], errors
 
 
 def test_rewinding_restores_stage1_values_and_pruned_entries_stay_zero():

@@ -19,6 +19,7 @@ import os
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
+import flax
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -244,3 +245,18 @@ def export_prompt_if_missing(model_dir: str, name: str,
   if prompt is None or fs.exists(path):
     return None
   return export_prompt(model_dir, name, prompt)
+
+
+def save_tree(path: str, tree: Any) -> None:
+  """Writes a parameter tree as `.npz` with '/'-joined keys (e.g. `prompt/prompt`), first host."""
+  from prompt_tuning.train.partitioning import to_host  # pylint: disable=g-import-not-at-top
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/")
+  arrays = {k: to_host(v) for k, v in flat.items()}
+  fs.write_on_first_host(path, lambda f: np.savez(f, **arrays))
+
+
+def load_tree(path: str) -> Dict[str, Any]:
+  """Inverse of `save_tree` (numpy leaves; never unpickles)."""
+  with fs.open_file(path) as f, np.load(f, allow_pickle=False) as data:
+    flat = {k: np.asarray(data[k]) for k in data.files}
+  return flax.traverse_util.unflatten_dict(flat, sep="/")

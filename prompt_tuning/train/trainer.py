@@ -9,7 +9,6 @@ and the checkpoint shapes have been checked.
 """
 import logging
 import math
-import os
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import gin
@@ -20,14 +19,21 @@ from prompt_tuning import fs
 from prompt_tuning.errors import UserError
 from prompt_tuning.train import data as data_lib
 from prompt_tuning.train import config_check, evaluation, run_lock, summaries
-from prompt_tuning.train.checkpoints import RunCheckpoints, export_prompt, export_prompt_if_missing
+from prompt_tuning.train.checkpoints import (RunCheckpoints, export_prompt, export_prompt_if_missing,
+                                             load_tree, save_tree)
 from prompt_tuning.train.partitioning import check_batch_size
 from prompt_tuning.train.run_setup import abstract_arrays, build_run, compile_train_step
 from prompt_tuning.train.trainable import count_parameters, trainable_patterns
 
 
+# The best evaluation so far (train.early_stopping_metric): its step and value, and the
+# trainable tree of that step for every method (the prompt also as prompts/best.npy).
+BEST_RECORD = "prompts/best.json"
+BEST_TRAINABLE = "best/trainable.npz"
+
+
 class EarlyStopping:
-  """Stops when `metric` has not improved for `patience` evaluations."""
+  """Tracks the best value of `metric`; stops when it has not improved for `patience` evaluations."""
 
   def __init__(self, metric: Optional[str], mode: str = "max", patience: Optional[int] = None):
     self.metric, self.mode, self.patience = metric, mode, patience
@@ -46,6 +52,11 @@ class EarlyStopping:
     else:
       self.bad_evals += 1
     return better
+
+  def resume(self, record: Optional[Mapping[str, Any]], step: int) -> None:
+    """Continues from the best recorded before `step` (so a resume never forgets it)."""
+    if self.metric and record and record.get("metric") == self.metric and record["step"] <= step:
+      self.best = record["value"]
 
   @property
   def should_stop(self) -> bool:
@@ -129,6 +140,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
 
   evaluator, early = None, EarlyStopping(early_stopping_metric, early_stopping_mode,
                                          early_stopping_patience)
+  if resumed is not None:
+    early.resume(fs.read_json(fs.join(model_dir, BEST_RECORD)), start_step)
   if eval_period:
     evaluator = evaluation.make_evaluator(eval_name, task_feature_lengths, eval_split,
                                           use_cached_tasks, eval_num_examples)
@@ -194,7 +207,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
         value = ctx.exported_prompt(split.merged(trainable))
         if value is not None:
           export_prompt(model_dir, "best", value)
-        fs.write_json(os.path.join(model_dir, "prompts", "best.json"),
+        save_tree(fs.join(model_dir, BEST_TRAINABLE), trainable)
+        fs.write_json(fs.join(model_dir, BEST_RECORD),
                       {"step": step, "metric": early.metric, "value": early.best})
       stop = early.should_stop
     if due_save or stop:
@@ -207,11 +221,13 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       break
   writer.close()
   checkpoints.close()
+  best = fs.read_json(fs.join(model_dir, BEST_RECORD)) if early.best is not None else None
   summary = {"model_dir": model_dir, "final_step": step, "trainable_parameters": n_trainable,
              "frozen_parameters": n_frozen, "train_history": history, "eval_history": eval_history,
-             "best_metric": early.best}
+             "best_metric": early.best, "best_step": best["step"] if best else None}
   fs.write_json(fs.join(model_dir, summaries.SUMMARY_FILE), summary)
   if return_variables:
-    summary.update(trainable=trainable, frozen=frozen)
+    summary.update(trainable=trainable, frozen=frozen,
+                   best_trainable=load_tree(fs.join(model_dir, BEST_TRAINABLE)) if best else None)
   return summary
 

@@ -32,7 +32,7 @@ from prompt_tuning.methods.xprompt.report import HEATMAP_NAME, REPORT_NAME
 from prompt_tuning.methods.xprompt.search import (PIECE_MASK_FILE, TOKEN_MASK_FILE, SearchContext,
                                                   search_stage)
 from prompt_tuning.train import trainer
-from prompt_tuning.train.checkpoints import export_prompt
+from prompt_tuning.train.checkpoints import export_prompt, load_tree, save_tree
 from prompt_tuning.train.initialize import abstract_variables, build_model
 from prompt_tuning.train.partitioning import Partitioner, to_host
 from prompt_tuning.train.trainable import merge_variables
@@ -46,25 +46,8 @@ FINAL_PROMPT = "final"  # MODEL_DIR/prompts/final.npy
 SUMMARY_FILE = "xprompt_summary.json"
 
 
-# --- Files ---------------------------------------------------------------------
-
-
-def save_tree(path: str, tree: Any) -> None:
-  """Writes a parameter tree as `.npz` with '/'-joined keys (e.g. `prompt/prompt`)."""
-  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/")
-  arrays = {k: to_host(v) for k, v in flat.items()}
-  fs.write_on_first_host(path, lambda f: np.savez(f, **arrays))
-
-
-def load_tree(path: str) -> Dict[str, Any]:
-  """Inverse of `save_tree` (numpy leaves)."""
-  with fs.open_file(path) as f, np.load(f, allow_pickle=False) as data:
-    flat = {k: np.asarray(data[k]) for k in data.files}
-  return flax.traverse_util.unflatten_dict(flat, sep="/")
-
-
 def _without_variables(summary: Mapping[str, Any]) -> Dict[str, Any]:
-  return {k: v for k, v in summary.items() if k not in ("trainable", "frozen")}
+  return {k: v for k, v in summary.items() if k not in ("trainable", "frozen", "best_trainable")}
 
 
 # --- The gin train config ------------------------------------------------------
@@ -105,8 +88,11 @@ def _training_stage(title: str, stage_dir: str, config: Mapping[str, Any],
     print(f"xprompt {title}: stopped at step {summary['final_step']} (train.stop_after_steps); "
           "run the same command again to resume", flush=True)
     return None, None
-  save_tree(os.path.join(stage_dir, TRAINABLE_FILE), summary["trainable"])
-  return _without_variables(summary), merge_variables(summary["trainable"], summary["frozen"])
+  # The paper keeps the best dev-set checkpoint of each stage (train.early_stopping_metric;
+  # without one, the last step).
+  kept = summary.get("best_trainable") or summary["trainable"]
+  save_tree(os.path.join(stage_dir, TRAINABLE_FILE), kept)
+  return _without_variables(summary), merge_variables(kept, summary["frozen"])
 
 
 def rewinding_edit(stage1_trainable: Any, token_mask: np.ndarray,
@@ -159,8 +145,8 @@ def _combined_histories(stage1: Mapping[str, Any], search: Mapping[str, Any],
 
 
 @gin.configurable
-def run_xprompt(model_dir: Optional[str] = None, importance_batches: int = 8,
-                per_example: bool = True,
+def run_xprompt(model_dir: Optional[str] = None, importance_batches: Optional[int] = None,
+                per_example: bool = True, tolerance: Optional[float] = None,
                 token_ratios: Sequence[float] = xprompt.DEFAULT_RATIOS,
                 piece_ratios: Sequence[float] = xprompt.DEFAULT_RATIOS,
                 metric_name: Optional[str] = None,
@@ -169,7 +155,11 @@ def run_xprompt(model_dir: Optional[str] = None, importance_batches: int = 8,
 
   Args:
     model_dir: the run folder; defaults to `train.model_dir` (MODEL_DIR).
-    importance_batches: training batches the importance scores average over.
+    importance_batches: training batches the importance scores average over;
+      None (default) is one full pass over the training split.
+    tolerance: None (default): a smaller sub-prompt is chosen only when it
+      strictly improves the validation metric; a number t >= 0 also accepts
+      one within t of the best.
     per_example: mean |gradient| of every example (the definition) or of each
       batch's mean loss (`xprompt.make_importance_fn`).
     token_ratios, piece_ratios: cumulative pruning ratios (paper: 0.1 … 0.9).
@@ -232,6 +222,7 @@ def run_xprompt(model_dir: Optional[str] = None, importance_batches: int = 8,
   if search is None:
     search = search_stage(get_backbone(trained), stage1_trainable, dirs["pruning"],
                            importance_batches=importance_batches, per_example=per_example,
+                           tolerance=tolerance,
                            token_ratios=token_ratios, piece_ratios=piece_ratios,
                            metric_name=metric_name, higher_is_better=higher_is_better)
     fs.write_json(os.path.join(dirs["pruning"], STAGE_FILE), search)

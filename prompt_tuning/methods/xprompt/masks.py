@@ -271,9 +271,16 @@ class SearchResult:
   candidates: List[Candidate]
 
 
-def _better(a: Candidate, b: Candidate, higher_is_better: bool) -> bool:
-  """Whether `a` (evaluated after `b`, hence smaller) should replace `b`; ties favour `a`."""
-  return a.metric >= b.metric if higher_is_better else a.metric <= b.metric
+def _better(a: Candidate, b: Candidate, higher_is_better: bool,
+            tolerance: Optional[float] = None) -> bool:
+  """Whether `a` (evaluated after `b`, hence smaller) should replace `b`.
+
+  By default only a strict improvement prunes more: on a flat validation metric
+  the search would otherwise walk to the smallest sub-prompt on noise. With a
+  `tolerance` t >= 0, a smaller sub-prompt within t of `b` replaces it.
+  """
+  gain = a.metric - b.metric if higher_is_better else b.metric - a.metric
+  return gain > 0 if tolerance is None else gain >= -tolerance
 
 
 def search(score_fn: Callable[[np.ndarray, np.ndarray], Tuple[np.ndarray, np.ndarray]],
@@ -282,13 +289,14 @@ def search(score_fn: Callable[[np.ndarray, np.ndarray], Tuple[np.ndarray, np.nda
            token_ratios: Sequence[float] = DEFAULT_RATIOS,
            piece_ratios: Sequence[float] = DEFAULT_RATIOS,
            higher_is_better: bool = True,
-           log: Callable[[str], None] = lambda _: None) -> SearchResult:
+           log: Callable[[str], None] = lambda _: None,
+           tolerance: Optional[float] = None) -> SearchResult:
   """Hierarchical iterative pruning: token rounds, pick the best, then piece rounds.
 
   Every round re-scores at the current masks (`score_fn`), prunes to the next
   cumulative ratio and evaluates on validation data (`evaluate_fn`). The
-  unpruned prompt is a candidate too, so pruning is only kept when it does not
-  hurt the metric; on ties the smaller sub-prompt wins.
+  unpruned prompt is a candidate too, and a smaller sub-prompt is chosen only
+  when it strictly improves the metric (or is within `tolerance` of the best).
 
   Args:
     score_fn: `(token_mask [P], piece_mask [P, k]) -> (token scores, piece scores)`.
@@ -297,6 +305,8 @@ def search(score_fn: Callable[[np.ndarray, np.ndarray], Tuple[np.ndarray, np.nda
     token_ratios, piece_ratios: non-decreasing cumulative ratios.
     higher_is_better: direction of the metric (accuracy: True, loss: False).
     log: receives one line per evaluated candidate.
+    tolerance: None (strict improvement) or how much worse a smaller sub-prompt
+      may be and still be preferred.
   """
   token_mask = np.asarray(token_mask, np.float32)
   piece_mask = np.asarray(piece_mask, np.float32)
@@ -318,7 +328,7 @@ def search(score_fn: Callable[[np.ndarray, np.ndarray], Tuple[np.ndarray, np.nda
       log(f"xprompt {level} ratio {ratio:.2f}: {candidate.kept_tokens} tokens, "
           f"{candidate.kept_values_fraction:.1%} of values kept, metric {candidate.metric:.6g}")
       candidates.append(candidate)
-      if _better(candidate, best, higher_is_better):
+      if _better(candidate, best, higher_is_better, tolerance):
         best = candidate
     return best
 

@@ -5,7 +5,7 @@
 candidate mask; `search_stage` runs the token then piece rounds of
 `masks.search` and writes the chosen masks and the report.
 """
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +23,7 @@ from prompt_tuning.train.run_setup import RunContext, build_run
 from prompt_tuning.train.step import LossConfig, token_loss_sums
 from prompt_tuning.train.trainable import merge_variables
 
+IMPORTANCE_CHUNK = 32  # batches per compiled importance call
 TOKEN_MASK_FILE = "token_mask.npy"
 PIECE_MASK_FILE = "piece_mask.npy"
 
@@ -92,7 +93,8 @@ class SearchContext:
     return evaluation.run_evaluation(self.evaluator, self.fns, step=0)
 
   def importance_fn(self, per_example: bool) -> Callable:
-    model, loss_config = self.model, LossConfig()
+    # The task loss alone: no z-loss, label smoothing or method loss terms.
+    model, loss_config = self.model, LossConfig(z_loss=0.0, label_smoothing=0.0, extra_terms=())
 
     def mean_loss(params, masks, batch):
       variables = {"params": params, xprompt.MASK_COLLECTION: masks}
@@ -102,40 +104,54 @@ class SearchContext:
 
     return xprompt.make_importance_fn(mean_loss, per_example)
 
-  def training_batches(self, count: int) -> Dict[str, np.ndarray]:
-    """`count` training batches stacked: leaves `[count, B, ...]`."""
+  def training_chunks(self, count: Optional[int]) -> List[Dict[str, np.ndarray]]:
+    """Training batches for the importance scores, stacked in chunks (leaves `[n, B, ...]`).
+
+    `count=None` is one full pass over the training split (the expectation
+    `E_x` over the training data, as in the paper), else the first `count`
+    batches of the run's data order. Chunks bound the host memory of a pass.
+    """
     config = self.config
     local_batch = check_batch_size(config["batch_size"], self.partitioner)
     stream = data_lib.batches(config["mixture_or_task_name"], config["task_feature_lengths"],
                               config["train_split"], local_batch, seed=config["seed"],
+                              num_epochs=1 if count is None else None,
                               use_cached=config["use_cached_tasks"])
-    taken = [b for _, b in zip(range(count), stream)]
-    if len(taken) < count:
+    taken = list(stream) if count is None else [b for _, b in zip(range(count), stream)]
+    if count is not None and len(taken) < count:
       raise UserError(f"{config['mixture_or_task_name']} has only {len(taken)} training batches; "
                       f"lower run_xprompt.importance_batches ({count})")
-    return {k: np.stack([b[k] for b in taken]) for k in taken[0]}
+    return [{k: np.stack([b[k] for b in taken[i:i + IMPORTANCE_CHUNK]]) for k in taken[0]}
+            for i in range(0, len(taken), IMPORTANCE_CHUNK)]
 
 
 def search_stage(backbone: SearchContext, stage1_trainable: Any, search_dir: str, *,
-                  importance_batches: int, per_example: bool, token_ratios: Sequence[float],
-                  piece_ratios: Sequence[float], metric_name: Optional[str],
-                  higher_is_better: bool) -> Dict[str, Any]:
+                 importance_batches: Optional[int], per_example: bool,
+                 token_ratios: Sequence[float], piece_ratios: Sequence[float],
+                 metric_name: Optional[str], higher_is_better: bool,
+                 tolerance: Optional[float] = None) -> Dict[str, Any]:
   """Stage 2: importance scores, token then piece rounds, report and chosen masks."""
   print(f"=== xprompt stage 2/3: pruning search -> {search_dir} ===", flush=True)
   variables = backbone.with_trainable(stage1_trainable)
   token_ones, piece_ones = (np.ones_like(to_host(m)) for m in
                             xprompt.get_masks(variables[xprompt.MASK_COLLECTION]))
   importance = backbone.importance_fn(per_example)
-  batches = backbone.training_batches(importance_batches)
-  print(f"xprompt importance over {importance_batches} training batches "
+  chunks = backbone.training_chunks(importance_batches)
+  sizes = [len(jax.tree_util.tree_leaves(c)[0]) for c in chunks]
+  print(f"xprompt importance over {sum(sizes)} training batches"
+        f"{' (one full pass)' if importance_batches is None else ''} "
         f"({'per example' if per_example else 'per batch'})", flush=True)
   resolved = {}
 
   def score_fn(token_mask, piece_mask):
     masked = backbone.with_masks(variables, token_mask, piece_mask)
-    with backbone.partitioner.context():
-      scores = importance(masked["params"], masked[xprompt.MASK_COLLECTION], batches)
-    return tuple(to_host(s) for s in xprompt.get_masks(scores))
+    total = None
+    for chunk, size in zip(chunks, sizes):  # equal-size batches: weight chunk means by size
+      with backbone.partitioner.context():
+        scores = importance(masked["params"], masked[xprompt.MASK_COLLECTION], chunk)
+      scores = [to_host(s) * (size / sum(sizes)) for s in xprompt.get_masks(scores)]
+      total = scores if total is None else [t + s for t, s in zip(total, scores)]
+    return tuple(total)
 
   def evaluate_fn(token_mask, piece_mask):
     metrics = backbone.evaluate(backbone.with_masks(variables, token_mask, piece_mask))
@@ -145,7 +161,7 @@ def search_stage(backbone: SearchContext, stage1_trainable: Any, search_dir: str
 
   result = xprompt.search(score_fn, evaluate_fn, token_ones, piece_ones, token_ratios,
                           piece_ratios, higher_is_better,
-                          log=lambda line: print(line, flush=True))
+                          log=lambda line: print(line, flush=True), tolerance=tolerance)
   stages = {"prompt_tuning": result.candidates[0].metric, "pruning": result.best.metric}
   paths = write_report(search_dir, result, stages, resolved["key"], higher_is_better)
   for name, mask in ((TOKEN_MASK_FILE, result.best.token_mask),

@@ -361,3 +361,25 @@ def test_gin_file_adds_the_masks():
   assert name == "xprompt" and isinstance(mask, xprompt.XPromptMask) and mask.pieces == 4
   token_mask, piece_mask = xprompt.get_masks(_init(T5(CONFIG, prompt=prompt))["prompt_masks"])
   assert token_mask.shape == (5,) and piece_mask.shape == (5, 4)
+
+
+def test_report_shows_the_score_that_pruned_each_token_and_marks_it(tmp_path):
+  # Round 2 re-scores at the pruned mask, where the already-pruned token 0 gets a
+  # meaningless high score: the report must keep the round-1 score that pruned it.
+  rounds = iter([np.array([0.1, 0.5, 0.6, 0.7, 0.8]), np.array([9.0, 0.2, 0.6, 0.7, 0.8])])
+
+  def score_fn(token_mask, piece_mask):
+    return next(rounds), np.ones((LENGTH, PIECES))
+
+  result = xprompt.search(score_fn, lambda t, p: float(t.sum() < LENGTH) + 0.1 * (5 - t.sum()),
+                          np.ones(LENGTH), np.ones((LENGTH, PIECES)), token_ratios=(0.2, 0.4),
+                          piece_ratios=())
+  assert result.best.kept_tokens == 3
+  paths = write_report(str(tmp_path), result, {"prompt_tuning": 0.0, "pruning": 1.2})
+  report = json.loads(open(paths["report"]).read())
+  assert report["decisive_token_scores"][:2] == pytest.approx([0.1, 0.2])  # what pruned them
+  assert report["decisive_token_scores"][2:] == pytest.approx([0.6, 0.7, 0.8])
+  assert report["decisive_piece_scores"][0] == [None] * PIECES  # gone with their token
+  assert "cannot be below" in report["note"]
+  with open(paths["heatmap"], "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"

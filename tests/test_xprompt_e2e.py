@@ -26,7 +26,7 @@ def _argv(model_dir, files=("models/t5_1_1_toy_prompt.gin", "methods/xprompt.gin
               "run_xprompt.metric_name = 'accuracy'",
               # Ties prune (the default needs a strict improvement, which a 3-step toy
               # prompt never shows), so the pruning checks below are not vacuous.
-              "run_xprompt.tolerance = 0.0"]
+              "run_xprompt.tolerance = 0.0", "run_xprompt.test_split = 'test'"]
   return ["xprompt", *[f"--gin_file={f}" for f in files], *[f"--gin.{b}" for b in bindings]]
 
 
@@ -111,6 +111,12 @@ def test_report_records_scores_masks_and_every_candidate(finished_run):
   assert report["stages"]["pruning"] == best
   assert report["stages"]["prompt_tuning"] == metrics[0]
   assert summary["kept_parameters"] == int(_kept(report).sum()) * (32 // PIECES)
+  assert summary["trainable_parameters"] == summary["kept_parameters"]  # the headline count
+  assert summary["prompt_parameters"] == 4 * 32
+  # Held-out numbers of every stage, from a split that chose nothing.
+  assert set(summary["held_out_stages"]) == {"prompt_tuning", "pruning", "rewinding"}
+  assert report["held_out_stages"] == summary["held_out_stages"]
+  assert "cannot be below" in summary["note"]
   with open(summary["heatmap"], "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 

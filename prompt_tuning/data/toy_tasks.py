@@ -12,7 +12,7 @@ OUTPUT_FEATURES = {
     "inputs": seqio.Feature(VOCABULARY, add_eos=True),
     "targets": seqio.Feature(VOCABULARY, add_eos=True),
 }
-SPLIT_SIZES = {"train": 512, "validation": 32}
+SPLIT_SIZES = {"train": 512, "validation": 32, "test": 32}
 
 
 def parity_examples(split: str, seed: int = 0):

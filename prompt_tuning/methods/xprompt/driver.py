@@ -147,6 +147,7 @@ def _combined_histories(stage1: Mapping[str, Any], search: Mapping[str, Any],
 @gin.configurable
 def run_xprompt(model_dir: Optional[str] = None, importance_batches: Optional[int] = None,
                 per_example: bool = True, tolerance: Optional[float] = None,
+                test_split: Optional[str] = None,
                 token_ratios: Sequence[float] = xprompt.DEFAULT_RATIOS,
                 piece_ratios: Sequence[float] = xprompt.DEFAULT_RATIOS,
                 metric_name: Optional[str] = None,
@@ -157,6 +158,10 @@ def run_xprompt(model_dir: Optional[str] = None, importance_batches: Optional[in
     model_dir: the run folder; defaults to `train.model_dir` (MODEL_DIR).
     importance_batches: training batches the importance scores average over;
       None (default) is one full pass over the training split.
+    test_split: a split of the eval task that chooses nothing (e.g. 'test'):
+      the unpruned, pruned and rewound prompts are also reported on it
+      (`held_out_stages`). The validation numbers (`stages`) chose the
+      sub-prompt, so `stages.pruning` is optimistic by construction.
     tolerance: None (default): a smaller sub-prompt is chosen only when it
       strictly improves the validation metric; a number t >= 0 also accepts
       one within t of the best.
@@ -171,14 +176,15 @@ def run_xprompt(model_dir: Optional[str] = None, importance_batches: Optional[in
   Returns:
     A JSON-ready dict (also written to `MODEL_DIR/xprompt_summary.json`):
     `stages` (validation metric after each stage), `metric_name`, `chosen`
-    (ratios, sizes), `trainable_parameters` (the stage-3 trainable tree, as
-    for plain prompt tuning), `kept_parameters` (prompt values not pruned),
+    (ratios, sizes), `trainable_parameters` = `kept_parameters` (prompt values
+    not pruned; the headline count), `prompt_parameters` (the full `P x E`
+    stage 3 trained), `held_out_stages` (with `test_split`), `note`,
     `final_prompt` (`.npy` path), `report`, `heatmap`, `final_step` (stage-1 plus
     stage-3 steps), `train_history` / `eval_history` (stage 3 continuing stage 1's
     step axis; every entry has a `stage`), `stage_dirs`. When the trainer stops
     at `train.stop_after_steps`, returns `{"interrupted": stage, ...}` instead.
   """
-  config = train_config()
+  config = {**train_config(), "test_split": test_split}
   model_dir = model_dir or config["model_dir"]
   if not model_dir or model_dir is gin.REQUIRED:
     raise UserError("XPrompt needs a run folder; set --gin.MODEL_DIR=\"'/path/to/run'\"")
@@ -270,7 +276,12 @@ def _finish(backbone: SearchContext, trained: Dict[str, Any], stage3: Mapping[st
                             xprompt.get_masks(variables[xprompt.MASK_COLLECTION]))
   key = search["metric_name"]
   last = [h for h in stage3["eval_history"] if h["step"] == stage3["final_step"] and key in h]
-  metric = last[-1][key] if last else backbone.evaluate(variables)[key]
+  if stage3.get("best_metric") is not None:  # `trained` is the best evaluation's state
+    metric = stage3["best_metric"]
+  else:
+    metric = last[-1][key] if last else backbone.evaluate(variables)[key]
+  held_out = (backbone.evaluate(variables, held_out=True)[key]
+              if backbone.test_evaluator is not None else None)
   prompt = backbone.ctx.exported_prompt(variables)
   kept = np.asarray(xprompt.effective_mask(jnp.asarray(token_mask), jnp.asarray(piece_mask),
                                            prompt.shape[-1]))
@@ -279,9 +290,11 @@ def _finish(backbone: SearchContext, trained: Dict[str, Any], stage3: Mapping[st
   report_path = os.path.join(model_dir, SEARCH_DIR, REPORT_NAME)
   report = fs.read_json(report_path)
   report["stages"] = {**report["stages"], "rewinding": float(metric)}
+  if held_out is not None:
+    report["held_out_stages"] = {**search["held_out_stages"], "rewinding": float(held_out)}
   fs.write_json(report_path, report)
   print(f"xprompt stage 3/3: {key}={metric:.4f}; final prompt -> {path}", flush=True)
-  return {"metric": float(metric), "final_prompt": path,
+  return {"metric": float(metric), "held_out_metric": held_out, "final_prompt": path,
           "kept_parameters": int(np.sum(kept > 0))}
 
 
@@ -297,8 +310,14 @@ def _summary(model_dir: str, dirs: Mapping[str, str], stage1: Mapping[str, Any],
       "chosen": search["chosen"],
       "token_mask": np.asarray(token_mask > 0, int).tolist(),
       "piece_mask": np.asarray(piece_mask > 0, int).tolist(),
-      "trainable_parameters": stage3["trainable_parameters"],
+      # The headline count is what the sub-prompt keeps; the trainer trained the full P x E.
+      "trainable_parameters": stage3["kept_parameters"],
+      "prompt_parameters": stage3["trainable_parameters"],
       "kept_parameters": stage3["kept_parameters"],
+      "held_out_stages": ({**search.get("held_out_stages", {}),
+                           "rewinding": stage3["held_out_metric"]}
+                          if stage3.get("held_out_metric") is not None else {}),
+      "note": search.get("note"),
       "final_prompt": stage3["final_prompt"],
       "report": os.path.join(dirs["pruning"], REPORT_NAME),
       "heatmap": os.path.join(dirs["pruning"], HEATMAP_NAME),

@@ -72,6 +72,11 @@ class SearchContext:
                                                config["eval_num_examples"])
     self.fns = evaluation.EvalModelFns(self.model, self.partitioner, self.variables,
                                        self.shardings, max_decode_length=lengths["targets"])
+    # Held-out numbers come from a split that chose nothing (run_xprompt.test_split).
+    self.test_evaluator = None
+    if config.get("test_split"):
+      self.test_evaluator = evaluation.make_evaluator(eval_name, lengths, config["test_split"],
+                                                      config["use_cached_tasks"])
 
   def release_variables(self) -> None:
     """Drops the backbone held here, keeping the evaluator and the compiled functions.
@@ -88,9 +93,10 @@ class SearchContext:
     masks = xprompt.set_masks(variables[xprompt.MASK_COLLECTION], token_mask, piece_mask)
     return jax.device_put({**variables, xprompt.MASK_COLLECTION: masks}, self.shardings)
 
-  def evaluate(self, variables: Dict[str, Any]) -> Dict[str, float]:
+  def evaluate(self, variables: Dict[str, Any], held_out: bool = False) -> Dict[str, float]:
     self.fns.variables = variables  # same structure and shardings: no recompilation
-    return evaluation.run_evaluation(self.evaluator, self.fns, step=0)
+    evaluator = self.test_evaluator if held_out else self.evaluator
+    return evaluation.run_evaluation(evaluator, self.fns, step=0)
 
   def importance_fn(self, per_example: bool) -> Callable:
     # The task loss alone: no z-loss, label smoothing or method loss terms.
@@ -163,6 +169,13 @@ def search_stage(backbone: SearchContext, stage1_trainable: Any, search_dir: str
                           piece_ratios, higher_is_better,
                           log=lambda line: print(line, flush=True), tolerance=tolerance)
   stages = {"prompt_tuning": result.candidates[0].metric, "pruning": result.best.metric}
+  held_out = {}
+  if backbone.test_evaluator is not None:
+    for stage, chosen in (("prompt_tuning", result.candidates[0]), ("pruning", result.best)):
+      metrics = backbone.evaluate(backbone.with_masks(variables, chosen.token_mask,
+                                                      chosen.piece_mask), held_out=True)
+      held_out[stage] = metrics[resolved["key"]]
+    print(f"xprompt held-out {resolved['key']}: {held_out}", flush=True)
   paths = write_report(search_dir, result, stages, resolved["key"], higher_is_better)
   for name, mask in ((TOKEN_MASK_FILE, result.best.token_mask),
                      (PIECE_MASK_FILE, result.best.piece_mask)):
@@ -171,4 +184,5 @@ def search_stage(backbone: SearchContext, stage1_trainable: Any, search_dir: str
   report = fs.read_json(paths["report"])
   print(f"xprompt chosen: {report['chosen']}", flush=True)
   return {"metric_name": resolved["key"], "higher_is_better": higher_is_better,
-          "stages": stages, "chosen": report["chosen"], **paths}
+          "stages": stages, "held_out_stages": held_out, "note": report["note"],
+          "chosen": report["chosen"], **paths}

@@ -1,0 +1,91 @@
+"""Grids of ordinary tuning runs on the demo backbone, for the paper-claim experiments.
+
+Every cell is one `trainer.train` run configured by gin files and bindings, as
+`prompt-tuning train` would run it. The protocol is the same for every
+experiment: the best-by-validation prompt (`prompts/best.npy`) is chosen on
+the task's `validation` split and reported on its disjoint `test` split,
+which chose nothing. A finished cell (its `result.json`) is never recomputed,
+so an interrupted experiment resumes where it stopped.
+"""
+import os
+import statistics
+import sys
+import time
+from typing import Any, Callable, Dict, List, Sequence, Tuple
+
+from prompt_tuning import fs, gin_utils
+from prompt_tuning.demo import experiment
+from prompt_tuning.io.backbone import load_backbone_config
+from prompt_tuning.train import eval_run, trainer
+
+FEATURE_LENGTHS = {"inputs": 16, "targets": 8}
+PLAIN = ("runs/prompt_finetune.gin", "prompts/prompt.gin")
+
+
+def backbone(out: str) -> str:
+  """The demo backbone in `OUT/backbone` (pretrained once, as `prompt-tuning demo` does)."""
+  path, _ = experiment.ensure_backbone(out, experiment.demo_backbone(), FEATURE_LENGTHS,
+                                       steps=800, batch_size=64, learning_rate=3e-3, seed=0)
+  return path
+
+
+def steps_to_fraction(history: Sequence[Dict[str, float]], key: str, fraction: float = 0.9) -> int:
+  """First step whose `key` reaches `fraction` of the last evaluation's value."""
+  final = history[-1][key]
+  return next(h["step"] for h in history if h[key] >= fraction * final)
+
+
+def run_cell(run_dir: str, backbone_dir: str, task: str, files: Sequence[str],
+             bindings: Sequence[str], *, seed: int, steps: int, eval_period: int,
+             prompt_length: int, batch_size: int = 16) -> Dict[str, Any]:
+  """Trains one cell, selects its best validation prompt, reports it on `test`."""
+  done = fs.read_json(os.path.join(run_dir, "result.json"))
+  if done is not None:
+    return done
+  key = f"{task}/{experiment.METRIC}"
+  config = load_backbone_config(backbone_dir)
+  common = experiment.tuning_bindings(config, task, backbone_dir, FEATURE_LENGTHS, steps,
+                                      batch_size, eval_period, prompt_length, seed)
+  gin_utils.parse(list(files), [*common, f"MODEL_DIR = {run_dir!r}",
+                                f"train.early_stopping_metric = {key!r}", *bindings])
+  summary = gin_utils.call(trainer.train)
+  history = [h for h in summary["eval_history"] if key in h]
+  gin_utils.parse(["prompts/prompt.gin", "runs/prompt_eval.gin"],
+                  [*experiment.task_bindings(config, task, backbone_dir, FEATURE_LENGTHS,
+                                             prompt_length),
+                   f"MODEL_DIR = {os.path.join(run_dir, 'test')!r}",
+                   f"PROMPT_FILE = {os.path.join(run_dir, 'prompts', 'best.npy')!r}",
+                   "EVAL_SPLIT = 'test'"])
+  result = {"test_exact_match": gin_utils.call(eval_run.evaluate)[key],
+            "best_validation_exact_match": summary["best_metric"],
+            "best_step": summary["best_step"],
+            "final_validation_exact_match": history[-1][key],
+            "steps_to_90_percent": steps_to_fraction(history, key),
+            "trainable_parameters": summary["trainable_parameters"],
+            "validation_curve": [(h["step"], h[key]) for h in history]}
+  fs.write_json(os.path.join(run_dir, "result.json"), result)
+  return result
+
+
+def run_grid(cells: Sequence[Tuple[Dict[str, Any], Callable[[], Dict[str, Any]]]]
+             ) -> List[Dict[str, Any]]:
+  """Runs `(labels, run)` cells in order with progress and ETA; returns labels + results."""
+  results, start = [], time.time()
+  for i, (labels, run) in enumerate(cells, 1):
+    results.append({**labels, **run()})
+    elapsed = time.time() - start
+    print(f"[{i}/{len(cells)}] {labels}: test EM {results[-1]['test_exact_match']:.3f} | "
+          f"ETA {elapsed / i * (len(cells) - i):.0f}s", file=sys.stderr, flush=True)
+  return results
+
+
+def mean_sd(values: Sequence[float], digits: int = 3) -> str:
+  sd = statistics.stdev(values) if len(values) > 1 else 0.0
+  return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+
+
+def write_outputs(out: str, results: List[Dict[str, Any]], table: str) -> None:
+  fs.write_json(os.path.join(out, "results.json"), results)
+  with open(os.path.join(out, "table.md"), "w") as f:
+    f.write(table + "\n")
+  print(table)

@@ -37,21 +37,26 @@ def steps_to_fraction(history: Sequence[Dict[str, float]], key: str, fraction: f
 
 def run_cell(run_dir: str, backbone_dir: str, task: str, files: Sequence[str],
              bindings: Sequence[str], *, seed: int, steps: int, eval_period: int,
-             prompt_length: int, batch_size: int = 16) -> Dict[str, Any]:
-  """Trains one cell, selects its best validation prompt, reports it on `test`."""
+             prompt_length: int, batch_size: int = 16,
+             feature_lengths: Dict[str, int] = None) -> Dict[str, Any]:
+  """Trains one cell, selects its best validation prompt, reports it on `test`.
+
+  `feature_lengths` only pads (every length is masked): results do not depend on it.
+  """
+  feature_lengths = feature_lengths or FEATURE_LENGTHS
   done = fs.read_json(os.path.join(run_dir, "result.json"))
   if done is not None:
     return done
   key = f"{task}/{experiment.METRIC}"
   config = load_backbone_config(backbone_dir)
-  common = experiment.tuning_bindings(config, task, backbone_dir, FEATURE_LENGTHS, steps,
+  common = experiment.tuning_bindings(config, task, backbone_dir, feature_lengths, steps,
                                       batch_size, eval_period, prompt_length, seed)
   gin_utils.parse(list(files), [*common, f"MODEL_DIR = {run_dir!r}",
                                 f"train.early_stopping_metric = {key!r}", *bindings])
   summary = gin_utils.call(trainer.train)
   history = [h for h in summary["eval_history"] if key in h]
   gin_utils.parse(["prompts/prompt.gin", "runs/prompt_eval.gin"],
-                  [*experiment.task_bindings(config, task, backbone_dir, FEATURE_LENGTHS,
+                  [*experiment.task_bindings(config, task, backbone_dir, feature_lengths,
                                              prompt_length),
                    f"MODEL_DIR = {os.path.join(run_dir, 'test')!r}",
                    f"PROMPT_FILE = {os.path.join(run_dir, 'prompts', 'best.npy')!r}",

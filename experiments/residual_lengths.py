@@ -1,7 +1,7 @@
 """Residual Prompt Tuning vs prompt tuning across prompt lengths, and prompt initializers.
 
     python experiments/residual_lengths.py --out /tmp/residual_lengths [--lengths 1 2 5 10 20]
-        [--seeds 0 1 2 3 4] [--train_examples 64] [--steps 150]
+        [--seeds 0 1 2 3 4] [--train_examples 16] [--steps 150]
 
 The Residual PT paper claims the residual reparameterization matches or beats prompt tuning
 with much shorter prompts and is more stable across seeds; Lester et al. compare prompt
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
   parser.add_argument("--out", default="/tmp/residual_lengths")
   parser.add_argument("--lengths", type=int, nargs="+", default=[1, 2, 5, 10, 20])
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-  parser.add_argument("--train_examples", type=int, default=64, choices=tasks.FEW_SHOT_SIZES)
+  parser.add_argument("--train_examples", type=int, default=16, choices=tasks.FEW_SHOT_SIZES)
   parser.add_argument("--steps", type=int, default=150)
   parser.add_argument("--eval_period", type=int, default=15)
   args = parser.parse_args(argv)
@@ -58,7 +58,10 @@ def main(argv=None) -> int:
     return ({"method": method, "prompt_length": length, "seed": seed},
             lambda: demo_grid.run_cell(run_dir, backbone_dir, task, files, bindings, seed=seed,
                                        steps=args.steps, eval_period=args.eval_period,
-                                       prompt_length=length))
+                                       prompt_length=length,
+                                       # The trainer wants the prompt within the input length.
+                                       feature_lengths={"inputs": max(16, length),
+                                                        "targets": 8}))
 
   results = demo_grid.run_grid([cell(m, p, s) for p in args.lengths for s in args.seeds
                                 for m in METHODS])

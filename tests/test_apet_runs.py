@@ -95,8 +95,7 @@ def _check_recorded_selection(run):
   with pytest.raises(UserError) as e:
     _train(run, "apet", 4, ["APET_SEED = 2", "train.allow_config_change = True"])
   message = str(e.value).splitlines()[0]
-  assert f"{run}/apet_selection.json differs from what this config builds: entries" in message \
-      or f"{run}/apet_selection.json differs from what this config builds: its" in message
+  assert f"{run}/apet_selection.json differs from what this config builds: " in message
   assert "APET_SELECTION_FILE" in message
   # The recorded selection (no budget needed) is accepted.
   summary = _train(run, "apet", 4, ["APET_BUDGET = None", "APET_SEED = 2",

@@ -8,7 +8,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # cost ~10% of a CPU train step in page faults (docs/performance.md).
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench venv peft_venv clean
 
 $(STAMP): requirements.lock setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
+
+# torch 2.13.0 CPU + transformers<5 + peft in .bench_venv/ (the PEFT bench and the tests that
+# load our exports in PEFT; those skip without it).
+peft_venv: $(STAMP)
+	$(PY) -c 'import sys; sys.path.insert(0, "bench"); import run_all; run_all.ensure_peft_venv()'
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,7 +1,7 @@
 """`make bench`: every benchmark in its own process, results to bench/results.json and a table.
 
 The PEFT comparison runs in its own virtualenv (`.bench_venv/` at the repo root,
-created on first use with torch 2.13.0 CPU, transformers and peft). torch's CPU
+created on first use with torch 2.13.0 CPU, transformers<5 and peft; `make peft_venv`). torch's CPU
 wheel comes from `--find-links` (`PEFT_TORCH_FIND_LINKS`, default `/opt/wheels`
 when present) or PyTorch's CPU index (`PEFT_TORCH_INDEX`); plain `torch` from
 PyPI would pull the CUDA build. Both frameworks use the same thread count.
@@ -68,7 +68,7 @@ def ensure_peft_venv() -> str:
     torch_source = ["--extra-index-url",
                     os.environ.get("PEFT_TORCH_INDEX", "https://download.pytorch.org/whl/cpu")]
   subprocess.run([python, "-m", "pip", "install", "-q", *torch_source, "torch==2.13.0+cpu",
-                  "transformers", "peft"], check=True)
+                  "transformers<5", "peft"], check=True)
   open(os.path.join(BENCH_VENV, ".installed"), "w").close()
   return python
 

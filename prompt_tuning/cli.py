@@ -26,7 +26,8 @@ COMMANDS = {
     "demo": "the self-contained CPU demo",
     "bench": "time a prompt-tuning train step",
     "plan": "per-device memory of a run, without allocating",
-    "export": "write a tuned prompt as a Hugging Face PEFT adapter",
+    "export": "write a tuned prompt or LoRA run as a Hugging Face PEFT adapter",
+    "sweep": "PET methods at parameter budgets: table, figure, thresholds (gin-driven)",
 }
 
 
@@ -58,6 +59,8 @@ def command_module(name: str):
       from prompt_tuning.commands import plan as module
     case "export":
       from prompt_tuning.commands import export as module
+    case "sweep":
+      from prompt_tuning.commands import sweep as module
     case _:
       raise KeyError(name)
   return module

@@ -257,7 +257,11 @@ def test_selection_round_trips_through_json(tmp_path):
   assert b == a and b.plan() == a.plan()
   path = tmp_path / "apet_selection.json"
   path.write_text(a.to_json())
-  assert selection.apet_deltas(CONFIG, budget=1, selection_file=str(path)) == a.plan()
+  assert selection.apet_deltas(CONFIG, selection_file=str(path)) == a.plan()
+  assert selection.apet_deltas(CONFIG, budget=2_345, selection_file=str(path)) == a.plan()
+  assert dict(a.plan().records) == {"apet_selection.json": a.to_json()}
+  with pytest.raises(UserError, match="holds budget 2,345, not APET_BUDGET=1"):
+    selection.apet_deltas(CONFIG, budget=1, selection_file=str(path))
   assert json.loads(a.to_json())["budget"] == 2_345
   with pytest.raises(UserError, match="another model config"):
     selection.Selection.from_json(a.to_json(), CONFIG.replace(mlp_dim=32))

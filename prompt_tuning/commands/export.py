@@ -1,9 +1,13 @@
-"""`prompt-tuning export --prompt P.npy --checkpoint BACKBONE --output DIR`: a PEFT adapter.
+"""`prompt-tuning export (--prompt P.npy | --deltas MODEL_DIR/exports/step_N) --checkpoint BACKBONE
+--output DIR`: a Hugging Face PEFT adapter.
 
-Writes the prompt as a Hugging Face PEFT prompt-tuning adapter; with
+`--prompt` writes a tuned prompt as a PEFT prompt-tuning adapter; `--deltas`
+writes a run's export (`prompt_tuning.train.exports`) of a LoRA run as a PEFT
+LoRA adapter (or of a plain prompt run as a prompt-tuning adapter). With
 `--hf_output`, also the backbone as a Hugging Face T5 folder to load it on.
 """
 import os
+from typing import Dict, Tuple
 
 import numpy as np
 
@@ -11,24 +15,73 @@ from prompt_tuning.errors import UserError
 
 
 def add_arguments(parser) -> None:
-  parser.add_argument("--prompt", required=True, help="an exported prompt, e.g. MODEL_DIR/prompts/step_N.npy")
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument("--prompt", help="an exported prompt, e.g. MODEL_DIR/prompts/step_N.npy")
+  source.add_argument("--deltas", help="a run's export folder, e.g. MODEL_DIR/exports/step_N "
+                      "(LoRA or a plain prompt)")
   parser.add_argument("--checkpoint", required=True, help="the backbone folder it was tuned on")
   parser.add_argument("--output", required=True, help="new folder for the PEFT adapter")
   parser.add_argument("--hf_output", default=None,
                       help="also write the backbone as a Hugging Face T5 folder here")
 
 
+def lora_pairs(tensors: Dict[str, np.ndarray], description: Dict, source: str
+               ) -> Tuple[Dict[str, Tuple[np.ndarray, np.ndarray]], int, float]:
+  """(module path -> (a, b), rank, alpha) of an export that holds LoRA pairs only."""
+  plan = description.get("plan", [])
+  insertions = [rule["insertion"] for rule in plan]
+  if not insertions or any(i["op"] != "lora" for i in insertions) or set(tensors) - {
+      k for k in tensors if k.startswith("params/")}:
+    raise UserError(f"{source} holds {', '.join(description.get('methods', [])) or 'nothing'}; "
+                    "PEFT export takes LoRA runs (or plain prompts: --prompt prompts/step_N.npy)")
+  settings = {(i["rank"], float(i["alpha"]), i["name"]) for i in insertions}
+  if len(settings) != 1:
+    raise UserError(f"{source} mixes LoRA settings {sorted(settings)}; a PEFT LoRA config holds "
+                    "one rank and alpha")
+  rank, alpha, name = settings.pop()
+  pairs, suffix = {}, {"a": 0, "b": 1}
+  for key, value in tensors.items():
+    module, _, leaf = key[len("params/"):].rpartition(f"/{name}/")
+    if leaf not in suffix or not module:
+      raise UserError(f"{source} holds {key}, which is not a LoRA pair; PEFT export takes LoRA "
+                      "runs only")
+    pairs.setdefault(module, [None, None])[suffix[leaf]] = value
+  missing = sorted(m for m, ab in pairs.items() if ab[0] is None or ab[1] is None)
+  if missing:
+    raise UserError(f"{source} lacks half of the LoRA pair at {missing[0]}; re-export the run")
+  return {m: (ab[0], ab[1]) for m, ab in pairs.items()}, int(rank), alpha
+
+
 def run(args) -> int:
   from prompt_tuning.io import backbone, hf, peft
-  try:
-    prompt = np.load(args.prompt, allow_pickle=False)
-  except FileNotFoundError:
-    raise UserError(f"prompt file {args.prompt} does not exist; see MODEL_DIR/prompts/") from None
   config = backbone.load_backbone_config(args.checkpoint)
-  peft.save_peft_prompt(args.output, prompt, config, base_model_name_or_path=args.hf_output)
+  if args.prompt:
+    try:
+      prompt = np.load(args.prompt, allow_pickle=False)
+    except FileNotFoundError:
+      raise UserError(f"prompt file {args.prompt} does not exist; see MODEL_DIR/prompts/") from None
+    peft.save_peft_prompt(args.output, prompt, config, base_model_name_or_path=args.hf_output)
+    what = f"{prompt.shape[0]} virtual tokens"
+  else:
+    from prompt_tuning.train import exports
+    tensors, description = exports.read_export(args.deltas)
+    if description.get("model_config") != config.to_dict():
+      raise UserError(f"{args.deltas} was tuned on another backbone config than {args.checkpoint}; "
+                      f"pass the backbone in its export.json "
+                      f"({description.get('initial_checkpoint_path')})")
+    if set(tensors) == {"params/prompt/prompt"} and not description.get("plan"):
+      prompt = tensors["params/prompt/prompt"]
+      peft.save_peft_prompt(args.output, prompt, config, base_model_name_or_path=args.hf_output)
+      what = f"{prompt.shape[0]} virtual tokens"
+    else:
+      pairs, rank, alpha = lora_pairs(tensors, description, args.deltas)
+      adapter = peft.save_peft_lora(args.output, pairs, rank, alpha, config,
+                                    base_model_name_or_path=args.hf_output)
+      what = (f"LoRA r={rank} alpha={adapter['lora_alpha']} on {len(pairs)} modules, "
+              f"target_modules {adapter['target_modules'] if len(adapter['target_modules']) < 5 else '[...]'}")
   if args.hf_output:
     _, params = backbone.load_backbone(args.checkpoint)
     hf.save_hf(args.hf_output, config, params)
-  print(f"wrote PEFT adapter {os.path.abspath(args.output)} ({prompt.shape[0]} virtual tokens)"
+  print(f"wrote PEFT adapter {os.path.abspath(args.output)} ({what})"
         + (f" and Hugging Face backbone {args.hf_output}" if args.hf_output else ""))
   return 0

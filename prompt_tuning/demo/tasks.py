@@ -28,6 +28,13 @@ OPERATIONS: Dict[str, Callable[[str], str]] = {
     "reverse": lambda s: s[::-1],
     "sort": lambda s: "".join(sorted(s)),
 }
+# Operations the backbone never sees in pretraining, tuned bare (`demo_bare_increment`): a
+# frozen backbone cannot do them from any instruction, so how much a method can learn shows
+# (the budget sweep, `prompt-tuning sweep`).
+NOVEL_OPERATIONS: Dict[str, Callable[[str], str]] = {
+    "increment": lambda s: "".join(str((int(c) + 1) % 10) for c in s),
+    "rotate": lambda s: s[1:] + s[:1],
+}
 MIN_DIGITS, MAX_DIGITS = 3, 6
 HELD_OUT_BUCKETS = 8  # 1 in HELD_OUT_BUCKETS digit strings is reserved for validation
 SPLIT_SIZES = {"train": 20000, "validation": 256, "test": 256}
@@ -55,9 +62,10 @@ def digit_strings(split: str, count: int, seed: int) -> Iterator[str]:
 def examples(operation: str, split: str, instruction: bool, seed: int = 0
              ) -> List[Tuple[str, str]]:
   """(inputs, targets) of one task split, e.g. ('reverse:314', '413')."""
-  op = OPERATIONS[operation]
+  op = {**OPERATIONS, **NOVEL_OPERATIONS}[operation]
   # A different stream per operation, so tasks do not share their inputs one to one.
-  stream = seed * 1000 + sorted(OPERATIONS).index(operation)
+  order = sorted(OPERATIONS) + sorted(NOVEL_OPERATIONS)
+  stream = seed * 1000 + order.index(operation)
   prefix = f"{operation}:" if instruction else ""
   if split == "test":  # held-out strings that the validation split does not contain
     seen = set(digit_strings("validation", SPLIT_SIZES["validation"], stream))
@@ -108,6 +116,10 @@ def register() -> None:
       name = few_shot_task_name(operation, size)
       if name not in seqio.TaskRegistry.names():
         _register(name, operation, False, train_examples=size)
+  for operation in NOVEL_OPERATIONS:
+    name = task_name(operation, instruction=False)
+    if name not in seqio.TaskRegistry.names():
+      _register(name, operation, instruction=False)
   if PRETRAIN_MIXTURE not in seqio.MixtureRegistry.names():
     seqio.MixtureRegistry.add(PRETRAIN_MIXTURE, [task_name(op) for op in OPERATIONS],
                               default_rate=1.0)

@@ -1,15 +1,22 @@
-"""Export a tuned prompt as a Hugging Face PEFT prompt-tuning adapter (and read one back).
+"""Export tuned prompts and LoRA pairs as Hugging Face PEFT adapters (and read prompts back).
 
 PEFT's encoder-only prompt tuning of a seq2seq model (`num_transformer_submodules=1`)
 prepends `prompt_embeddings [P, E]` to the encoder's input embeddings, exactly as
 the `prefix` placement here does, so a prompt tuned with this project runs in
 PEFT on the same backbone exported with `prompt_tuning.io.hf.save_hf`.
 
-Layout: `DIR/adapter_model.safetensors` (`prompt_embeddings`) + `DIR/adapter_config.json`.
+PEFT's LoRA on a `torch.nn.Linear` computes `x Wᵀ + (lora_alpha / r) · x Aᵀ Bᵀ`
+with `lora_A.weight` `[r, in]` and `lora_B.weight` `[out, r]`; ours is
+`x W + (alpha / r) · x a b` with `a` `[in, r]`, `b` `[r, out]`, so
+`lora_A.weight = aᵀ`, `lora_B.weight = bᵀ`, `lora_alpha = alpha`. Module names
+are those of `T5ForConditionalGeneration` (`io.hf.hf_name_map`), keys as PEFT
+saves them: `base_model.model.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight`.
+
+Layout: `DIR/adapter_model.safetensors` + `DIR/adapter_config.json`.
 """
 import json
 import os
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -41,6 +48,66 @@ def save_peft_prompt(path: str, prompt: np.ndarray, config: T5Config,
   }
   with open(os.path.join(path, CONFIG), "w") as f:
     json.dump(adapter, f, indent=2, sort_keys=True)
+
+
+def lora_module_names(config: T5Config) -> Dict[str, str]:
+  """Our dense module path -> its `T5ForConditionalGeneration` module name."""
+  from prompt_tuning.io.hf import hf_name_map
+  return {ours[:-len("/kernel")]: theirs[:-len(".weight")]
+          for ours, (theirs, _) in hf_name_map(config).items() if ours.endswith("/kernel")}
+
+
+def save_peft_lora(path: str, pairs: Dict[str, Tuple[np.ndarray, np.ndarray]], rank: int,
+                   alpha: float, config: T5Config,
+                   base_model_name_or_path: Optional[str] = None) -> Dict[str, object]:
+  """Writes LoRA pairs as a PEFT LORA adapter folder for T5ForConditionalGeneration.
+
+  Args:
+    path: new folder.
+    pairs: our dense module path (`encoder/layers_0/attention/query`) -> (a `[in, r]`,
+      b `[r, out]`).
+    rank, alpha: r and α of every pair (PEFT's `r`, `lora_alpha`; scale α / r).
+    config: the backbone's config.
+    base_model_name_or_path: recorded in the adapter config.
+
+  Returns:
+    the adapter config written. `target_modules` is the modules' leaf names
+    (`['q', 'v']`) when those name exactly the tuned modules (PEFT matches names by
+    suffix), else the full module names, so PEFT never adds pairs the run did not train.
+  """
+  from safetensors.numpy import save_file
+  names = lora_module_names(config)
+  unknown = sorted(set(pairs) - set(names))
+  if unknown:
+    raise UserError(f"LoRA on {unknown[0]} has no Hugging Face T5 module; only dense layers "
+                    "export to PEFT")
+  if os.path.exists(os.path.join(path, CONFIG)):
+    raise UserError(f"{path} already holds a PEFT adapter; choose a new --output folder")
+  tensors = {}
+  for module, (a, b) in sorted(pairs.items()):
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    if a.shape[1] != rank or b.shape[0] != rank:
+      raise UserError(f"LoRA at {module} has rank {a.shape[1]}, not {rank}; PEFT's config holds "
+                      "one rank for all modules")
+    prefix = f"base_model.model.{names[module]}"
+    tensors[f"{prefix}.lora_A.weight"] = np.ascontiguousarray(a.T)
+    tensors[f"{prefix}.lora_B.weight"] = np.ascontiguousarray(b.T)
+  tuned = sorted(names[m] for m in pairs)
+  leaves = sorted({n.rsplit(".", 1)[-1] for n in tuned})
+  with_leaves = sorted(n for n in names.values() if n.rsplit(".", 1)[-1] in leaves)
+  adapter = {
+      "peft_type": "LORA", "task_type": "SEQ_2_SEQ_LM", "r": int(rank),
+      "lora_alpha": int(alpha) if float(alpha).is_integer() else float(alpha),
+      "target_modules": leaves if with_leaves == tuned else tuned,
+      "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False, "use_rslora": False,
+      "init_lora_weights": True, "modules_to_save": None, "inference_mode": True,
+      "base_model_name_or_path": base_model_name_or_path,
+  }
+  os.makedirs(path, exist_ok=True)
+  save_file(tensors, os.path.join(path, WEIGHTS))
+  with open(os.path.join(path, CONFIG), "w") as f:
+    json.dump(adapter, f, indent=2, sort_keys=True)
+  return adapter
 
 
 def load_peft_prompt(path: str) -> np.ndarray:

@@ -101,18 +101,28 @@ def path_matches(pattern: str, path: str) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class DeltaPlan:
-  """Ordered rules `(regex over module paths, Insertion)`; empty = the plain model."""
+  """Ordered rules `(regex over module paths, Insertion)`; empty = the plain model.
+
+  Attributes:
+    rules: `(regex, insertion)` pairs, applied in order.
+    records: `(file name, JSON text)` pairs a run directory must keep so that eval,
+      export and resume rebuild this plan (e.g. APET's `apet_selection.json`); the
+      trainer writes them to MODEL_DIR and refuses to resume when they changed. Not
+      part of the plan's equality or hash.
+  """
   rules: Tuple[Tuple[str, Insertion], ...] = ()
+  records: Tuple[Tuple[str, str], ...] = dataclasses.field(default=(), compare=False)
 
   def __post_init__(self):
     object.__setattr__(self, "rules", tuple((str(r), i) for r, i in self.rules))
+    object.__setattr__(self, "records", tuple((str(n), str(t)) for n, t in self.records))
 
   def __bool__(self) -> bool:
     return bool(self.rules)
 
   def __add__(self, other: "DeltaPlan") -> "DeltaPlan":
-    """Both plans' rules, this one's first (e.g. `lora() + bitfit()`)."""
-    return DeltaPlan(self.rules + other.rules)
+    """Both plans' rules (and records), this one's first (e.g. `lora() + bitfit()`)."""
+    return DeltaPlan(self.rules + other.rules, self.records + other.records)
 
   def matching(self, path: str, kind: str) -> Tuple[Insertion, ...]:
     """Insertions whose regex fully matches `path` and that can act on a `kind` module."""

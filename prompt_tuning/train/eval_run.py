@@ -1,8 +1,11 @@
-"""`prompt-tuning eval` and `prompt-tuning infer`: a saved prompt on a task or mixture.
+"""`prompt-tuning eval` and `prompt-tuning infer`: saved prompts or deltas on a task or mixture.
 
 The prompt comes from the model's gin config, usually `prompts/from_file.gin`
 with `PROMPT_FILE=MODEL_DIR/prompts/step_N.npy` (or a `PromptEnsemble` of
-several files); the backbone from INITIAL_CHECKPOINT_PATH.
+several files); the backbone from INITIAL_CHECKPOINT_PATH. Other new parameters
+(LoRA, adapters, APET's insertions, ...) come from an export of the run,
+`DELTAS_FILE=MODEL_DIR/exports/step_N` (`configs/runs/deltas_eval.gin`), on a
+model built with the run's method gin files.
 """
 import json
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
@@ -19,51 +22,72 @@ from prompt_tuning.train.initialize import backbone_paths
 from prompt_tuning.train.run_setup import RunContext, build_run
 
 
-def loaded_parameter_paths(model) -> Tuple[str, ...]:
-  """The new (non-backbone) parameter paths whose values come from files, not initializers."""
+def loaded_parameter_paths(model, from_files: Sequence[str] = ()) -> Tuple[str, ...]:
+  """The new (non-backbone) parameter paths whose values come from files, not initializers.
+
+  Args:
+    model: the run's `T5`.
+    from_files: paths loaded by other means, e.g. from `DELTAS_FILE` (`exports.loading_edit`).
+  """
+  paths = set(from_files)
   if isinstance(model.prompt, PromptEnsemble):
-    return ("prompt/prompts",)
-  if getattr(getattr(model.prompt, "initializer", None), "loads_saved_values", False):
-    return ("prompt/prompt",)
-  return ()
+    paths.add("prompt/prompts")
+  elif getattr(getattr(model.prompt, "initializer", None), "loads_saved_values", False):
+    paths.add("prompt/prompt")
+  return tuple(sorted(paths))
 
 
-def check_parameters_are_loaded(ctx: RunContext, allow_random_parameters: bool) -> None:
+def check_parameters_are_loaded(ctx: RunContext, allow_random_parameters: bool,
+                                from_files: Sequence[str] = ()) -> None:
   """Refuses to evaluate parameters that were randomly initialized rather than loaded.
 
   Every parameter outside the backbone must come from where the user said
-  (`PROMPT_FILE`, `PROMPT_FILES`, a checkpoint); otherwise eval would report
-  plausible-looking metrics of an untrained prompt.
+  (`PROMPT_FILE`, `PROMPT_FILES`, `DELTAS_FILE`); otherwise eval would report
+  plausible-looking metrics of an untrained prompt or of identity deltas.
+  `from_files` are the paths loaded from `DELTAS_FILE`.
   """
   params = flax.traverse_util.flatten_dict(flax.core.unfreeze(ctx.variables["params"]), sep="/")
   new = set(params) - backbone_paths(ctx.model.config)
-  random = sorted(new - set(loaded_parameter_paths(ctx.model)))
+  random = sorted(new - set(loaded_parameter_paths(ctx.model, from_files)))
   if random and not allow_random_parameters:
     shown = ", ".join(random[:3]) + (f" and {len(random) - 3} more" if len(random) > 3 else "")
     raise UserError(
         f"refusing to evaluate randomly initialized parameters ({shown}): load the prompt with "
         "--gin_file=prompts/from_file.gin --gin.PROMPT_FILE=\"'.../prompts/step_N.npy'\" after the "
         "model's gin file (exported prompts already fold Residual/XPrompt, so drop those method "
-        "files), or pass --gin.evaluate.allow_random_parameters=True to evaluate them on purpose")
+        "files), load other new parameters with --gin_file=runs/deltas_eval.gin "
+        "--gin.DELTAS_FILE=\"'MODEL_DIR/exports/step_N'\", or pass "
+        "--gin.evaluate.allow_random_parameters=True to evaluate them on purpose")
 
 
 def load_run(mixture_or_task_name: str, mixture_or_task_module: Optional[Sequence[str]],
              task_feature_lengths: Mapping[str, int], initial_checkpoint_path: Optional[str],
-             allow_random_parameters: bool = False) -> RunContext:
-  """The run context of an eval or infer, after checking where its parameters came from."""
+             allow_random_parameters: bool = False,
+             deltas_file: Optional[str] = None) -> RunContext:
+  """The run context of an eval or infer, after checking where its parameters came from.
+
+  `deltas_file`: an export folder (`MODEL_DIR/exports/step_N`) whose new
+  parameters replace the model's freshly initialized ones.
+  """
+  from prompt_tuning.train import exports
+  from prompt_tuning.train.initialize import build_model
+  model, edit, loaded = build_model(), None, ()
+  if deltas_file:
+    edit, loaded = exports.loading_edit(deltas_file, model)
   ctx = build_run(initial_checkpoint_path=initial_checkpoint_path,
                   mixture_or_task_names=[mixture_or_task_name],
                   mixture_or_task_module=mixture_or_task_module,
-                  task_feature_lengths=task_feature_lengths)
-  check_parameters_are_loaded(ctx, allow_random_parameters)
+                  task_feature_lengths=task_feature_lengths, model=model,
+                  edit_initial_variables=edit)
+  check_parameters_are_loaded(ctx, allow_random_parameters, loaded)
   return ctx
 
 
 def _setup(mixture_or_task_name, mixture_or_task_module, task_feature_lengths,
            initial_checkpoint_path, split, use_cached, num_examples, batch_size,
-           allow_random_parameters):
+           allow_random_parameters, deltas_file):
   ctx = load_run(mixture_or_task_name, mixture_or_task_module, task_feature_lengths,
-                 initial_checkpoint_path, allow_random_parameters)
+                 initial_checkpoint_path, allow_random_parameters, deltas_file)
   fns = evaluation.EvalModelFns(ctx.model, ctx.partitioner, ctx.variables, ctx.shardings,
                                 batch_size=batch_size,
                                 max_decode_length=task_feature_lengths["targets"])
@@ -79,15 +103,18 @@ def evaluate(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.R
              mixture_or_task_module: Optional[Sequence[str]] = None, split: str = "validation",
              batch_size: int = 32, use_cached_tasks: bool = False,
              num_examples: Optional[int] = None, step: int = 0,
-             allow_random_parameters: bool = False) -> Dict[str, float]:
+             allow_random_parameters: bool = False,
+             deltas_file: Optional[str] = None) -> Dict[str, float]:
   """Metrics of every task in the mixture; writes `MODEL_DIR/eval/metrics.json` + TensorBoard.
 
   `allow_random_parameters=True` evaluates a prompt (or other new parameters)
   that was not loaded from a file: only ever on purpose, e.g. as a baseline.
+  `deltas_file` (`DELTAS_FILE`): a run's export folder `MODEL_DIR/exports/step_N`
+  holding its new parameters (see `prompt_tuning.train.exports`).
   """
   fns, evaluator = _setup(mixture_or_task_name, mixture_or_task_module, task_feature_lengths,
                           initial_checkpoint_path, split, use_cached_tasks, num_examples, batch_size,
-                          allow_random_parameters)
+                          allow_random_parameters, deltas_file)
   metrics = evaluation.run_evaluation(evaluator, fns, step)
   out_dir = fs.join(model_dir, "eval")
   fs.makedirs(out_dir)
@@ -107,11 +134,15 @@ def infer(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           mixture_or_task_module: Optional[Sequence[str]] = None, split: str = "validation",
           batch_size: int = 32, use_cached_tasks: bool = False,
           num_examples: Optional[int] = None,
-          allow_random_parameters: bool = False) -> Dict[str, str]:
-  """Writes `MODEL_DIR/inference/<task>-<split>.jsonl` lines `{inputs, targets, prediction}`."""
+          allow_random_parameters: bool = False,
+          deltas_file: Optional[str] = None) -> Dict[str, str]:
+  """Writes `MODEL_DIR/inference/<task>-<split>.jsonl` lines `{inputs, targets, prediction}`.
+
+  `deltas_file` as in `evaluate`.
+  """
   fns, evaluator = _setup(mixture_or_task_name, mixture_or_task_module, task_feature_lengths,
                           initial_checkpoint_path, split, use_cached_tasks, num_examples, batch_size,
-                          allow_random_parameters)
+                          allow_random_parameters, deltas_file)
   out_dir = fs.join(model_dir, "inference")
   written = {}
   for task in evaluator.eval_tasks:

@@ -2,7 +2,11 @@
 
     build_run (tasks checked, model, mesh, backbone sharded + new variables)
     -> split trainable/frozen -> compile_train_step -> resume from MODEL_DIR if possible
-    -> loop: batch -> step -> log -> [eval] -> [checkpoint + prompt export]
+    -> loop: batch -> step -> log -> [eval] -> [checkpoint + prompt export + new-parameter export]
+
+Run folder: checkpoints/ (Orbax), prompts/step_N.npy, exports/step_N/ (every new
+parameter, `train.exports`), the plan's records (e.g. apet_selection.json,
+`train.run_records`), config.gin, train_summary.json, TensorBoard events.
 
 Nothing is written to MODEL_DIR until the configuration, the task, the data
 and the checkpoint shapes have been checked.
@@ -18,7 +22,7 @@ import optax
 from prompt_tuning import fs
 from prompt_tuning.errors import UserError
 from prompt_tuning.train import data as data_lib
-from prompt_tuning.train import config_check, evaluation, run_lock, summaries
+from prompt_tuning.train import config_check, evaluation, exports, run_lock, run_records, summaries
 from prompt_tuning.train.checkpoints import (RunCheckpoints, export_prompt, export_prompt_if_missing,
                                              load_tree, save_tree)
 from prompt_tuning.train.partitioning import check_batch_size
@@ -108,12 +112,18 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   compiled = compile_train_step(ctx, split, optimizer, num_microbatches)
   trainable, opt_state, frozen = split.trainable, compiled.opt_state, split.frozen
 
+  def export_info(step):
+    return {"step": step, "initial_checkpoint_path": initial_checkpoint_path,
+            "mixture_or_task_name": mixture_or_task_name, "trainable_patterns": list(split.patterns)}
+
   # ---- resume ----
   run_lock.acquire(model_dir)  # one writer per MODEL_DIR; released when train() ends or raises
   checkpoints = RunCheckpoints(model_dir, keep=keep_checkpoints)
   start_step, batches_consumed = 0, 0
+  records = run_records.model_records(ctx.model)
   if checkpoints.latest_step() is not None:
     config_check.check_config_unchanged(model_dir, allow_config_change)
+    run_records.check_records(model_dir, records)  # e.g. APET's positions: never resumed elsewhere
   abstract = {"trainable": abstract_arrays(trainable, split.trainable_shardings),
               "opt_state": abstract_arrays(opt_state, compiled.opt_shardings)}
   resumed = checkpoints.restore_latest(abstract)  # sets aside damaged newer steps
@@ -127,11 +137,14 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     print(f"resumed from {checkpoints.directory} at step {start_step}", flush=True)
     export_prompt_if_missing(model_dir, f"step_{start_step}",
                              ctx.exported_prompt(split.merged(trainable)))
+    exports.export_if_missing(model_dir, f"step_{start_step}", ctx.model,
+                              split.merged(trainable), export_info(start_step))
 
   batches = data_lib.batches(mixture_or_task_name, task_feature_lengths, train_split, local_batch,
                              seed=seed, skip_batches=batches_consumed,
                              use_cached=use_cached_tasks)
   fs.makedirs(model_dir)
+  run_records.write_records(model_dir, records)
   writer = summaries.Writer(model_dir)
   n_trainable, n_frozen = count_parameters(trainable), count_parameters(frozen)
   print(f"trainable parameters: {n_trainable:,} ({', '.join(split.patterns)}); frozen: "
@@ -146,15 +159,20 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     evaluator = evaluation.make_evaluator(eval_name, task_feature_lengths, eval_split,
                                           use_cached_tasks, eval_num_examples)
 
+  def export_all(name, step):
+    variables = split.merged(trainable)
+    value = ctx.exported_prompt(variables)
+    if value is not None:
+      export_prompt(model_dir, name, value)
+    exports.export_new_variables(model_dir, name, ctx.model, variables, export_info(step))
+
   def meta(step):
     return {"step": step, "batches_consumed": step, "initial_checkpoint_path": initial_checkpoint_path,
             "mixture_or_task_name": mixture_or_task_name, "trainable_patterns": list(split.patterns)}
 
   def save(step):
     checkpoints.save(step, {"trainable": trainable, "opt_state": opt_state}, meta(step))
-    value = ctx.exported_prompt(split.merged(trainable))
-    if value is not None:
-      export_prompt(model_dir, f"step_{step}", value)
+    export_all(f"step_{step}", step)
     summaries.write_history(model_dir, step, history, eval_history)
 
   eval_fns = None
@@ -204,9 +222,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       eval_metrics = evaluate(step)
       eval_history.append({"step": step, **eval_metrics})
       if early.improved(eval_metrics):
-        value = ctx.exported_prompt(split.merged(trainable))
-        if value is not None:
-          export_prompt(model_dir, "best", value)
+        export_all("best", step)
         save_tree(fs.join(model_dir, BEST_TRAINABLE), trainable)
         fs.write_json(fs.join(model_dir, BEST_RECORD),
                       {"step": step, "metric": early.metric, "value": early.best})

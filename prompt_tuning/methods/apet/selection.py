@@ -51,6 +51,8 @@ from prompt_tuning.models.deltas import DeltaPlan, Insertion
 from prompt_tuning.models.t5 import delta_sites
 
 FORMAT = "prompt_tuning.apet_selection/1"
+# The selection's record in a run directory (written by the trainer, see `DeltaPlan.records`).
+SELECTION_FILE = "apet_selection.json"
 OPERATIONS = ("add", "concat", "plug")
 
 
@@ -125,7 +127,8 @@ class Selection:
     for _, path, ins in self.entries:
       paths.setdefault(ins, []).append(path)
     return DeltaPlan(tuple(("(" + "|".join(re.escape(p) for p in ps) + ")", ins)
-                           for ins, ps in paths.items()))
+                           for ins, ps in paths.items()),
+                     records=((SELECTION_FILE, self.to_json()),))
 
   def to_json(self) -> str:
     return json.dumps({
@@ -231,33 +234,40 @@ def select(budget: int, config: T5Config, seed: int = 0,
 
 
 @gin.configurable
-def apet_deltas(model_config: T5Config, budget: Union[int, str] = gin.REQUIRED, seed: int = 0,
+def apet_deltas(model_config: T5Config, budget: Union[int, str, None] = None, seed: int = 0,
                 prefix_length: int = 8, adapter_bottleneck: int = 24,
                 concat_share: float = 1.0 / 3.0, plug_share: float = 1.0 / 3.0,
                 selection_file: Optional[str] = None) -> DeltaPlan:
   """The APET `DeltaPlan` for `model_config` (bind as `build_model.deltas = @apet_deltas`).
 
+  The plan carries its selection as a record (`SELECTION_FILE`), which the
+  trainer writes to MODEL_DIR.
+
   Args:
     model_config: the backbone's config (passed by `build_model`).
     budget: trainable parameters, or a method name (`lora`, `adapter`,
       `bitfit`, `prompt`, ...) meaning that method's count on this model at the
-      paper's settings, as in the paper's `--apet_scale`.
+      paper's settings, as in the paper's `--apet_scale`. Optional with a
+      `selection_file`; if given there, it must be that file's budget.
     seed: which random positions.
     prefix_length, adapter_bottleneck, concat_share, plug_share: see `Settings`.
-    selection_file: a `Selection.to_json` file (e.g. the one recorded in a run
-      directory); the plan is read from it, checked against the model config,
+    selection_file: a `Selection.to_json` file (e.g. `MODEL_DIR/apet_selection.json`
+      of a run); the plan is read from it, checked against the model config,
       instead of selected.
   """
+  if isinstance(budget, str):
+    from prompt_tuning.methods.apet.counts import count_parameters
+    budget = count_parameters(budget, model_config)
   if selection_file:
     import tensorflow as tf  # gfile: local paths and gs://
     if not tf.io.gfile.exists(selection_file):
       raise UserError(f"APET selection file {selection_file} does not exist; fix "
                       "apet_deltas.selection_file or unset it to select from budget and seed")
     with tf.io.gfile.GFile(selection_file) as f:
-      return Selection.from_json(f.read(), model_config, source=selection_file).plan()
-  if isinstance(budget, str):
-    from prompt_tuning.methods.apet.counts import count_parameters
-    budget = count_parameters(budget, model_config)
+      selection = Selection.from_json(f.read(), model_config, source=selection_file)
+    if budget is not None and budget != selection.budget:
+      raise UserError(f"APET selection file {selection_file} holds budget {selection.budget:,}, "
+                      f"not APET_BUDGET={budget:,}; unset APET_BUDGET or use the run's own file")
+    return selection.plan()
   settings = Settings(prefix_length, adapter_bottleneck, concat_share, plug_share)
   return select(budget, model_config, seed, settings).plan()
-

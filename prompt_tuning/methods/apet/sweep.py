@@ -1,0 +1,495 @@
+"""Parameter-budget sweeps (Su et al. 2023, §4): every PET method at budgets from ~1e2 up.
+
+    backbone (a backbone folder, or the demo's tiny T5 pretrained into MODEL_DIR/backbone)
+    -> chance: the frozen backbone on the task (every method starts there: identity at init)
+    -> full fine-tuning: one ordinary run, every parameter trainable
+    -> cells: method x budget (x APET seed), each an ordinary `trainer.train` run with gin
+       bindings in MODEL_DIR/cells/<cell>/, a done-marker `sweep_cell.json` when finished
+    -> MODEL_DIR/sweep.json (table, thresholds, spread) and MODEL_DIR/sweep.png
+
+A budget maps to each method's own knob (`method_setting`): prompt tuning
+`round(budget / d_model)` tokens, LoRA the rank whose count is nearest the budget
+(rank · per-rank count on the self-attention q, v), adapters the bottleneck likewise,
+APET the exact budget (one cell per selection seed). A cell whose method cannot come
+near the budget (fewer than one token or rank, a rank above the projection width, a
+prompt longer than `max_prompt_length`, more than APET's capacity) is listed as
+skipped with the reason. The x-axis is the trainable-parameter count each cell
+actually trained.
+
+Thresholds (`thresholds`), on the metric in [0, 1] over `n` held-out examples:
+  clearly above chance  mean ≥ chance + max(`low_margin`, 2·SE), SE the binomial
+                        standard error of the difference, sqrt(m(1-m)/n + c(1-c)/n);
+  low threshold         the smallest budget whose cell is clearly above chance
+                        (per method; "all methods": the smallest budget from which on
+                        every method that has a cell is);
+  high threshold        the smallest budget within `high_gap` (1 point = 0.01) of full
+                        fine-tuning.
+
+Resuming: rerunning the same command skips every cell with a done-marker, and a cell
+interrupted mid-run resumes from its own checkpoints (the trainer's resume).
+"""
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import gin
+import numpy as np
+
+from prompt_tuning import fs, gin_utils
+from prompt_tuning.errors import UserError
+from prompt_tuning.methods.apet import selection
+from prompt_tuning.methods.apet.counts import count_parameters
+from prompt_tuning.models.config import T5Config
+
+SUMMARY_FILE = "sweep.json"
+FIGURE_FILE = "sweep.png"
+CELL_MARKER = "sweep_cell.json"
+CHANCE_FILE = "chance.json"
+CELLS_DIR = "cells"
+METHODS = ("prompt", "lora", "adapter", "apet")
+# Gin files (under configs/) of each method, after the backbone bindings.
+METHOD_FILES = {
+    "prompt": ("runs/prompt_finetune.gin", "prompts/prompt.gin"),
+    "lora": ("runs/prompt_finetune.gin", "methods/lora.gin"),
+    "adapter": ("runs/prompt_finetune.gin", "methods/adapter.gin"),
+    "apet": ("runs/prompt_finetune.gin", "methods/apet.gin"),
+    "full_finetune": ("runs/prompt_finetune.gin", "methods/full_finetune.gin"),
+}
+
+
+class Skipped(Exception):
+  """A method cannot come near a budget; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One run of the sweep.
+
+  Attributes:
+    method: `prompt`, `lora`, `adapter`, `apet` or `full_finetune`.
+    budget: the nominal budget (trainable parameters asked for); 0 for full fine-tuning.
+    seed: APET's selection seed (0 otherwise).
+    setting: the method's knob, e.g. `{'rank': 4}`.
+    parameters: trainable parameters the cell trains.
+    bindings: the gin bindings that set the knob.
+  """
+  method: str
+  budget: int
+  seed: int
+  setting: Tuple[Tuple[str, int], ...]
+  parameters: int
+  bindings: Tuple[str, ...]
+
+  @property
+  def name(self) -> str:
+    if self.method == "full_finetune":
+      return "full_finetune"
+    return f"{self.method}_b{self.budget}" + (f"_s{self.seed}" if self.method == "apet" else "")
+
+
+def check_budgets(budgets: Sequence[Any], config: T5Config) -> List[int]:
+  """The budgets as ints; a one-line UserError for one that is not in [1, the backbone's size]."""
+  total = count_parameters("full_finetune", config)
+  out = []
+  for b in budgets:
+    ok = (isinstance(b, (int, float, np.integer, np.floating)) and not isinstance(b, bool)
+          and math.isfinite(b) and float(b).is_integer() and 1 <= b <= total)
+    if not ok:
+      raise UserError(f"sweep budget {b!r} is not a whole number of parameters from 1 to the "
+                      f"backbone's {total:,}; fix SWEEP_BUDGETS")
+    out.append(int(b))
+  if len(set(out)) != len(out):
+    raise UserError(f"SWEEP_BUDGETS {list(budgets)} repeats a budget; list each once")
+  return sorted(out)
+
+
+def _nearest(budget: int, count, low: int, high: int, what: str) -> int:
+  """The knob value in [low, high] whose count(value) is nearest `budget`."""
+  best = min(range(low, high + 1), key=lambda v: (abs(count(v) - budget), v))
+  if count(best) > 2 * budget or 2 * count(best) < budget:
+    raise Skipped(f"the nearest {what} ({best}) trains {count(best):,} parameters, more than "
+                  f"2x off the budget")
+  return best
+
+
+def method_setting(method: str, budget: int, config: T5Config, seed: int = 0,
+                   max_prompt_length: int = 150,
+                   apet_settings: selection.Settings = selection.Settings()) -> Cell:
+  """The cell of `method` at `budget`; raises Skipped when the method cannot come near it."""
+  e, j = config.emb_dim, config.num_heads * config.head_dim
+  if method == "prompt":
+    tokens = round(budget / e)
+    if tokens < 1:
+      raise Skipped(f"below one prompt token ({e:,} parameters)")
+    if tokens > max_prompt_length:
+      raise Skipped(f"{tokens} prompt tokens exceed the longest prompt, {max_prompt_length} "
+                    "(sweep.max_prompt_length, at most the input length)")
+    return Cell(method, budget, 0, (("tokens", tokens),), tokens * e,
+                (f"PROMPT_LENGTH = {tokens}",))
+  if method == "lora":
+    count = lambda r: count_parameters("lora", config, rank=r)  # noqa: E731
+    if budget < count(1) / 2:
+      raise Skipped(f"below rank 1 ({count(1):,} parameters)")
+    rank = _nearest(budget, count, 1, min(e, j), "rank")
+    # alpha / rank stays 2, the paper's 16 / 8.
+    return Cell(method, budget, 0, (("rank", rank),), count(rank),
+                (f"LORA_RANK = {rank}", f"LORA_ALPHA = {2.0 * rank}"))
+  if method == "adapter":
+    count = lambda m: count_parameters("adapter", config, bottleneck=m)  # noqa: E731
+    if budget < count(1) / 2:
+      raise Skipped(f"below bottleneck 1 ({count(1):,} parameters)")
+    m = _nearest(budget, count, 1, e, "bottleneck")
+    return Cell(method, budget, 0, (("bottleneck", m),), count(m), (f"ADAPTER_BOTTLENECK = {m}",))
+  if method == "apet":
+    capacity = selection.capacity(config, apet_settings)
+    if budget > capacity:
+      raise Skipped(f"above APET's capacity on this model ({capacity:,})")
+    return Cell(method, budget, seed, (("budget", budget), ("seed", seed)), budget,
+                (f"APET_BUDGET = {budget}", f"APET_SEED = {seed}"))
+  raise UserError(f"unknown sweep method {method!r}; choose from {list(METHODS)}")
+
+
+def plan_cells(methods: Sequence[str], budgets: Sequence[int], config: T5Config,
+               apet_seeds: Sequence[int], max_prompt_length: int
+               ) -> Tuple[List[Cell], List[Dict[str, Any]]]:
+  """(cells to run, skipped `{method, budget, reason}`), methods in order, budgets ascending."""
+  unknown = sorted(set(methods) - set(METHODS))
+  if unknown or not methods:
+    raise UserError(f"sweep methods {unknown or '[]'} are unknown; choose from {list(METHODS)} "
+                    "(SWEEP_METHODS)")
+  if "apet" in methods and not apet_seeds:
+    raise UserError("APET needs at least one selection seed; set sweep.apet_seeds")
+  cells, skipped = [], []
+  for method in methods:
+    for budget in budgets:
+      for seed in (apet_seeds if method == "apet" else (0,)):
+        try:
+          cells.append(method_setting(method, budget, config, seed, max_prompt_length))
+        except Skipped as why:
+          if seed == (apet_seeds[0] if method == "apet" else 0):
+            skipped.append({"method": method, "budget": budget, "reason": str(why)})
+  return cells, skipped
+
+
+# ---- results ----
+
+def _se(m: float, c: float, n: int) -> float:
+  return math.sqrt(max(m * (1 - m), 0.0) / n + max(c * (1 - c), 0.0) / n)
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], chance: float, full: Optional[float],
+              n_examples: int, low_margin: float = 0.05, high_gap: float = 0.01
+              ) -> Dict[str, Any]:
+  """Per method and budget: mean, sd and count of the metric; thresholds; spread.
+
+  Args:
+    rows: finished cells, `{method, budget, parameters, metric}`.
+    chance: the frozen backbone's metric.
+    full: full fine-tuning's metric (None: no high threshold).
+    n_examples: held-out examples behind each metric (for the standard error).
+    low_margin, high_gap: see the module doc.
+  """
+  points: Dict[str, List[Dict[str, Any]]] = {}
+  for method in sorted({r["method"] for r in rows}):
+    for budget in sorted({r["budget"] for r in rows if r["method"] == method}):
+      cell = [r for r in rows if r["method"] == method and r["budget"] == budget]
+      values = [r["metric"] for r in cell]
+      mean = float(np.mean(values))
+      points.setdefault(method, []).append({
+          "budget": budget, "parameters": float(np.mean([r["parameters"] for r in cell])),
+          "mean": mean, "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+          "runs": len(values),
+          "clearly_above_chance": mean >= chance + max(low_margin, 2 * _se(mean, chance,
+                                                                             n_examples)),
+          "near_full_finetune": full is not None and mean >= full - high_gap})
+  low = {m: next((p["budget"] for p in ps if p["clearly_above_chance"]), None)
+         for m, ps in points.items()}
+  high = {m: next((p["budget"] for p in ps if p["near_full_finetune"]), None)
+          for m, ps in points.items()}
+  budgets = sorted({p["budget"] for ps in points.values() for p in ps})
+  spread, all_above = {}, {}
+  for b in budgets:
+    here = [p for ps in points.values() for p in ps if p["budget"] == b]
+    spread[b] = max(p["mean"] for p in here) - min(p["mean"] for p in here) if len(here) > 1 \
+        else None
+    all_above[b] = all(p["clearly_above_chance"] for p in here)
+  overall_low = next((b for i, b in enumerate(budgets)
+                      if all(all_above[c] for c in budgets[i:])), None)
+  below = [spread[b] for b in budgets if spread[b] is not None
+           and (overall_low is None or b < overall_low)]
+  above = [spread[b] for b in budgets if spread[b] is not None
+           and overall_low is not None and b >= overall_low]
+  return {
+      "points": points, "low_threshold": low, "high_threshold": high,
+      "low_threshold_all_methods": overall_low,
+      "spread_by_budget": {str(b): s for b, s in spread.items()},
+      "mean_spread_below_low_threshold": float(np.mean(below)) if below else None,
+      "mean_spread_from_low_threshold": float(np.mean(above)) if above else None,
+      "definitions": {
+          "clearly_above_chance": f"mean >= chance + max({low_margin}, 2*sqrt(m(1-m)/n + "
+                                  f"c(1-c)/n)), n = {n_examples}",
+          "low_threshold": "smallest budget clearly above chance",
+          "high_threshold": f"smallest budget with mean >= full fine-tuning - {high_gap}",
+          "low_threshold_all_methods": "smallest budget from which on every method with a "
+                                       "cell is clearly above chance",
+          "spread": "max - min of the method means at one budget"},
+  }
+
+
+def format_table(summary: Mapping[str, Any]) -> str:
+  """The console/markdown table: one row per method and budget."""
+  metric = summary["metric"]
+  lines = [f"| method | budget | setting | trainable | {metric} (mean ± sd, runs) |",
+           "|---|---|---|---|---|"]
+  lines.append(f"| frozen backbone (chance) | – | – | 0 | {summary['chance']:.3f} |")
+  if summary.get("full_finetune") is not None:
+    ff = summary["full_finetune"]
+    lines.append(f"| full fine-tuning | – | – | {ff['parameters']:,} | {ff['metric']:.3f} |")
+  by_cell = {}
+  for row in summary["cells"]:
+    if row["method"] != "full_finetune":
+      by_cell.setdefault((row["method"], row["budget"]), []).append(row)
+  for method, ps in summary["thresholds"]["points"].items():
+    for p in ps:
+      rows = by_cell[(method, p["budget"])]
+      setting = ", ".join(f"{k} {v}" for k, v in rows[0]["setting"].items() if k != "seed")
+      if method == "apet":
+        setting = "seeds " + ",".join(str(r["setting"]["seed"]) for r in rows)
+      value = f"{p['mean']:.3f}" + (f" ± {p['sd']:.3f} ({p['runs']})" if p["runs"] > 1 else "")
+      lines.append(f"| {method} | {p['budget']:,} | {setting} | {int(p['parameters']):,} | "
+                   f"{value} |")
+  for s in summary["skipped"]:
+    lines.append(f"| {s['method']} | {s['budget']:,} | skipped: {s['reason']} | – | – |")
+  return "\n".join(lines)
+
+
+def plot(path: str, summary: Mapping[str, Any]) -> None:
+  """Metric vs trainable parameters (log x) per method; APET mean ± sd; chance and full FT."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for method, ps in summary["thresholds"]["points"].items():
+    x = [p["parameters"] for p in ps]
+    y = [p["mean"] for p in ps]
+    if method == "apet":
+      ax.errorbar(x, y, yerr=[p["sd"] for p in ps], marker="o", capsize=3,
+                  label=f"APET (mean ± sd over {max(p['runs'] for p in ps)} seeds)")
+    else:
+      ax.plot(x, y, marker="o", label=method)
+  ax.axhline(summary["chance"], color="grey", linestyle="--", label="chance (frozen backbone)")
+  if summary.get("full_finetune") is not None:
+    ff = summary["full_finetune"]
+    ax.axhline(ff["metric"], color="black", linestyle=":",
+               label=f"full fine-tuning ({ff['parameters']:,} parameters)")
+  low = summary["thresholds"]["low_threshold_all_methods"]
+  if low is not None:
+    ax.axvline(low, color="tab:red", alpha=0.3, label=f"low threshold (all methods), budget {low:,}")
+  ax.set(xscale="log", xlabel="trainable parameters", ylabel=f"held-out {summary['metric']}",
+         ylim=(-0.02, 1.02), title=f"{summary['task']}: {summary['steps']} steps per run")
+  ax.legend(fontsize=8, loc="best")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+# ---- running ----
+
+def _duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _final_metric(summary: Mapping[str, Any], key: str) -> float:
+  values = [h[key] for h in summary.get("eval_history", []) if key in h]
+  if not values:
+    raise UserError(f"the run in {summary.get('model_dir')} reported no {key}; check "
+                    "sweep.metric against the task's metrics")
+  return float(values[-1])
+
+
+def _frozen_backbone_metric(backbone_dir: str, task: str, task_module: str,
+                            feature_lengths: Mapping[str, int], metric_key: str,
+                            num_examples: Optional[int]) -> float:
+  """The frozen backbone (no new parameters) on the task: every method's starting point."""
+  from prompt_tuning.io.backbone import load_backbone_config
+  from prompt_tuning.models.t5 import T5
+  from prompt_tuning.train import evaluation
+  from prompt_tuning.train.run_setup import build_run
+  gin.clear_config()
+  ctx = build_run(initial_checkpoint_path=backbone_dir, mixture_or_task_names=[task],
+                  mixture_or_task_module=[task_module],
+                  model=T5(load_backbone_config(backbone_dir)))
+  evaluator = evaluation.make_evaluator(task, feature_lengths, "validation", False, num_examples)
+  fns = evaluation.EvalModelFns(ctx.model, ctx.partitioner, ctx.variables, ctx.shardings,
+                                max_decode_length=feature_lengths["targets"])
+  return float(evaluation.run_evaluation(evaluator, fns, step=0)[metric_key])
+
+
+@gin.configurable
+def run_sweep(model_dir: str = gin.REQUIRED, budgets: Sequence[float] = gin.REQUIRED,
+              methods: Sequence[str] = METHODS, apet_seeds: Sequence[int] = (0, 1, 2),
+              initial_checkpoint_path: Optional[str] = None,
+              task: str = "demo_bare_increment", task_module: str = "prompt_tuning.demo.tasks",
+              task_feature_lengths: Optional[Mapping[str, int]] = None, steps: int = 300,
+              batch_size: int = 32, metric: str = "exact_match",
+              eval_num_examples: Optional[int] = None, held_out_examples: Optional[int] = None,
+              full_finetune: bool = True, max_prompt_length: int = 150,
+              low_margin: float = 0.05, high_gap: float = 0.01, seed: int = 0,
+              pretrain_steps: int = 800, pretrain_batch_size: int = 64,
+              pretrain_learning_rate: float = 3e-3, extra_bindings: Sequence[str] = (),
+              method_bindings: Optional[Mapping[str, Sequence[str]]] = None) -> Dict[str, Any]:
+  """Runs (or resumes) the sweep; returns and writes `MODEL_DIR/sweep.json` and `sweep.png`.
+
+  Args:
+    model_dir: output folder (`backbone/`, `cells/<cell>/`, `sweep.json`, `sweep.png`).
+    budgets: trainable-parameter budgets, each a whole number from 1 to the backbone's size.
+    methods: any of `prompt`, `lora`, `adapter`, `apet`.
+    apet_seeds: APET's selection seeds (one cell each per budget).
+    initial_checkpoint_path: a backbone folder (`prompt-tuning convert`); None pretrains the
+      demo's tiny T5 1.1 into MODEL_DIR/backbone (reused when present).
+    task, task_module: the SeqIO task tuned (and its registering module).
+    task_feature_lengths: `{'inputs': L, 'targets': Lt}`.
+    steps, batch_size: of every run (including full fine-tuning).
+    metric: the task's metric name (`<task>/<metric>` in the eval results), in [0, 1].
+    eval_num_examples: held-out examples evaluated (None: the whole validation split).
+    held_out_examples: how many examples that is (for the standard error); None: the
+      validation split's size as SeqIO reports it, or eval_num_examples.
+    full_finetune: also run full fine-tuning (the reference of the high threshold).
+    max_prompt_length: longest prompt a budget may ask for (capped at the input length).
+    low_margin, high_gap: threshold definitions, see the module doc.
+    seed: every run's RANDOM_SEED (APET's positions come from `apet_seeds`).
+    pretrain_*: the demo backbone's pretraining (`demo.pretrain.pretrain_backbone`).
+    extra_bindings: gin bindings appended to every run.
+    method_bindings: `{method: [bindings]}` appended to that method's runs
+      (`full_finetune` included), e.g. learning rates.
+  """
+  from prompt_tuning.demo import experiment, tasks
+  from prompt_tuning.demo.pretrain import pretrain_backbone
+  from prompt_tuning.io.backbone import CONFIG_FILE, load_backbone_config
+  from prompt_tuning.train import data as data_lib
+  from prompt_tuning.train import trainer
+  feature_lengths = dict(task_feature_lengths or {"inputs": 16, "targets": 8})
+  model_dir = fs.absolute(model_dir)
+  if initial_checkpoint_path:
+    backbone_dir = initial_checkpoint_path
+    config = load_backbone_config(backbone_dir)
+  else:
+    backbone_dir = os.path.join(model_dir, "backbone")
+    config = experiment.demo_backbone()
+  budget_list = check_budgets(budgets, config)
+  # The project's prompts fit inside the input length (`data.validate_feature_lengths`).
+  max_prompt_length = min(max_prompt_length, feature_lengths["inputs"])
+  cells, skipped = plan_cells(methods, budget_list, config, list(apet_seeds), max_prompt_length)
+  data_lib.import_task_modules([task_module])
+  data_lib.get_mixture_or_task(task)
+  metric_key = f"{task}/{metric}"
+  os.makedirs(model_dir, exist_ok=True)
+
+  if not initial_checkpoint_path and not os.path.exists(os.path.join(backbone_dir, CONFIG_FILE)):
+    print(f"pretraining the demo backbone ({pretrain_steps} steps) into {backbone_dir}", flush=True)
+    pretrain_backbone(backbone_dir, config, tasks.PRETRAIN_MIXTURE, feature_lengths,
+                      pretrain_steps, pretrain_batch_size, pretrain_learning_rate, seed=seed)
+  config = load_backbone_config(backbone_dir)
+
+  chance_file = os.path.join(model_dir, CHANCE_FILE)
+  chance_record = fs.read_json(chance_file)
+  if chance_record is None or chance_record.get("task") != task:
+    value = _frozen_backbone_metric(backbone_dir, task, task_module, feature_lengths, metric_key,
+                                    eval_num_examples)
+    chance_record = {"task": task, "metric": metric_key, "value": value}
+    fs.write_json(chance_file, chance_record)
+  chance = float(chance_record["value"])
+  print(f"chance (frozen backbone on {task}): {metric} {chance:.3f}", flush=True)
+  if held_out_examples is None:
+    held_out_examples = eval_num_examples or _split_size(task)
+
+  common = [
+      *experiment.config_bindings(config),
+      f"MIXTURE_OR_TASK_NAME = {task!r}", f"MIXTURE_OR_TASK_MODULE = {task_module!r}",
+      f"INITIAL_CHECKPOINT_PATH = {backbone_dir!r}",
+      f"TASK_FEATURE_LENGTHS = {feature_lengths!r}", f"TRAIN_STEPS = {steps}",
+      f"BATCH_SIZE = {batch_size}", f"EVAL_PERIOD = {steps}", f"CHECKPOINT_PERIOD = {steps}",
+      f"RANDOM_SEED = {seed}", "train.keep_checkpoints = 1", "train.log_every = 100",
+      f"train.eval_num_examples = {eval_num_examples!r}",
+  ]
+  if full_finetune:
+    total = count_parameters("full_finetune", config)
+    cells = [Cell("full_finetune", 0, 0, (), total, ())] + cells
+  for s in skipped:
+    print(f"skipping {s['method']} at budget {s['budget']:,}: {s['reason']}", flush=True)
+
+  rows, walls = [], []
+  start = time.time()
+  for i, cell in enumerate(cells, 1):
+    run_dir = os.path.join(model_dir, CELLS_DIR, cell.name)
+    marker = os.path.join(run_dir, CELL_MARKER)
+    label = (f"[{i}/{len(cells)}] {cell.name} "
+             f"({', '.join(f'{k} {v}' for k, v in cell.setting) or 'all parameters'}; "
+             f"{cell.parameters:,} trainable)")
+    done = fs.read_json(marker)
+    if done is not None:
+      rows.append(done)
+      print(f"{label}: done before, {metric} {done['metric']:.3f}", flush=True)
+      continue
+    print(f"{label}: training", flush=True)
+    bindings = [*common, f"MODEL_DIR = {run_dir!r}", *cell.bindings, *extra_bindings,
+                *(method_bindings or {}).get(cell.method, ())]
+    if cell.method != "prompt":
+      bindings.append("build_model.prompt = None")
+    t0 = time.time()
+    gin_utils.parse(list(METHOD_FILES[cell.method]), bindings)
+    summary = gin_utils.call(trainer.train)
+    wall = time.time() - t0
+    if summary["trainable_parameters"] != cell.parameters:
+      raise UserError(f"cell {cell.name} trained {summary['trainable_parameters']:,} parameters, "
+                      f"not the planned {cell.parameters:,}; check sweep.method_bindings")
+    row = {"method": cell.method, "budget": cell.budget, "seed": cell.seed,
+           "setting": dict(cell.setting), "parameters": cell.parameters,
+           "metric": _final_metric(summary, metric_key), "steps": int(summary["final_step"]),
+           "wall_s": round(wall, 1), "run_dir": run_dir}
+    fs.write_json(marker, row)
+    rows.append(row)
+    walls.append(wall)
+    left = len(cells) - i
+    eta = _duration(np.mean(walls) * left) if left else "0m00s"
+    print(f"{label}: {metric} {row['metric']:.3f} in {wall:.0f}s | {i}/{len(cells)} cells, "
+          f"{_duration(time.time() - start)} so far, ETA {eta}", flush=True)
+
+  full = next((r for r in rows if r["method"] == "full_finetune"), None)
+  tuned = [r for r in rows if r["method"] != "full_finetune"]
+  summary = {
+      "task": task, "metric": metric, "steps": steps, "batch_size": batch_size,
+      "backbone": {"path": backbone_dir, "config": config.to_dict(),
+                   "parameters": count_parameters("full_finetune", config)},
+      "held_out_examples": held_out_examples, "chance": chance,
+      "full_finetune": ({"metric": full["metric"], "parameters": full["parameters"]}
+                        if full else None),
+      "budgets": budget_list, "apet_seeds": list(apet_seeds), "cells": rows, "skipped": skipped,
+      "thresholds": summarize(tuned, chance, full["metric"] if full else None, held_out_examples,
+                              low_margin, high_gap),
+  }
+  figure = os.path.join(model_dir, FIGURE_FILE)
+  plot(figure, summary)
+  summary["figure"] = figure
+  fs.write_json(os.path.join(model_dir, SUMMARY_FILE), summary)
+  print("\n" + format_table(summary))
+  t = summary["thresholds"]
+  print(f"\nlow threshold (clearly above chance): {t['low_threshold']}; all methods: "
+        f"{t['low_threshold_all_methods']}\nhigh threshold (within {high_gap} of full "
+        f"fine-tuning): {t['high_threshold']}\nsummary: {os.path.join(model_dir, SUMMARY_FILE)}; "
+        f"figure: {figure}", flush=True)
+  return summary
+
+
+def _split_size(task: str) -> int:
+  import seqio
+  t = seqio.get_mixture_or_task(task)
+  try:
+    return int(t.num_input_examples("validation"))
+  except Exception:  # a source without counts
+    raise UserError(f"task {task} does not report its validation size; set "
+                    "sweep.held_out_examples") from None

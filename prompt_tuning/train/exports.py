@@ -1,0 +1,193 @@
+"""Exports of a run's new parameters: small self-describing checkpoints that eval and export load.
+
+A run checkpoint (Orbax) holds the trainable tree and its optimizer state;
+what a user takes away is smaller: every variable the model defines beyond
+the backbone (LoRA pairs, adapters, biases, prefixes, the prompt and its
+reparameterization, masks), written by the trainer next to each checkpoint:
+
+    MODEL_DIR/exports/<step_N | best>/
+      deltas.safetensors   "<collection>/<parameter path>" -> array, e.g.
+                           "params/encoder/layers_0/attention/query/lora/a" [E, r]
+      export.json          what they are: format, step, methods, the delta plan
+                           (regexes and insertion settings), prompt length, the
+                           backbone's model config and path, trainable patterns,
+                           every tensor's shape and dtype, the records below
+      <records>            the plan's records, e.g. apet_selection.json
+
+`prompt-tuning eval` loads one with `DELTAS_FILE` (configs/runs/deltas_eval.gin)
+on a model built with the same method gin files (for APET:
+`APET_SELECTION_FILE` = the copied `apet_selection.json`); `prompt-tuning
+export --deltas` turns a LoRA export into a Hugging Face PEFT adapter. Arrays
+are read with safetensors, never unpickled.
+"""
+import json
+import os
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import flax
+import numpy as np
+
+from prompt_tuning import fs
+from prompt_tuning.errors import UserError
+from prompt_tuning.train.initialize import BACKBONE_COLLECTION, backbone_paths
+from prompt_tuning.train.partitioning import to_host
+
+EXPORTS_DIR = "exports"
+TENSORS_FILE = "deltas.safetensors"
+DESCRIPTION_FILE = "export.json"
+FORMAT = "prompt_tuning.export/1"
+Variables = Dict[str, Any]
+
+
+def _flat(tree: Any) -> Dict[str, Any]:
+  return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/")
+
+
+def new_variable_paths(model: Any, variables: Variables) -> List[str]:
+  """`<collection>/<path>` of every variable of `variables` outside `model`'s backbone."""
+  backbone = backbone_paths(model.config)
+  out = []
+  for collection, tree in variables.items():
+    for path in _flat(tree):
+      if collection != BACKBONE_COLLECTION or path not in backbone:
+        out.append(f"{collection}/{path}")
+  return sorted(out)
+
+
+def plan_to_json(plan: Any) -> List[Dict[str, Any]]:
+  """A `DeltaPlan`'s rules as JSON: `[{'modules': regex, 'insertion': {op, fields}}]`."""
+  if not plan:
+    return []
+  from prompt_tuning.methods.apet.ops import insertion_to_dict
+  return [{"modules": regex, "insertion": insertion_to_dict(ins)} for regex, ins in plan.rules]
+
+
+def methods_of(model: Any) -> List[str]:
+  """The kinds of new parameters `model` has: insertion ops, `prompt`, extras' names."""
+  ops = {type(ins).op for _, ins in (model.deltas.rules if model.deltas else ())}
+  if model.prompt is not None:
+    ops.add("prompt")
+  ops.update(name for name, _ in (model.extras or ()))
+  return sorted(ops)
+
+
+def export_dir(model_dir: str, name: str) -> str:
+  return fs.join(model_dir, EXPORTS_DIR, name)
+
+
+def export_new_variables(model_dir: str, name: str, model: Any, variables: Variables,
+                         info: Dict[str, Any]) -> Optional[str]:
+  """Writes `MODEL_DIR/exports/<name>/` on the first host; its path, or None without new variables.
+
+  Args:
+    model_dir: the run folder.
+    name: `step_N` or `best`.
+    model: the run's `T5`.
+    variables: all of the run's variables (sharded arrays are gathered).
+    info: extra description fields (step, initial_checkpoint_path, trainable_patterns).
+  """
+  from safetensors.numpy import save
+  paths = new_variable_paths(model, variables)
+  if not paths:
+    return None
+  flat = {f"{c}/{p}": v for c, tree in variables.items() for p, v in _flat(tree).items()}
+  tensors = {}
+  for key in paths:
+    value = to_host(flat[key])
+    if value.dtype.name == "bfloat16":  # not a numpy dtype safetensors.numpy writes
+      value = value.astype(np.float32)
+    tensors[key] = np.ascontiguousarray(value)
+  records = dict(getattr(model.deltas, "records", ()) or ())
+  description = {
+      "format": FORMAT, **info, "methods": methods_of(model),
+      "plan": plan_to_json(model.deltas),
+      "prompt_length": int(getattr(model.prompt, "length", 0) or 0),
+      "model_config": model.config.to_dict(),
+      "tensors": {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in tensors.items()},
+      "records": sorted(records),
+  }
+  out = export_dir(model_dir, name)
+  fs.makedirs(out)
+  for record, text in records.items():
+    fs.write_on_first_host(fs.join(out, record), lambda f, text=text: f.write(text.encode()))
+  fs.write_on_first_host(fs.join(out, TENSORS_FILE), lambda f: f.write(save(tensors)))
+  # The description last: a folder without it is an interrupted export.
+  fs.write_json(fs.join(out, DESCRIPTION_FILE), description)
+  return out
+
+
+def export_if_missing(model_dir: str, name: str, model: Any, variables: Variables,
+                      info: Dict[str, Any]) -> Optional[str]:
+  """`export_new_variables` unless `exports/<name>/export.json` exists (a resume after a kill)."""
+  if fs.exists(fs.join(export_dir(model_dir, name), DESCRIPTION_FILE)):
+    return None
+  return export_new_variables(model_dir, name, model, variables, info)
+
+
+def read_export(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+  """(tensors by `<collection>/<path>`, description) of an export folder or its safetensors file."""
+  from safetensors.numpy import load
+  if not fs.exists(path):
+    raise UserError(f"DELTAS_FILE {path} does not exist; pass an export folder "
+                    f"MODEL_DIR/{EXPORTS_DIR}/step_N of the run")
+  folder = path if fs.isdir(path) else os.path.dirname(path)
+  tensors_file = fs.join(folder, TENSORS_FILE) if fs.isdir(path) else path
+  description_file = fs.join(folder, DESCRIPTION_FILE)
+  for f in (tensors_file, description_file):
+    if not fs.exists(f):
+      raise UserError(f"{f} does not exist; DELTAS_FILE must be an export folder "
+                      f"MODEL_DIR/{EXPORTS_DIR}/step_N (or its {TENSORS_FILE})")
+  try:
+    description = json.loads(fs.read_bytes(description_file))
+  except ValueError:
+    raise UserError(f"{description_file} is not valid JSON; re-export the run") from None
+  if not isinstance(description, dict) or description.get("format") != FORMAT:
+    raise UserError(f"{description_file} is not a prompt_tuning export (format {FORMAT!r})")
+  try:
+    tensors = load(fs.read_bytes(tensors_file))
+  except Exception as e:  # safetensors raises its own error types for damaged files
+    raise UserError(f"cannot read {tensors_file} ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''}); re-export the run") from None
+  return tensors, description
+
+
+def loading_edit(path: str, model: Any) -> Tuple[Callable[[Variables], Variables], Tuple[str, ...]]:
+  """(edit of freshly initialized variables that puts the export's values in, loaded paths).
+
+  The edit is `build_run`'s `edit_initial_variables`. The export must have
+  been made for this model: the same backbone config, delta plan, prompt
+  length, and a tensor of the right shape for every path it holds.
+
+  Returns:
+    the edit and the parameter paths (within `params`) it loads.
+  """
+  tensors, d = read_export(path)
+  if d.get("model_config") != model.config.to_dict():
+    raise UserError(f"{path} was trained on another backbone config; use the backbone in its "
+                    f"export.json ({d.get('initial_checkpoint_path')})")
+  if d.get("plan", []) != plan_to_json(model.deltas):
+    want = ", ".join(sorted({r["insertion"]["op"] for r in d.get("plan", [])})) or "none"
+    raise UserError(f"{path} holds a run with other deltas (ops: {want}) than this model; add "
+                    "the run's method gin file and settings (APET: APET_SELECTION_FILE from the "
+                    "export folder), as in its export.json")
+
+  def edit(variables: Variables) -> Variables:
+    flat = {(c, p): v for c, tree in variables.items() for p, v in _flat(tree).items()}
+    for key, value in tensors.items():
+      collection, _, name = key.partition("/")
+      target = flat.get((collection, name))
+      if target is None:
+        raise UserError(f"{path} holds {key}, which this model does not have; build the model "
+                        "with the run's gin files (see its export.json)")
+      if tuple(target.shape) != tuple(value.shape):
+        raise UserError(f"{path}: {key} has shape {tuple(value.shape)}, the model expects "
+                        f"{tuple(target.shape)}; use the run's settings (see its export.json)")
+      flat[(collection, name)] = np.asarray(value, target.dtype)
+    out: Variables = {}
+    for (collection, name), value in flat.items():
+      out.setdefault(collection, {})[name] = value
+    return {c: flax.traverse_util.unflatten_dict(t, sep="/") for c, t in out.items()}
+
+  loaded = tuple(sorted(k.partition("/")[2] for k in tensors
+                        if k.startswith(BACKBONE_COLLECTION + "/")))
+  return edit, loaded

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from prompt_tuning import checks
 from prompt_tuning.errors import UserError
 
 
@@ -19,15 +20,28 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-  from prompt_tuning.io import backbone, hf, peft
-  try:
-    prompt = np.load(args.prompt, allow_pickle=False)
-  except FileNotFoundError:
-    raise UserError(f"prompt file {args.prompt} does not exist; see MODEL_DIR/prompts/") from None
+  from prompt_tuning.io import backbone, hf, npy, peft
+  # Everything is checked before the first file is written.
+  checks.output_dir(args.output, "--output")
+  if os.path.exists(os.path.join(args.output, peft.CONFIG)):
+    raise UserError(f"--output {args.output} already holds a PEFT adapter; choose a new folder")
+  if args.hf_output:
+    checks.output_dir(args.hf_output, "--hf_output")
+    if os.path.exists(os.path.join(args.hf_output, hf.CONFIG_FILE)):
+      raise UserError(f"--hf_output {args.hf_output} already holds a model; choose a new folder")
+  prompt = npy.load_array(args.prompt, "prompt file",
+                          "pass a prompt exported by training, e.g. MODEL_DIR/prompts/step_N.npy")
+  if not np.all(np.isfinite(prompt)):
+    raise UserError(f"prompt file {args.prompt} holds NaN or infinite values (a diverged run?); "
+                    "export a prompt from a step before the divergence")
   config = backbone.load_backbone_config(args.checkpoint)
+  if prompt.ndim != 2 or prompt.shape[1] != config.emb_dim:
+    raise UserError(f"prompt file {args.prompt} has shape {prompt.shape}, but backbone "
+                    f"{args.checkpoint} needs [length, {config.emb_dim}]; export a prompt tuned "
+                    "on this backbone")
+  params = backbone.load_backbone(args.checkpoint)[1] if args.hf_output else None
   peft.save_peft_prompt(args.output, prompt, config, base_model_name_or_path=args.hf_output)
   if args.hf_output:
-    _, params = backbone.load_backbone(args.checkpoint)
     hf.save_hf(args.hf_output, config, params)
   print(f"wrote PEFT adapter {os.path.abspath(args.output)} ({prompt.shape[0]} virtual tokens)"
         + (f" and Hugging Face backbone {args.hf_output}" if args.hf_output else ""))

@@ -11,9 +11,10 @@ import flax
 import gin
 import numpy as np
 
-from prompt_tuning import fs
+from prompt_tuning import checks, fs
 from prompt_tuning.errors import UserError
 from prompt_tuning.prompts.ensemble import PromptEnsemble
+from prompt_tuning.train import data as data_lib
 from prompt_tuning.train import evaluation, summaries
 from prompt_tuning.train.initialize import backbone_paths
 from prompt_tuning.train.run_setup import RunContext, build_run
@@ -59,6 +60,17 @@ def load_run(mixture_or_task_name: str, mixture_or_task_module: Optional[Sequenc
   return ctx
 
 
+def _check_arguments(command: str, model_dir, mixture_or_task_name, mixture_or_task_module, split,
+                     batch_size, num_examples) -> None:
+  """The cheap checks of eval/infer arguments, before the model is built or anything written."""
+  checks.output_dir(model_dir, "MODEL_DIR")
+  checks.positive_int(batch_size, f"BATCH_SIZE ({command}.batch_size)", "--gin.BATCH_SIZE=32")
+  checks.optional_positive_int(num_examples, f"{command}.num_examples",
+                               f"--gin.{command}.num_examples=100")
+  data_lib.import_task_modules(mixture_or_task_module)
+  data_lib.check_split(mixture_or_task_name, split, f"EVAL_SPLIT ({command}.split)")
+
+
 def _setup(mixture_or_task_name, mixture_or_task_module, task_feature_lengths,
            initial_checkpoint_path, split, use_cached, num_examples, batch_size,
            allow_random_parameters):
@@ -85,6 +97,8 @@ def evaluate(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.R
   `allow_random_parameters=True` evaluates a prompt (or other new parameters)
   that was not loaded from a file: only ever on purpose, e.g. as a baseline.
   """
+  _check_arguments("evaluate", model_dir, mixture_or_task_name, mixture_or_task_module, split,
+                   batch_size, num_examples)
   fns, evaluator = _setup(mixture_or_task_name, mixture_or_task_module, task_feature_lengths,
                           initial_checkpoint_path, split, use_cached_tasks, num_examples, batch_size,
                           allow_random_parameters)
@@ -109,6 +123,8 @@ def infer(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           num_examples: Optional[int] = None,
           allow_random_parameters: bool = False) -> Dict[str, str]:
   """Writes `MODEL_DIR/inference/<task>-<split>.jsonl` lines `{inputs, targets, prediction}`."""
+  _check_arguments("infer", model_dir, mixture_or_task_name, mixture_or_task_module, split,
+                   batch_size, num_examples)
   fns, evaluator = _setup(mixture_or_task_name, mixture_or_task_module, task_feature_lengths,
                           initial_checkpoint_path, split, use_cached_tasks, num_examples, batch_size,
                           allow_random_parameters)

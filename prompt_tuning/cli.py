@@ -87,6 +87,13 @@ def split_gin_flags(argv: Sequence[str]) -> tuple[List[str], List[str]]:
   return rest, bindings
 
 
+class _Parser(argparse.ArgumentParser):
+  """An argument parser whose errors are one `error:` line, like every other failure."""
+
+  def error(self, message: str):
+    raise UserError(f"{self.prog}: {message}; see '{self.prog} --help'")
+
+
 def _quiet_native_logging():
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
@@ -131,7 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   if not any(a in ("-h", "--help") for a in argv[1:]):
     _import_tensorflow_quietly()
   module = command_module(name)
-  cmd_parser = argparse.ArgumentParser(prog=f"prompt-tuning {name}", description=COMMANDS[name])
+  cmd_parser = _Parser(prog=f"prompt-tuning {name}", description=COMMANDS[name])
   module.add_arguments(cmd_parser)
   try:
     rest, bindings = split_gin_flags(argv[1:])

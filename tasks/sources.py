@@ -124,7 +124,10 @@ class TextSource(seqio.DataSource):
     self._features = features
     self._train_fn = train_fn
     self._label_names = tuple(label_names) if label_names else None
-    self._tfds = seqio.TfdsDataSource(tfds_name, splits=self._split_map) if tfds_name else None
+    # read_only: TFDS never downloads here. Offline, a download retries for
+    # minutes and leaves stub folders; `tfds build` prepares data on purpose.
+    self._tfds = (seqio.TfdsDataSource(tfds_name, splits=self._split_map, read_only=True)
+                  if tfds_name else None)
 
   @property
   def supports_arbitrary_sharding(self) -> bool:
@@ -161,6 +164,16 @@ class TextSource(seqio.DataSource):
           f"(local_data_dir.path) or ${DATA_DIR_ENV} to their parent directory")
     return None
 
+  def _not_prepared_message(self) -> str:
+    builder = self._tfds.tfds_dataset.builder
+    name = self._tfds_name.split(":")[0]
+    where = (f"${DATA_DIR_ENV}/{self._local.folder}/ ({', '.join(self._local.files.values())})"
+             if self._local else None)
+    return (f"TFDS dataset {self._tfds_name} is not prepared in {builder.data_dir_root} "
+            f"(nothing is downloaded automatically); prepare it with `tfds build {name} "
+            f"--data_dir={builder.data_dir_root}` where there is network access, then set "
+            f"TFDS_DATA_DIR" + (f", or put the official files in {where}" if where else ""))
+
   def _check_split(self, split: str):
     if split not in self._split_map:
       raise UserError(f"split {split!r} is not available here; choose one of "
@@ -189,7 +202,10 @@ class TextSource(seqio.DataSource):
     self._check_split(split)
     data_dir = self._local_dir()
     if data_dir is None:
-      return self._tfds.get_dataset(split, shuffle=shuffle, seed=seed, shard_info=shard_info)
+      try:
+        return self._tfds.get_dataset(split, shuffle=shuffle, seed=seed, shard_info=shard_info)
+      except AssertionError:  # TFDS: "could not find data in ..." (not prepared)
+        raise UserError(self._not_prepared_message()) from None
     ds = self._local_dataset(data_dir, split)
     if shard_info:
       ds = ds.shard(shard_info.num_shards, shard_info.index)

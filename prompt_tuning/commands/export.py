@@ -11,6 +11,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
+from prompt_tuning import checks
 from prompt_tuning.errors import UserError
 
 
@@ -23,6 +24,16 @@ def add_arguments(parser) -> None:
   parser.add_argument("--output", required=True, help="new folder for the PEFT adapter")
   parser.add_argument("--hf_output", default=None,
                       help="also write the backbone as a Hugging Face T5 folder here")
+
+
+def _check_prompt(prompt: np.ndarray, source: str, config, checkpoint: str) -> None:
+  if not np.all(np.isfinite(prompt)):
+    raise UserError(f"prompt file {source} holds NaN or infinite values (a diverged run?); "
+                    "export a prompt from a step before the divergence")
+  if prompt.ndim != 2 or prompt.shape[1] != config.emb_dim:
+    raise UserError(f"prompt file {source} has shape {prompt.shape}, but backbone "
+                    f"{checkpoint} needs [length, {config.emb_dim}]; export a prompt tuned "
+                    "on this backbone")
 
 
 def lora_pairs(tensors: Dict[str, np.ndarray], description: Dict, source: str
@@ -53,13 +64,21 @@ def lora_pairs(tensors: Dict[str, np.ndarray], description: Dict, source: str
 
 
 def run(args) -> int:
-  from prompt_tuning.io import backbone, hf, peft
+  from prompt_tuning.io import backbone, hf, npy, peft
+  # Everything is checked before the first file is written.
+  checks.output_dir(args.output, "--output")
+  if os.path.exists(os.path.join(args.output, peft.CONFIG)):
+    raise UserError(f"--output {args.output} already holds a PEFT adapter; choose a new folder")
+  if args.hf_output:
+    checks.output_dir(args.hf_output, "--hf_output")
+    if os.path.exists(os.path.join(args.hf_output, hf.CONFIG_FILE)):
+      raise UserError(f"--hf_output {args.hf_output} already holds a model; choose a new folder")
   config = backbone.load_backbone_config(args.checkpoint)
+  params = backbone.load_backbone(args.checkpoint)[1] if args.hf_output else None
   if args.prompt:
-    try:
-      prompt = np.load(args.prompt, allow_pickle=False)
-    except FileNotFoundError:
-      raise UserError(f"prompt file {args.prompt} does not exist; see MODEL_DIR/prompts/") from None
+    prompt = npy.load_array(args.prompt, "prompt file",
+                            "pass a prompt exported by training, e.g. MODEL_DIR/prompts/step_N.npy")
+    _check_prompt(prompt, args.prompt, config, args.checkpoint)
     peft.save_peft_prompt(args.output, prompt, config, base_model_name_or_path=args.hf_output)
     what = f"{prompt.shape[0]} virtual tokens"
   else:
@@ -71,6 +90,7 @@ def run(args) -> int:
                       f"({description.get('initial_checkpoint_path')})")
     if set(tensors) == {"params/prompt/prompt"} and not description.get("plan"):
       prompt = tensors["params/prompt/prompt"]
+      _check_prompt(prompt, args.deltas, config, args.checkpoint)
       peft.save_peft_prompt(args.output, prompt, config, base_model_name_or_path=args.hf_output)
       what = f"{prompt.shape[0]} virtual tokens"
     else:
@@ -80,7 +100,6 @@ def run(args) -> int:
       what = (f"LoRA r={rank} alpha={adapter['lora_alpha']} on {len(pairs)} modules, "
               f"target_modules {adapter['target_modules'] if len(adapter['target_modules']) < 5 else '[...]'}")
   if args.hf_output:
-    _, params = backbone.load_backbone(args.checkpoint)
     hf.save_hf(args.hf_output, config, params)
   print(f"wrote PEFT adapter {os.path.abspath(args.output)} ({what})"
         + (f" and Hugging Face backbone {args.hf_output}" if args.hf_output else ""))

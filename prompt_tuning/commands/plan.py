@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from jax.sharding import PartitionSpec
 
-from prompt_tuning import gin_utils
+from prompt_tuning import checks, gin_utils
 from prompt_tuning import plan as plan_lib
 from prompt_tuning.errors import UserError
 
@@ -51,7 +51,8 @@ def _leaves(tree: Any, specs: Any):
 
 def plan_run(num_devices: Optional[int] = None) -> Dict[str, Any]:
   """The plan of the parsed gin configuration (see module docstring)."""
-  from prompt_tuning.train import initialize, trainable as trainable_lib
+  from prompt_tuning.train import data as data_lib, initialize, run_setup
+  from prompt_tuning.train import trainable as trainable_lib
   from prompt_tuning.train.partitioning import DEFAULT_RULES
   from prompt_tuning.train.run_setup import optimizer_layouts
   num_devices = num_devices or jax.device_count()
@@ -63,6 +64,14 @@ def plan_run(num_devices: Optional[int] = None) -> Dict[str, Any]:
   rules = tuple(tuple(r) for r in _gin_value("Partitioner.rules", DEFAULT_RULES))
   model = gin_utils.call(initialize.build_model)
   config = model.config
+  # The run's own checks, before shapes are traced with bad values.
+  prompt_length = run_setup.prompt_length(model)
+  lengths = _gin_value("train.task_feature_lengths", {"inputs": 512, "targets": 8})
+  data_lib.validate_feature_lengths(lengths, prompt_length)
+  batch = checks.positive_int(_gin_value("train.batch_size", 32), "BATCH_SIZE (train.batch_size)",
+                              "--gin.BATCH_SIZE=32")
+  microbatches = checks.positive_int(_gin_value("train.num_microbatches", 1),
+                                     "train.num_microbatches", "--gin.train.num_microbatches=1")
   def init():
     tokens = jax.numpy.ones((1, 4), np.int32)
     return model.init(jax.random.PRNGKey(0), tokens, tokens)
@@ -89,10 +98,6 @@ def plan_run(num_devices: Optional[int] = None) -> Dict[str, Any]:
   frozen_fp = plan_lib.footprint(_leaves(frozen, frozen_specs), axis_sizes)
   trainable_fp = plan_lib.footprint(_leaves(trainable, trainable_specs), axis_sizes)
 
-  lengths = _gin_value("train.task_feature_lengths", {"inputs": 512, "targets": 8})
-  batch = int(_gin_value("train.batch_size", 32))
-  microbatches = int(_gin_value("train.num_microbatches", 1))
-  prompt_length = int(getattr(model.prompt, "length", 0) or 0)
   shape = plan_lib.ActivationShape(
       emb_dim=config.emb_dim, num_heads=config.num_heads, head_dim=config.head_dim,
       mlp_dim=config.mlp_dim, vocab_size=config.vocab_size,

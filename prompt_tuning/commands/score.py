@@ -36,6 +36,11 @@ def check_common_arguments(args: argparse.Namespace) -> None:
   """Cheap checks first, so a typo fails before the model loads."""
   if args.batch_size < 1:
     raise UserError(f"--batch_size must be at least 1, got {args.batch_size}")
+  if args.extra_ids < 0:
+    raise UserError(f"--extra_ids must be >= 0, got {args.extra_ids}")
+  if args.output is not None:
+    from prompt_tuning import checks
+    checks.output_file(args.output, "--output")
   from prompt_tuning.io.backbone import read_backbone_metadata
   read_backbone_metadata(args.checkpoint)
 

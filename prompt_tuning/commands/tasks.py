@@ -39,11 +39,8 @@ def _import_tasks(modules: List[str]):
 def _parse_gin(files: List[str], bindings: List[str]):
   if not files and not bindings:
     return
-  import gin  # pylint: disable=g-import-not-at-top
-  try:
-    gin.parse_config_files_and_bindings(files, bindings)
-  except (ValueError, IOError, KeyError) as e:
-    raise UserError(f"gin: {e}") from e
+  from prompt_tuning import gin_utils  # pylint: disable=g-import-not-at-top
+  gin_utils.parse(files, bindings, register=False)  # the task configurables are imported
 
 
 def _lookup(name: str):
@@ -78,6 +75,7 @@ def show_examples(name: str, split: str, num_examples: int) -> List[str]:
   """Preprocessed examples of a task (or of each task of a mixture): text and
   token counts of `inputs` and `targets`."""
   import seqio  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.data.vocab import check_vocabularies  # pylint: disable=g-import-not-at-top
   provider = _lookup(name)
   tasks = seqio.get_subtasks(provider)
   lines = []
@@ -89,6 +87,7 @@ def show_examples(name: str, split: str, num_examples: int) -> List[str]:
       lines.append(f"== {task.name}: no {split!r} split (has {', '.join(task.splits)})")
       continue
     lines.append(f"== {task.name} [{split}]")
+    check_vocabularies(task)  # before tf.data, which would bury its error in "in user code"
     try:
       ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1)
       for i, ex in enumerate(ds.take(num_examples).as_numpy_iterator()):

@@ -30,8 +30,13 @@ def read_examples(path: str, required_keys: Sequence[str]) -> List[Dict[str, Any
     raise UserError(f"inputs file {path} does not exist; pass a JSONL file with one "
                     f"{{{', '.join(repr(k) for k in required_keys)}}} object per line")
   examples = []
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, start=1):
+  with open(path, "rb") as f:
+    for number, raw in enumerate(f, start=1):
+      try:
+        line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a leading BOM is fine
+      except UnicodeDecodeError as e:
+        raise UserError(f"{path} line {number} is not UTF-8 text (byte 0x{raw[e.start]:02x} at "
+                        f"column {e.start + 1}); save the file as UTF-8") from None
       if not line.strip():
         continue
       try:

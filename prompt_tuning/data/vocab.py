@@ -12,6 +12,8 @@ from typing import Optional
 import gin
 import seqio
 
+from prompt_tuning.errors import UserError
+
 VOCAB_ENV = "PROMPT_TUNING_VOCAB"
 T5_VOCAB_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
 EXTRA_IDS = 100
@@ -40,6 +42,41 @@ def get_vocabulary(path: Optional[str] = None,
       vocab_size is 32100).
   """
   return _load(path or default_vocab_path(), extra_ids)
+
+
+def check_vocabulary(vocabulary: seqio.Vocabulary) -> None:
+  """Reads a SentencePiece vocabulary's model file now, or raises a UserError saying how
+  its path was chosen ($PROMPT_TUNING_VOCAB, the gs:// default, get_vocabulary.path)."""
+  if not isinstance(vocabulary, seqio.SentencePieceVocabulary):
+    return
+  try:
+    vocabulary.tokenizer  # pylint: disable=pointless-statement  (reads and parses the file)
+  except Exception as e:  # pylint: disable=broad-except  (tf.errors.*, OSError, RuntimeError)
+    path = vocabulary.sentencepiece_model_file
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    if os.environ.get(VOCAB_ENV) == path:
+      source, way_out = f"${VOCAB_ENV}", f"point ${VOCAB_ENV} at a SentencePiece model file"
+    elif path == T5_VOCAB_PATH and not os.environ.get(VOCAB_ENV):
+      source, way_out = "the default", (f"set ${VOCAB_ENV} to a local copy of it (machines "
+                                        "without network cannot read gs://)")
+    else:
+      source, way_out = "get_vocabulary.path", "bind get_vocabulary.path to a SentencePiece file"
+    raise UserError(f"cannot read the SentencePiece vocabulary {path} ({source}): {first}; "
+                    f"{way_out}") from None
+
+
+def check_vocabularies(provider: seqio.DatasetProviderBase) -> None:
+  """`check_vocabulary` of every task's features (the tasks of a mixture included).
+
+  Called before datasets are built: inside a tf.data pipeline the failure
+  would surface as TensorFlow's multi-line "in user code" error instead.
+  """
+  for task in seqio.get_subtasks(provider):
+    for feature in task.output_features.values():
+      vocabulary = feature.vocabulary
+      if isinstance(vocabulary, DeferredVocabulary):
+        vocabulary = vocabulary.resolved
+      check_vocabulary(vocabulary)
 
 
 class DeferredVocabulary(seqio.Vocabulary):

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning.errors import UserError
+from prompt_tuning.io.npy import load_array
 from prompt_tuning.prompts.prompt import PLACEMENTS, PROMPT_AXES, place_prompt
 
 
@@ -23,10 +24,8 @@ def load_prompt_files(paths: Sequence[str]) -> np.ndarray:
     raise UserError("PROMPT_FILES is empty; list the .npy prompts to ensemble")
   arrays = []
   for path in paths:
-    try:
-      arrays.append(np.load(path, allow_pickle=False))
-    except FileNotFoundError:
-      raise UserError(f"prompt file {path} does not exist; check PROMPT_FILES") from None
+    arrays.append(load_array(path, "prompt file", "check PROMPT_FILES (prompts exported by "
+                             "training, e.g. MODEL_DIR/prompts/step_N.npy)"))
   shapes = {a.shape for a in arrays}
   if len(shapes) != 1:
     raise UserError(f"ensembled prompts differ in shape: {sorted(shapes)}; use prompts of one length")

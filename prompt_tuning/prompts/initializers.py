@@ -84,13 +84,9 @@ def from_file(path: str = gin.REQUIRED) -> Initializer:
   """The array saved at `path` (`.npy`, e.g. an exported prompt; `PROMPT_FILE`)."""
   def init(rng, shape, embedding_table):
     del rng, embedding_table
-    try:
-      with open(path, "rb") as f:
-        value = np.load(f, allow_pickle=False)
-    except FileNotFoundError:
-      raise UserError(f"prompt file {path} does not exist; check PROMPT_FILE") from None
-    except ValueError as e:
-      raise UserError(f"prompt file {path} is not a plain .npy array ({e})") from None
+    from prompt_tuning.io.npy import load_array  # pylint: disable=g-import-not-at-top
+    value = load_array(path, "prompt file", "check PROMPT_FILE (a prompt exported by training, "
+                       "e.g. MODEL_DIR/prompts/step_N.npy)")
     return _checked(value, shape, f"prompt file {path}")
   init.loads_saved_values = True  # eval/infer accept it as a trained prompt
   return init

@@ -23,7 +23,8 @@ NON_RESULT_BINDINGS = frozenset({
     "train.checkpoint_period", "train.keep_checkpoints", "train.return_variables",
     "train.allow_config_change", "train.use_cached_tasks", "train.eval_period", "train.eval_split",
     "train.eval_mixture_or_task_name", "train.eval_num_examples", "train.early_stopping_metric",
-    "train.early_stopping_mode", "train.early_stopping_patience", "EvalModelFns.*",
+    "train.early_stopping_mode", "train.early_stopping_patience", "train.max_trainable_norm",
+    "EvalModelFns.*",
 })
 
 

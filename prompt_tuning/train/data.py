@@ -13,6 +13,8 @@ import jax
 import numpy as np
 import seqio
 
+from prompt_tuning import checks
+from prompt_tuning.data import vocab
 from prompt_tuning.errors import UserError, closest
 
 _MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens",
@@ -33,11 +35,29 @@ def import_task_modules(modules) -> None:
 def get_mixture_or_task(name: str):
   """The registered task or mixture, or a UserError listing close names."""
   try:
-    return seqio.get_mixture_or_task(name)
+    provider = seqio.get_mixture_or_task(name)
   except ValueError:
     names = list(seqio.TaskRegistry.names()) + list(seqio.MixtureRegistry.names())
     raise UserError(f"no task or mixture named {name!r} is registered.{closest(name, names)} "
                     "Run `prompt-tuning tasks` to list them, or set MIXTURE_OR_TASK_MODULE") from None
+  vocab.check_vocabularies(provider)
+  return provider
+
+
+def check_split(mixture_or_task_name: str, split, setting: str) -> None:
+  """Refuses a split that the task (or every task of the mixture) lacks.
+
+  Args:
+    mixture_or_task_name: a registered task or mixture.
+    split: the split the run reads.
+    setting: how the user chose it, e.g. `EVAL_SPLIT (evaluate.split)`.
+  """
+  provider = get_mixture_or_task(mixture_or_task_name)
+  splits = sorted(provider.splits)
+  if split not in splits:
+    hint = closest(str(split), splits, n=2)
+    raise UserError(f"{mixture_or_task_name} has no split {split!r}; it has "
+                    f"{', '.join(splits)}.{hint} Set {setting} to one of them")
 
 
 @contextlib.contextmanager
@@ -61,10 +81,14 @@ def readable_data_errors(mixture_or_task_name: str):
 
 
 def validate_feature_lengths(task_feature_lengths: Mapping[str, int], prompt_length: int = 0) -> None:
+  example = "--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, 'targets': 8}\""
+  if not isinstance(task_feature_lengths, Mapping):
+    raise UserError(f"TASK_FEATURE_LENGTHS must be a dict, got {task_feature_lengths!r}; "
+                    f"set e.g. {example}")
   for key in ("inputs", "targets"):
     if key not in task_feature_lengths:
-      raise UserError(f"TASK_FEATURE_LENGTHS lacks {key!r}; set e.g. "
-                      "TASK_FEATURE_LENGTHS = {'inputs': 512, 'targets': 8}")
+      raise UserError(f"TASK_FEATURE_LENGTHS lacks {key!r}; set e.g. {example}")
+    checks.positive_int(task_feature_lengths[key], f"TASK_FEATURE_LENGTHS[{key!r}]", example)
   if prompt_length > task_feature_lengths["inputs"]:
     raise UserError(f"the prompt ({prompt_length} tokens) is longer than the input length "
                     f"({task_feature_lengths['inputs']}); lower PROMPT_LENGTH or raise "

@@ -14,9 +14,10 @@ import flax
 import gin
 import numpy as np
 
-from prompt_tuning import fs
+from prompt_tuning import checks, fs
 from prompt_tuning.errors import UserError
 from prompt_tuning.prompts.ensemble import PromptEnsemble
+from prompt_tuning.train import data as data_lib
 from prompt_tuning.train import evaluation, summaries
 from prompt_tuning.train.initialize import backbone_paths
 from prompt_tuning.train.run_setup import RunContext, build_run
@@ -83,6 +84,17 @@ def load_run(mixture_or_task_name: str, mixture_or_task_module: Optional[Sequenc
   return ctx
 
 
+def _check_arguments(command: str, model_dir, mixture_or_task_name, mixture_or_task_module, split,
+                     batch_size, num_examples) -> None:
+  """The cheap checks of eval/infer arguments, before the model is built or anything written."""
+  checks.output_dir(model_dir, "MODEL_DIR")
+  checks.positive_int(batch_size, f"BATCH_SIZE ({command}.batch_size)", "--gin.BATCH_SIZE=32")
+  checks.optional_positive_int(num_examples, f"{command}.num_examples",
+                               f"--gin.{command}.num_examples=100")
+  data_lib.import_task_modules(mixture_or_task_module)
+  data_lib.check_split(mixture_or_task_name, split, f"EVAL_SPLIT ({command}.split)")
+
+
 def _setup(mixture_or_task_name, mixture_or_task_module, task_feature_lengths,
            initial_checkpoint_path, split, use_cached, num_examples, batch_size,
            allow_random_parameters, deltas_file):
@@ -112,6 +124,8 @@ def evaluate(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.R
   `deltas_file` (`DELTAS_FILE`): a run's export folder `MODEL_DIR/exports/step_N`
   holding its new parameters (see `prompt_tuning.train.exports`).
   """
+  _check_arguments("evaluate", model_dir, mixture_or_task_name, mixture_or_task_module, split,
+                   batch_size, num_examples)
   fns, evaluator = _setup(mixture_or_task_name, mixture_or_task_module, task_feature_lengths,
                           initial_checkpoint_path, split, use_cached_tasks, num_examples, batch_size,
                           allow_random_parameters, deltas_file)
@@ -140,6 +154,8 @@ def infer(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
 
   `deltas_file` as in `evaluate`.
   """
+  _check_arguments("infer", model_dir, mixture_or_task_name, mixture_or_task_module, split,
+                   batch_size, num_examples)
   fns, evaluator = _setup(mixture_or_task_name, mixture_or_task_module, task_feature_lengths,
                           initial_checkpoint_path, split, use_cached_tasks, num_examples, batch_size,
                           allow_random_parameters, deltas_file)

@@ -152,6 +152,7 @@ class RunLock:
                  else os.path.join(os.path.abspath(self.model_dir), LOCK_FILE))
     self._kvstore = _kvstore  # tests: a local kvstore standing in for gs://
     self._held: Optional[bytes] = None
+    self._created: Optional[str] = None  # the outermost folder `acquire` created (local only)
 
   def _file(self):
     if self._kvstore is not None or fs.is_remote(self.path):
@@ -177,7 +178,12 @@ class RunLock:
     return self
 
   def _acquire(self) -> None:
-    fs.makedirs(self.model_dir)
+    self._created = None if fs.is_remote(self.model_dir) else _outermost_missing(self.model_dir)
+    try:
+      fs.makedirs(self.model_dir)
+    except OSError as e:
+      raise UserError(f"cannot create MODEL_DIR {self.model_dir} ({e.strerror or e}); choose "
+                      "another MODEL_DIR") from None
     lock = self._file()
     record = {"pid": os.getpid(), "hostname": socket.gethostname(), "start_time": time.time(),
               "token": uuid.uuid4().hex}
@@ -226,12 +232,36 @@ class RunLock:
       return
     data, self._held = self._held, None
     self._file().delete(data)
+    if self._created:  # a run that failed before writing anything leaves no empty folders
+      _remove_empty_folders(os.path.abspath(self.model_dir), self._created)
+      self._created = None
 
   def __enter__(self) -> "RunLock":
     return self.acquire()
 
   def __exit__(self, *exc) -> None:
     self.release()
+
+
+def _outermost_missing(path: str) -> Optional[str]:
+  """The outermost folder of `path` that does not exist yet (None if `path` exists)."""
+  path = os.path.abspath(path)
+  missing = None
+  while not os.path.exists(path):
+    missing, path = path, os.path.dirname(path)
+  return missing
+
+
+def _remove_empty_folders(path: str, outermost: str) -> None:
+  """Removes `path` and its parents up to `outermost` while they are empty."""
+  while True:
+    try:
+      os.rmdir(path)
+    except OSError:  # not empty (the run wrote something), or gone
+      return
+    if path == outermost or len(path) <= len(outermost):
+      return
+    path = os.path.dirname(path)
 
 
 def _parse(data: bytes) -> Optional[Dict[str, Any]]:

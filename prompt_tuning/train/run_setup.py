@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import optax
 
+from prompt_tuning import checks
 from prompt_tuning.models.t5 import T5
 from prompt_tuning.prompts.prompt import encoder_prompt
 from prompt_tuning.train import data as data_lib
@@ -87,7 +88,11 @@ class RunContext:
 
 
 def prompt_length(model: T5) -> int:
-  return int(getattr(model.prompt, "length", 0) or 0)
+  """The prompt's length P (0 without a prompt); a UserError unless it is an integer >= 1."""
+  if model.prompt is None or not hasattr(model.prompt, "length"):
+    return 0
+  return checks.positive_int(model.prompt.length, "PROMPT_LENGTH (Prompt.length)",
+                             "--gin.PROMPT_LENGTH=100")
 
 
 def build_run(*, initial_checkpoint_path: Optional[str] = None, seed: int = 0,
@@ -115,8 +120,9 @@ def build_run(*, initial_checkpoint_path: Optional[str] = None, seed: int = 0,
   for name in mixture_or_task_names:
     data_lib.get_mixture_or_task(name)
   model = model if model is not None else build_model()
+  length = prompt_length(model)  # checked before any variable exists
   if task_feature_lengths is not None:
-    data_lib.validate_feature_lengths(task_feature_lengths, prompt_length(model))
+    data_lib.validate_feature_lengths(task_feature_lengths, length)
   partitioner = Partitioner()
   rng = jax.random.PRNGKey(seed)
   variables, shardings = initialize_variables(model, partitioner, initial_checkpoint_path,

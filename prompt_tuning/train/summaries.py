@@ -62,19 +62,27 @@ def _duration(seconds: float) -> str:
 
 
 class Writer:
-  """TensorBoard scalars under MODEL_DIR (first host only)."""
+  """TensorBoard scalars under MODEL_DIR (first host only).
+
+  The events file is created with the first scalars, so a run that fails
+  before logging anything leaves no file behind.
+  """
 
   def __init__(self, model_dir: str):
-    from clu import metric_writers
-    self._writer = metric_writers.create_default_writer(
-        model_dir, just_logging=jax.process_index() > 0, asynchronous=False)
+    self._model_dir = model_dir
+    self._writer = None
 
   def scalars(self, step: int, values: Dict[str, float]) -> None:
+    if self._writer is None:
+      from clu import metric_writers
+      self._writer = metric_writers.create_default_writer(
+          self._model_dir, just_logging=jax.process_index() > 0, asynchronous=False)
     self._writer.write_scalars(step, values)
 
   def close(self) -> None:
-    self._writer.flush()
-    self._writer.close()
+    if self._writer is not None:
+      self._writer.flush()
+      self._writer.close()
 
 
 def write_operative_config(model_dir: str) -> Optional[str]:

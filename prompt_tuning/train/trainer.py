@@ -19,7 +19,7 @@ import gin
 import jax
 import optax
 
-from prompt_tuning import fs
+from prompt_tuning import checks, fs
 from prompt_tuning.errors import UserError
 from prompt_tuning.train import data as data_lib
 from prompt_tuning.train import config_check, evaluation, exports, run_lock, run_records, summaries
@@ -67,6 +67,57 @@ class EarlyStopping:
     return self.patience is not None and self.bad_evals >= self.patience
 
 
+def _check_arguments(*, model_dir, train_steps, batch_size, eval_period, checkpoint_period,
+                     keep_checkpoints, early_stopping_mode, early_stopping_patience,
+                     num_microbatches, log_every, max_trainable_norm, eval_num_examples,
+                     stop_after_steps) -> None:
+  """The cheap checks of `train`'s arguments, before the model is built or anything written."""
+  checks.output_dir(model_dir, "MODEL_DIR")
+  checks.positive_int(train_steps, "TRAIN_STEPS (train.train_steps)", "--gin.TRAIN_STEPS=1000")
+  checks.positive_int(batch_size, "BATCH_SIZE (train.batch_size)", "--gin.BATCH_SIZE=32")
+  if eval_period not in (None, 0):
+    checks.positive_int(eval_period, "EVAL_PERIOD (train.eval_period)",
+                        "--gin.EVAL_PERIOD=1000 (None: no evaluation)")
+  checks.positive_int(checkpoint_period, "CHECKPOINT_PERIOD (train.checkpoint_period)",
+                      "--gin.CHECKPOINT_PERIOD=1000")
+  checks.optional_positive_int(keep_checkpoints, "train.keep_checkpoints",
+                               "--gin.train.keep_checkpoints=3")
+  checks.one_of(early_stopping_mode, ("max", "min"), "train.early_stopping_mode")
+  checks.optional_positive_int(early_stopping_patience, "train.early_stopping_patience",
+                               "--gin.train.early_stopping_patience=5")
+  checks.positive_int(num_microbatches, "train.num_microbatches", "--gin.train.num_microbatches=1")
+  checks.positive_int(log_every, "train.log_every", "--gin.train.log_every=10")
+  checks.optional_positive_int(eval_num_examples, "train.eval_num_examples",
+                               "--gin.train.eval_num_examples=1000")
+  checks.optional_positive_int(stop_after_steps, "train.stop_after_steps",
+                               "--gin.train.stop_after_steps=100")
+  if max_trainable_norm is not None:
+    checks.positive_number(max_trainable_norm, "train.max_trainable_norm",
+                           "--gin.train.max_trainable_norm=1e6 (None: no bound)")
+
+
+def check_divergence(metrics: Mapping[str, float], step: int,
+                     max_trainable_norm: Optional[float]) -> None:
+  """Raises a UserError when step `step`'s metrics show divergence (nothing is saved for it).
+
+  Divergence is a metric that is not finite (loss first, as it is the usual
+  one), or the trainable parameters' norm beyond `max_trainable_norm`: at a
+  huge learning rate the parameters grow without bound while the loss and
+  gradients can stay finite, or vanish.
+  """
+  bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+  if bad:
+    name = "loss" if "loss" in bad else bad[0]
+    raise UserError(f"training diverged: {name} became {metrics[name]} at step {step}; no "
+                    "checkpoint was written for it. Lower the learning rate or check the data")
+  norm = metrics.get("trainable_norm")
+  if max_trainable_norm is not None and norm is not None and norm > max_trainable_norm:
+    raise UserError(f"training diverged: the trainable parameters' norm reached {norm:.3g} at "
+                    f"step {step}, beyond train.max_trainable_norm={max_trainable_norm:g}; no "
+                    "checkpoint was written for it. Lower the learning rate (or raise "
+                    "--gin.train.max_trainable_norm if such norms are expected)")
+
+
 @gin.configurable
 @run_lock.releases_run_lock
 def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
@@ -82,6 +133,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           frozen_dtype: Optional[str] = None, use_cached_tasks: bool = False, log_every: int = 10,
           train_split: str = "train", stop_after_steps: Optional[int] = None,
           return_variables: bool = False, allow_config_change: bool = False,
+          max_trainable_norm: Optional[float] = 1e6,
           edit_initial_variables: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None
           ) -> Dict[str, Any]:
   """Tunes the trainable subtree on a task; returns a summary dict.
@@ -93,10 +145,24 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   resume) to new ones of the same structure — how XPrompt rewinds the prompt
   and fixes its masks. `allow_config_change` resumes a run whose saved
   `config.gin` differs in a binding that changes results (refused otherwise).
+  Training stops with a UserError, before any checkpoint of the step, when a
+  logged metric is not finite or the trainable parameters' norm exceeds
+  `max_trainable_norm` (divergence; None turns the bound off).
   See `configs/runs/prompt_finetune.gin`.
   """
   # ---- validate everything before touching MODEL_DIR ----
   eval_name = eval_mixture_or_task_name or mixture_or_task_name
+  _check_arguments(model_dir=model_dir, train_steps=train_steps, batch_size=batch_size,
+                   eval_period=eval_period, checkpoint_period=checkpoint_period,
+                   keep_checkpoints=keep_checkpoints, early_stopping_mode=early_stopping_mode,
+                   early_stopping_patience=early_stopping_patience,
+                   num_microbatches=num_microbatches, log_every=log_every,
+                   max_trainable_norm=max_trainable_norm, eval_num_examples=eval_num_examples,
+                   stop_after_steps=stop_after_steps)
+  data_lib.import_task_modules(mixture_or_task_module)
+  data_lib.check_split(mixture_or_task_name, train_split, "train.train_split")
+  if eval_period:
+    data_lib.check_split(eval_name, eval_split, "EVAL_SPLIT (train.eval_split)")
   ctx = build_run(initial_checkpoint_path=initial_checkpoint_path, seed=seed,
                   mixture_or_task_names=[mixture_or_task_name] + ([eval_name] if eval_period else []),
                   mixture_or_task_module=mixture_or_task_module,
@@ -171,6 +237,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
             "mixture_or_task_name": mixture_or_task_name, "trainable_patterns": list(split.patterns)}
 
   def save(step):
+    # The loss record first: killed before the checkpoint commits, a rerun resumes from the
+    # previous step and drops the newer entries; killed after, the record is complete.
+    summaries.write_history(model_dir, step, history, eval_history)
     checkpoints.save(step, {"trainable": trainable, "opt_state": opt_state}, meta(step))
     export_all(f"step_{step}", step)
     summaries.write_history(model_dir, step, history, eval_history)
@@ -204,16 +273,14 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       trainable, opt_state, metrics = step_fn(trainable, opt_state, frozen, batch,
                                               ctx.step_rng(step))
     step += 1
-    if not wrote_config:
-      summaries.write_operative_config(model_dir)
-      wrote_config = True
     due_eval = bool(eval_period) and (step % eval_period == 0 or step == train_steps)
     due_save = step % checkpoint_period == 0 or step == end_step
     if step % log_every == 0 or due_eval or due_save or step == end_step:
       last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      if not math.isfinite(last_metrics["loss"]):
-        raise UserError(f"loss became {last_metrics['loss']} at step {step}; no checkpoint was "
-                        "written for it. Lower the learning rate or check the data")
+      check_divergence(last_metrics, step, max_trainable_norm)
+      if not wrote_config:  # before any checkpoint: every save is a logged step
+        summaries.write_operative_config(model_dir)
+        wrote_config = True
       history.append({"step": step, **last_metrics})
       writer.scalars(step, {f"train/{k}": v for k, v in last_metrics.items()})
       print(progress.line(step, last_metrics), flush=True)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_tuning import fs
+from prompt_tuning import checks, fs
 from prompt_tuning.errors import UserError
 from prompt_tuning.methods.xprompt import masks as xprompt
 from prompt_tuning.methods.xprompt.report import HEATMAP_NAME, REPORT_NAME
@@ -188,6 +188,8 @@ def run_xprompt(model_dir: Optional[str] = None, importance_batches: Optional[in
   model_dir = model_dir or config["model_dir"]
   if not model_dir or model_dir is gin.REQUIRED:
     raise UserError("XPrompt needs a run folder; set --gin.MODEL_DIR=\"'/path/to/run'\"")
+  checks.output_dir(model_dir, "MODEL_DIR")
+  check_search_settings(token_ratios, piece_ratios, importance_batches)
   if metric_name is None:
     metric_name = config.get("early_stopping_metric")
   dirs = {"prompt_tuning": os.path.join(model_dir, STAGE1_DIR),
@@ -256,6 +258,25 @@ def run_xprompt(model_dir: Optional[str] = None, importance_batches: Optional[in
         ", ".join(f"{k}={v:.4f}" for k, v in summary["stages"].items()) +
         f"; final prompt {summary['final_prompt']}", flush=True)
   return summary
+
+
+def check_search_settings(token_ratios: Sequence[float], piece_ratios: Sequence[float],
+                          importance_batches: int) -> None:
+  """Refuses ratio schedules the search cannot run, before stage 1 trains."""
+  for name, ratios in (("XPROMPT_TOKEN_RATIOS (run_xprompt.token_ratios)", token_ratios),
+                       ("XPROMPT_PIECE_RATIOS (run_xprompt.piece_ratios)", piece_ratios)):
+    example = f"--gin.{name.split()[1].strip('()')}=[0.1, 0.2, 0.3]"
+    if isinstance(ratios, (str, bytes)) or not isinstance(ratios, Sequence):
+      raise UserError(f"{name} must be a list of pruning ratios, got {ratios!r}; set e.g. {example}")
+    for ratio in ratios:
+      if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
+        raise UserError(f"{name} holds {ratio!r}, but a pruning ratio is a fraction in [0, 1]; "
+                        f"set e.g. {example}")
+    if list(ratios) != sorted(ratios):
+      raise UserError(f"{name} = {list(ratios)} must not decrease (the ratios are cumulative); "
+                      f"set e.g. {example}")
+  checks.positive_int(importance_batches, "XPROMPT_IMPORTANCE_BATCHES "
+                      "(run_xprompt.importance_batches)", "--gin.XPROMPT_IMPORTANCE_BATCHES=8")
 
 
 def _check_masks_configured() -> None:

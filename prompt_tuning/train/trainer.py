@@ -242,7 +242,6 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     summaries.write_history(model_dir, step, history, eval_history)
     checkpoints.save(step, {"trainable": trainable, "opt_state": opt_state}, meta(step))
     export_all(f"step_{step}", step)
-    summaries.write_history(model_dir, step, history, eval_history)
 
   eval_fns = None
 

@@ -62,19 +62,31 @@ def _duration(seconds: float) -> str:
 
 
 class Writer:
-  """TensorBoard scalars under MODEL_DIR (first host only)."""
+  """TensorBoard scalars under a folder (first host only).
 
-  def __init__(self, model_dir: str):
-    from clu import metric_writers
-    self._writer = metric_writers.create_default_writer(
-        model_dir, just_logging=jax.process_index() > 0, asynchronous=False)
+  Written as plain scalar summaries (`simple_value`), which TensorBoard's
+  Scalars dashboard and `EventAccumulator.Scalars()` read; local or `gs://`.
+  """
+
+  def __init__(self, log_dir: str):
+    self._writer = None
+    if jax.process_index() == 0:
+      from tensorboard.summary.writer.event_file_writer import EventFileWriter
+      self._writer = EventFileWriter(log_dir)
 
   def scalars(self, step: int, values: Dict[str, float]) -> None:
-    self._writer.write_scalars(step, values)
+    if self._writer is None:
+      return
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    summary = summary_pb2.Summary(value=[
+        summary_pb2.Summary.Value(tag=tag, simple_value=float(value))
+        for tag, value in sorted(values.items())])
+    self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
 
   def close(self) -> None:
-    self._writer.flush()
-    self._writer.close()
+    if self._writer is not None:
+      self._writer.flush()
+      self._writer.close()
 
 
 def write_operative_config(model_dir: str) -> Optional[str]:

@@ -4,7 +4,7 @@ Subcommand modules are imported only when they run (`command_module`), so
 `prompt-tuning --help` stays fast.
 Each module defines `add_arguments(parser)` and `run(args) -> int | None`.
 Gin-driven commands also accept T5X-style `--gin_file=F` (repeatable),
-`--gin.KEY=VALUE` and `--gin_search_paths=a,b`.
+`--gin.KEY=VALUE`, `--gin_search_paths=a,b` and `--tfds_data_dir=D`.
 """
 import argparse
 import os
@@ -135,8 +135,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print(f"error: unknown command {name!r}.{closest(name, COMMANDS)} "
           f"Run 'prompt-tuning --help' for the list.", file=sys.stderr)
     sys.exit(2)
-  if not any(a in ("-h", "--help") for a in argv[1:]):
-    _import_tensorflow_quietly()
+  # Most command modules import TensorFlow (data), `--help` included: quietly, first.
+  _import_tensorflow_quietly()
   module = command_module(name)
   cmd_parser = _Parser(prog=f"prompt-tuning {name}", description=COMMANDS[name])
   module.add_arguments(cmd_parser)

@@ -1,13 +1,21 @@
 """Gin plumbing shared by the gin-driven commands (T5X-style flags).
 
-`--gin_file` (repeatable), `--gin.KEY=VALUE` and `--gin_search_paths`; the
-package's `configs/` folder is always on the search path, so
-`--gin_file=runs/prompt_finetune.gin` works from anywhere.
+`--gin_file` (repeatable), `--gin.KEY=VALUE`, `--gin_search_paths` and
+`--tfds_data_dir`, as in T5X; the package's `configs/` folder is always on the
+search path, so `--gin_file=runs/prompt_finetune.gin` works from anywhere.
+
+The reference code's spelling of the same files also resolves:
+`--gin_file=prompt_tuning/configs/models/t5_1_1_base_prompt.gin` (with or
+without `--gin_search_paths` pointing at the folder above the package, as the
+reference scripts build it with `python -m prompt_tuning.scripts.find_module`)
+names `configs/models/t5_1_1_base_prompt.gin` of this package, from a checkout
+or an installed wheel, on the command line or in a gin `include`.
 """
 import inspect
 import logging
 import os
 import re
+import sys
 import tokenize
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Set, Tuple
 
@@ -17,6 +25,10 @@ from gin import config_parser
 from prompt_tuning.errors import UserError, closest
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+# How the reference code (and T5X users) name this package's gin files.
+PACKAGE_CONFIGS_PREFIX = "prompt_tuning/configs/"
+# T5X's names for macros that have another name here; binding the T5X name sets ours.
+T5X_MACRO_ALIASES = {"CHECKPOINT_PATH": "INITIAL_CHECKPOINT_PATH"}
 
 
 def package_configs_dir() -> str:
@@ -26,6 +38,33 @@ def package_configs_dir() -> str:
     return os.path.dirname(os.path.abspath(configs.__file__))
   except ImportError:
     return CONFIGS_DIR
+
+
+def package_config_path(name: str) -> Optional[str]:
+  """The file of this package that a reference-style name means, or None.
+
+  `prompt_tuning/configs/REST`, alone or after any folder (a `--gin_search_paths`
+  entry joined to it), means `configs/REST` of this package when that exists.
+  """
+  normalized = name.replace(os.sep, "/")
+  at = normalized.rfind(PACKAGE_CONFIGS_PREFIX)
+  if at < 0 or (at > 0 and normalized[at - 1] != "/"):
+    return None
+  path = os.path.join(package_configs_dir(), normalized[at + len(PACKAGE_CONFIGS_PREFIX):])
+  return path if os.path.isfile(path) else None
+
+
+def _open_package_config(name: str):
+  return open(package_config_path(name))
+
+
+def _is_package_config(name: str) -> bool:
+  return not os.path.exists(name) and package_config_path(name) is not None
+
+
+# Gin tries its readers in order, the plain `open` first: a file that exists at
+# the given path is read from there; otherwise a reference-style name is mapped.
+gin.config.register_file_reader(_open_package_config, _is_package_config)
 
 
 def register_configurables() -> None:
@@ -178,6 +217,7 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
     raise UserError(_explain(e, bindings)) from None
   finally:
     root.setLevel(level)
+  _apply_t5x_macro_aliases()
   _check_required_macros()
   check_flag_macros(bindings)
 
@@ -251,6 +291,38 @@ def _package_files_reading(macro: str) -> List[str]:
   return found
 
 
+_UNBOUND = object()
+
+
+def _macro_value(name: str):
+  """The value bound to macro `name`: `gin.REQUIRED` when required, `_UNBOUND` when unbound."""
+  params = gin.config._CONFIG.get((name, "gin.macro"))  # pylint: disable=protected-access
+  if params is None or "value" not in params:
+    return _UNBOUND
+  value = params["value"]
+  if getattr(value, "config_key", None) == ("gin.REQUIRED", "gin.constant"):
+    return gin.REQUIRED
+  return value
+
+
+def _apply_t5x_macro_aliases() -> None:
+  """Binds our macro from its T5X name (e.g. eval's CHECKPOINT_PATH -> INITIAL_CHECKPOINT_PATH).
+
+  Both set to different values is an error; a T5X name is never ignored.
+  """
+  for t5x_name, ours in T5X_MACRO_ALIASES.items():
+    t5x_value = _macro_value(t5x_name)
+    if t5x_value is _UNBOUND or t5x_value is gin.REQUIRED:
+      continue
+    our_value = _macro_value(ours)
+    if our_value is _UNBOUND or our_value is gin.REQUIRED:
+      with gin.unlock_config():
+        gin.bind_parameter(f"{ours}/gin.macro.value", t5x_value)
+    elif our_value != t5x_value:
+      raise UserError(f"{t5x_name} ({t5x_value!r}) and {ours} ({our_value!r}) name different "
+                      f"checkpoints; {t5x_name} is T5X's name for {ours}: set only one")
+
+
 def _check_required_macros() -> None:
   """Names every macro still bound to `%gin.REQUIRED` (gin would pass a sentinel on)."""
   missing = []
@@ -269,13 +341,22 @@ def _check_required_macros() -> None:
 def _gin_file_exists(name: str, search_paths: Iterable[str]) -> bool:
   candidates = [name, os.path.join(package_configs_dir(), name)]
   candidates += [os.path.join(p, name) for p in search_paths if p]
-  return any(os.path.exists(c) for c in candidates)
+  return any(os.path.exists(c) for c in candidates) or package_config_path(name) is not None
 
 
 def call(fn: Callable, *args, **kwargs):
   """Calls a gin-configured function, reporting missing/unknown bindings as UserErrors."""
   try:
     return fn(*args, **kwargs)
+  except RuntimeError as e:  # gin: "Required bindings for `train` not provided in config: [...]"
+    message = str(e)
+    if "Required bindings" not in message:
+      raise
+    name = getattr(fn, "__name__", "the command")
+    missing = message[message.find("["):].split("\n")[0] if "[" in message else ""
+    raise UserError(f"gin configuration incomplete: {name} has no binding for {missing}; add the "
+                    f"run's gin file (e.g. --gin_file=runs/prompt_finetune.gin), which binds them "
+                    "to macros such as MODEL_DIR") from None
   except TypeError as e:
     message = str(e)
     if "Required bindings" in message or "gin" in message.lower() and "binding" in message.lower():
@@ -286,12 +367,26 @@ def call(fn: Callable, *args, **kwargs):
 
 def add_gin_arguments(parser) -> None:
   parser.add_argument("--gin_file", action="append", default=[],
-                      help="gin file (repeatable); relative names are looked up in the package's "
-                      "configs/ and --gin_search_paths")
+                      help="gin file (repeatable), e.g. models/t5_1_1_base_prompt.gin; relative "
+                      "names are looked up in the package's configs/ and --gin_search_paths "
+                      "(the reference's prompt_tuning/configs/... names work too)")
   parser.add_argument("--gin_search_paths", default="",
                       help="comma-separated extra folders for gin files")
+  parser.add_argument("--tfds_data_dir", default=None,
+                      help="TFDS data directory (local or gs://), as T5X's flag; default: "
+                      "$TFDS_DATA_DIR, else ~/tensorflow_datasets")
   parser.add_argument("--distributed", action="store_true",
                       help="call jax.distributed.initialize() first (multi-host TPU/GPU)")
+
+
+def set_tfds_data_dir(path: Optional[str]) -> None:
+  """Where every TFDS dataset is read (and prepared), as T5X's `--tfds_data_dir` does."""
+  if not path:
+    return
+  import seqio
+  seqio.set_tfds_data_dir_override(path)
+  # Our own TFDS look-ups (`tfds.builder(...)` without data_dir) follow the same folder.
+  os.environ["TFDS_DATA_DIR"] = path
 
 
 def setup_from_args(args) -> None:
@@ -299,19 +394,47 @@ def setup_from_args(args) -> None:
   if getattr(args, "distributed", False):
     import jax
     jax.distributed.initialize()
+  set_tfds_data_dir(getattr(args, "tfds_data_dir", None))
   paths = [p for p in args.gin_search_paths.split(",") if p]
   parse(args.gin_file, getattr(args, "gin_bindings", []), paths)
 
 
-def gin_command(function: Callable):
+GIN_HELP = """\
+gin flags (as in T5X):
+  --gin_file=FILE        a gin file (repeatable; later files override earlier ones)
+  --gin.KEY=VALUE        one binding, e.g. --gin.TRAIN_STEPS=1_150_000 or
+                         --gin.MODEL_DIR="'/tmp/run'" (strings in quotes)
+  --gin_search_paths=A,B more folders to look for gin files in
+"""
+
+
+def gin_command(function: Callable, required_macros: Sequence[str] = (),
+                example: str = ""):
   """`(add_arguments, run)` of a subcommand that calls a gin-configured function.
 
   Used by `commands/{train,evaluate,infer}.py`, which differ only in the target.
+
+  Args:
+    function: the gin-configured entry point.
+    required_macros: the macros the command's run gin file leaves to the user
+      (named by `--help` and when no gin file is given).
+    example: a complete example command line, for `--help` and the usage line.
   """
   def add_arguments(parser) -> None:
+    import argparse
     add_gin_arguments(parser)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = (GIN_HELP + (f"\nrequired macros: {', '.join(required_macros)}\n"
+                                 if required_macros else "")
+                     + (f"\nexample:\n  {example}\n" if example else ""))
 
   def run(args) -> int:
+    if not args.gin_file:
+      usage = example or f"prompt-tuning {function.__name__} --gin_file=FILE --gin.KEY=VALUE"
+      print(f"usage: {' '.join(usage.split())}", file=sys.stderr)
+      raise UserError(f"no --gin_file given: pass the model's and the run's gin files and set the "
+                      f"required macros {', '.join(required_macros) or '(see --help)'} with "
+                      "--gin.NAME=VALUE; see --help")
     setup_from_args(args)
     call(function)
     return 0

@@ -48,6 +48,14 @@ _MNLI = {
 }
 
 
+# The `glue` mixture (MNLI's matched dev set comes with glue_mnli).
+MIXTURE_TASKS = ["glue_cola", "glue_sst2", "glue_mrpc", "glue_qqp", "glue_stsb", "glue_mnli",
+                 "glue_mnli_mismatched", "glue_qnli", "glue_rte"]
+# Every plain GLUE task.
+ALL_TASKS = ([f"glue_{t}" for t in _CLASSIFICATION] + ["glue_stsb"]
+             + [f"glue_{t}" for t in _MNLI])
+
+
 def _tfds(config: str) -> str:
   return f"glue/{config}:{VERSION}"
 
@@ -75,5 +83,4 @@ def register():
         prefix="mnli", postprocess_fn=postprocessors.label, metric_fns=[metrics.accuracy],
         label_names=MNLI_LABELS)
 
-  return ["glue_cola", "glue_sst2", "glue_mrpc", "glue_qqp", "glue_stsb", "glue_mnli",
-          "glue_mnli_mismatched", "glue_qnli", "glue_rte"]
+  return list(MIXTURE_TASKS)

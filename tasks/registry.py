@@ -49,6 +49,10 @@ class TaskInfo:
 
 TASKS: Dict[str, TaskInfo] = {}
 MIXTURES: Dict[str, List[str]] = {}
+# Another name of a registered task or mixture (e.g. the reference code's) -> our name.
+ALIASES: Dict[str, str] = {}
+# name -> the arguments it was registered with, so an alias registers the same task.
+_TASK_ARGUMENTS: Dict[str, dict] = {}
 
 
 def _check_new_name(name: str, family: str):
@@ -74,17 +78,49 @@ def add_task(name: str, family: str, variant: str, source: TextSource,
     label_names: the verbalizers of a classification task, for `TASKS`.
   """
   _check_new_name(name, family)
-  task = seqio.TaskRegistry.add(
-      name,
+  arguments = dict(
       source=source,
       output_features=vocab.output_features(),
       preprocessors=[seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
                      seqio.preprocessors.append_eos_after_trim],
       postprocess_fn=postprocess_fn,
       metric_fns=list(metric_fns))
+  task = seqio.TaskRegistry.add(name, **arguments)
+  _TASK_ARGUMENTS[name] = arguments
   TASKS[name] = TaskInfo(name, family, variant, tuple(label_names) if label_names else None,
                          tuple(source.splits))
   return task
+
+
+def _check_alias(alias: str, targets: Sequence[str]) -> None:
+  if alias in seqio.TaskRegistry.names() or alias in seqio.MixtureRegistry.names():
+    raise UserError(f"task or mixture {alias!r} is already registered; registering "
+                    "prompt_tuning.tasks twice (e.g. importlib.reload) is not supported")
+  known = set(_TASK_ARGUMENTS) | set(MIXTURES) | set(ALIASES)
+  for target in targets:
+    if target not in known:
+      raise UserError(f"alias {alias!r} names {target!r}, which this project does not register")
+
+
+def add_alias(alias: str, target: str):
+  """Registers `alias` as the same task or mixture as `target` (same data, format, metrics).
+
+  The alias is a task (or mixture) of its own name, so eval metrics are
+  reported under the name the user asked for, as T5X would.
+  """
+  _check_alias(alias, [target])
+  ALIASES[alias] = target
+  if target in MIXTURES:
+    return seqio.MixtureRegistry.add(alias, list(MIXTURES[target]),
+                                     default_rate=_mixture_rate(MIXTURES[target]))
+  return seqio.TaskRegistry.add(alias, **_TASK_ARGUMENTS[target])
+
+
+def add_alias_mixture(name: str, task_names: Sequence[str]) -> seqio.Mixture:
+  """Registers a mixture of aliases under a reference mixture's name (examples-proportional)."""
+  _check_alias(name, task_names)
+  ALIASES[name] = " + ".join(ALIASES.get(t, t) for t in task_names)
+  return seqio.MixtureRegistry.add(name, list(task_names), default_rate=_mixture_rate(task_names))
 
 
 def add_task_variants(name: str, family: str, *, splits,
@@ -126,7 +162,12 @@ def add_mixture(name: str, task_names: Sequence[str],
   missing = [t for t in task_names if t not in seqio.TaskRegistry.names()]
   if missing:
     raise UserError(f"mixture {name!r} names unregistered tasks: {', '.join(missing)}")
-  rate = functools.partial(seqio.mixing_rate_num_examples, maximum=rate_cap)
-  mixture = seqio.MixtureRegistry.add(name, list(task_names), default_rate=rate)
+  mixture = seqio.MixtureRegistry.add(name, list(task_names),
+                                      default_rate=_mixture_rate(task_names, rate_cap))
   MIXTURES[name] = list(task_names)
   return mixture
+
+
+def _mixture_rate(task_names: Sequence[str], rate_cap: int = MIXTURE_RATE_CAP):
+  del task_names  # One rule for every mixture here.
+  return functools.partial(seqio.mixing_rate_num_examples, maximum=rate_cap)

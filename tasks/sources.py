@@ -174,6 +174,25 @@ class TextSource(seqio.DataSource):
             f"--data_dir={builder.data_dir_root}` where there is network access, then set "
             f"TFDS_DATA_DIR" + (f", or put the official files in {where}" if where else ""))
 
+  def data_available(self, split: str) -> bool:
+    """Whether `split` can be read without a download: the official file under the
+    data directory, or a prepared TFDS dataset (in `--tfds_data_dir` / $TFDS_DATA_DIR)."""
+    data_dir = local_data_dir()
+    if self._local is not None and data_dir and os.path.isdir(
+        os.path.join(data_dir, self._local.folder)):
+      return split in self._local.files and os.path.isfile(self._local.path(data_dir, split))
+    if self._tfds is None:
+      return False
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # "Variant folder ... has no dataset_info.json"
+    try:
+      return bool(self._tfds.tfds_dataset.builder.is_prepared())
+    except Exception:  # pylint: disable=broad-except  (an unreachable gs:// data dir, ...)
+      return False
+    finally:
+      absl_logger.setLevel(level)
+
   def _check_split(self, split: str):
     if split not in self._split_map:
       raise UserError(f"split {split!r} is not available here; choose one of "

@@ -40,6 +40,10 @@ _DIAGNOSTICS = {
 }
 
 
+# The diagnostics (test split only), not part of the `super_glue` mixture.
+DIAGNOSTICS = [f"super_glue_{t}" for t in _DIAGNOSTICS]
+
+
 def _tfds(config: str) -> str:
   return f"super_glue/{config}:{VERSION}"
 

@@ -48,7 +48,8 @@ def test_convert_t5x(t5x_checkpoint, tmp_path):
                    "--relative_attention_max_distance", "32")
   assert result.returncode == 0, result.stderr
   meta = json.loads((out / "config.json").read_text())
-  assert meta["source"] == {"format": "t5x", "path": str(path)}
+  # The T5X step is recorded: TRAIN_STEPS counts from it, as in T5X.
+  assert meta["source"] == {"format": "t5x", "path": str(path), "step": 3}
   config, restored = load_backbone(str(out))
   assert config == SMALL
   a, b = flatten_paths(restored), flatten_paths(params)

@@ -49,7 +49,8 @@ def test_convert_then_score_equals_a_direct_computation(checkpoint, shared_data,
 
 
 def test_prompt_tuning_directly_on_the_t5x_checkpoint_keeps_it_frozen(checkpoint, tmp_path):
-  summary = toy_train(tmp_path / "run", steps=3,
+  # The checkpoint is at step 3; TRAIN_STEPS is absolute, as in T5X: 3 steps of tuning.
+  summary = toy_train(tmp_path / "run", steps=6,
                       files=("models/t5_1_1_tiny_prompt.gin", "runs/prompt_finetune.gin"),
                       extra=[f"INITIAL_CHECKPOINT_PATH = '{checkpoint}'", "PROMPT_LENGTH = 3",
                              "train.return_variables = True"])
@@ -60,3 +61,5 @@ def test_prompt_tuning_directly_on_the_t5x_checkpoint_keeps_it_frozen(checkpoint
     np.testing.assert_array_equal(np.asarray(got), want, err_msg=jax.tree_util.keystr(path))
   assert summary["trainable"]["prompt"]["prompt"].shape == (3, 4)
   assert np.isfinite([h["loss"] for h in summary["train_history"]]).all()
+  assert [h["step"] for h in summary["train_history"]] == [4, 5, 6]
+  assert (tmp_path / "run" / "prompts" / "step_6.npy").exists()

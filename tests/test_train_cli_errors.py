@@ -41,7 +41,9 @@ def test_unregistered_task_lists_close_names(tmp_path):
 
 def test_checkpoint_of_the_wrong_size(tmp_path, shared_data):
   ckpt = shared_data / "t5x_t5_1_1_tiny" / "checkpoint_3"  # d_model 4, the toy model has 32
-  proc = run_train(tmp_path / "run", f"--gin.INITIAL_CHECKPOINT_PATH='{ckpt}'")
+  # TRAIN_STEPS past the checkpoint's step 3 (absolute steps, as in T5X).
+  proc = run_train(tmp_path / "run", f"--gin.INITIAL_CHECKPOINT_PATH='{ckpt}'",
+                   "--gin.TRAIN_STEPS=5")
   assert_one_line_error(proc, tmp_path / "run", "decoder/decoder_norm/scale", "checkpoint has (4,)",
                         "model expects (32,)")
 

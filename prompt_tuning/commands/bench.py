@@ -17,17 +17,28 @@ from prompt_tuning.errors import UserError
 
 
 def add_arguments(parser) -> None:
-  parser.add_argument("--size", default="small", help="T5 1.1 size: small, base, large, xl, xxl")
-  parser.add_argument("--batch_size", type=int, default=8)
-  parser.add_argument("--inputs_length", type=int, default=128)
-  parser.add_argument("--prompt_length", type=int, default=100)
-  parser.add_argument("--targets_length", type=int, default=8)
-  parser.add_argument("--steps", type=int, default=10, help="timed steps (after one warm-up step)")
+  parser.add_argument("--size", default="small",
+                      help="T5 1.1 size of the random backbone: small, base, large, xl, xxl "
+                      "(default: small)")
+  parser.add_argument("--batch_size", type=int, default=8,
+                      help="global batch of the timed step (default: 8)")
+  parser.add_argument("--inputs_length", type=int, default=128,
+                      help="encoder input tokens per example, prompt excluded (default: 128)")
+  parser.add_argument("--prompt_length", type=int, default=100,
+                      help="soft-prompt tokens prepended to the inputs (default: 100)")
+  parser.add_argument("--targets_length", type=int, default=8,
+                      help="decoder target tokens per example (default: 8)")
+  parser.add_argument("--steps", type=int, default=10,
+                      help="timed steps, after one untimed warm-up step (default: 10)")
   parser.add_argument("--frozen_dtype", default=None,
-                      help="store the frozen backbone in this dtype (e.g. bfloat16)")
-  parser.add_argument("--dtype", default="float32", help="activation dtype")
-  parser.add_argument("--remat", action="store_true", help="rematerialize layers in backward")
-  parser.add_argument("--seed", type=int, default=0)
+                      help="store the frozen backbone in this dtype, e.g. bfloat16 (default: "
+                      "float32)")
+  parser.add_argument("--dtype", default="float32",
+                      help="activation dtype: float32 or bfloat16 (default: float32)")
+  parser.add_argument("--remat", action="store_true",
+                      help="rematerialize each layer's activations in the backward pass")
+  parser.add_argument("--seed", type=int, default=0,
+                      help="seed of the random backbone, prompt and batch (default: 0)")
 
 
 def peak_rss_mb() -> float:

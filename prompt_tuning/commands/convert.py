@@ -92,14 +92,19 @@ def run(args: argparse.Namespace) -> int:
   _check_args(args)
   config, params = read_checkpoint(args.source_format, args.input, args.dtype,
                                    args.relative_attention_max_distance)
+  # The step TRAIN_STEPS counts from when the folder is INITIAL_CHECKPOINT_PATH (as in T5X).
+  step = 0
+  if args.source_format == "t5x":
+    from prompt_tuning.io.t5x import read_t5x_step
+    step = read_t5x_step(args.input)
   source = {"format": args.source_format,
-            "path": fs.absolute(args.input)}
+            "path": fs.absolute(args.input), "step": step}
   _write(args.output, config, params, source)
   count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
   print(f"wrote {args.output}: T5 1.1 emb_dim={config.emb_dim} heads={config.num_heads} "
         f"layers={config.num_encoder_layers}+{config.num_decoder_layers} "
         f"vocab={config.vocab_size}, {count:,} parameters ({config.param_dtype}) from "
-        f"{args.source_format} {args.input}")
+        f"{args.source_format} {args.input} (step {step:,})")
   if args.source_format == "t5x" and args.relative_attention_max_distance is None:
     print(f"note: relative_attention_max_distance={config.relative_attention_max_distance} "
           "(T5 1.1's value; T5X checkpoints do not store it, so pass "

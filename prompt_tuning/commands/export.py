@@ -64,22 +64,23 @@ def lora_pairs(tensors: Dict[str, np.ndarray], description: Dict, source: str
 
 
 def run(args) -> int:
-  from prompt_tuning.io import backbone, hf, npy, peft
+  from prompt_tuning.io import backbone, hf, peft
+  from prompt_tuning.prompts.files import read_prompt
   # Everything is checked before the first file is written.
   checks.output_dir(args.output, "--output")
   if os.path.exists(os.path.join(args.output, peft.CONFIG)):
     raise UserError(f"--output {args.output} already holds a PEFT adapter; choose a new folder")
-  if args.hf_output:
-    checks.output_dir(args.hf_output, "--hf_output")
-    if os.path.exists(os.path.join(args.hf_output, hf.CONFIG_FILE)):
+  hf_output = os.path.abspath(args.hf_output) if args.hf_output else None
+  if hf_output:
+    checks.output_dir(hf_output, "--hf_output")
+    if os.path.exists(os.path.join(hf_output, hf.CONFIG_FILE)):
       raise UserError(f"--hf_output {args.hf_output} already holds a model; choose a new folder")
   config = backbone.load_backbone_config(args.checkpoint)
-  params = backbone.load_backbone(args.checkpoint)[1] if args.hf_output else None
   if args.prompt:
-    prompt = npy.load_array(args.prompt, "prompt file",
-                            "pass a prompt exported by training, e.g. MODEL_DIR/prompts/step_N.npy")
+    prompt = read_prompt(args.prompt, "--prompt")
     _check_prompt(prompt, args.prompt, config, args.checkpoint)
-    peft.save_peft_prompt(args.output, prompt, config, base_model_name_or_path=args.hf_output)
+    write = lambda: peft.save_peft_prompt(args.output, prompt, config,
+                                          base_model_name_or_path=hf_output)
     what = f"{prompt.shape[0]} virtual tokens"
   else:
     from prompt_tuning.train import exports
@@ -91,16 +92,19 @@ def run(args) -> int:
     if set(tensors) == {"params/prompt/prompt"} and not description.get("plan"):
       prompt = tensors["params/prompt/prompt"]
       _check_prompt(prompt, args.deltas, config, args.checkpoint)
-      peft.save_peft_prompt(args.output, prompt, config, base_model_name_or_path=args.hf_output)
+      write = lambda: peft.save_peft_prompt(args.output, prompt, config,
+                                            base_model_name_or_path=hf_output)
       what = f"{prompt.shape[0]} virtual tokens"
     else:
       pairs, rank, alpha = lora_pairs(tensors, description, args.deltas)
-      adapter = peft.save_peft_lora(args.output, pairs, rank, alpha, config,
-                                    base_model_name_or_path=args.hf_output)
-      what = (f"LoRA r={rank} alpha={adapter['lora_alpha']} on {len(pairs)} modules, "
-              f"target_modules {adapter['target_modules'] if len(adapter['target_modules']) < 5 else '[...]'}")
-  if args.hf_output:
-    hf.save_hf(args.hf_output, config, params)
+      write = lambda: peft.save_peft_lora(args.output, pairs, rank, alpha, config,
+                                          base_model_name_or_path=hf_output)
+      what = f"LoRA r={rank} alpha={alpha} on {len(pairs)} modules"
+  if hf_output:  # written first: the adapter names it by its absolute path
+    hf.save_hf(hf_output, config, backbone.load_backbone(args.checkpoint)[1])
+  write()
   print(f"wrote PEFT adapter {os.path.abspath(args.output)} ({what})"
-        + (f" and Hugging Face backbone {args.hf_output}" if args.hf_output else ""))
+        + (f" on Hugging Face backbone {hf_output}" if hf_output else
+           "; without --hf_output it names no base model (set base_model_name_or_path in "
+           "adapter_config.json, or rerun with --hf_output DIR)"))
   return 0

@@ -3,6 +3,7 @@
 Each output line is the input object plus `prediction` (the decoded text, up
 to EOS). Greedy by default; `--beam_size N` runs beam search with length
 penalty `--alpha`; `--temperature T > 0` samples (optionally among `--topk`).
+`--prompt` prepends a tuned prompt (`.npy` or a PEFT adapter) to every input.
 """
 import argparse
 
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
   import jax
   from prompt_tuning.models.inference import InferenceModel, length_sorted_batches
-  model = InferenceModel.from_backbone(args.checkpoint)
+  model = InferenceModel.from_backbone(args.checkpoint, args.prompt)
   jsonl.check_token_range(inputs, model.vocab_size, args.vocab)
 
   predictions = [""] * len(examples)

@@ -25,6 +25,9 @@ def add_arguments(parser) -> None:
   parser.add_argument("--num_devices", type=int, default=None,
                       help="devices of the mesh to plan for (default: jax.device_count())")
   parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+  parser.add_argument("--device_memory_gib", type=float, default=None,
+                      help="memory of one device in GiB (e.g. 16 for a TPU v3 core): exit with an "
+                      "error when the run does not fit (scripts/tpu/train_rte.sh checks this)")
 
 
 def _gin_value(name: str, default: Any = None) -> Any:
@@ -152,5 +155,13 @@ def run(args) -> int:
   if args.num_devices is not None and args.num_devices < 1:
     raise UserError(f"--num_devices={args.num_devices} must be at least 1")
   result = plan_run(args.num_devices)
-  print(json.dumps(result) if args.json else format_plan(result))
+  print(json.dumps(result) if args.json else format_plan(result), flush=True)
+  if args.device_memory_gib is not None:
+    limit = args.device_memory_gib * 2 ** 30
+    if result["device_bytes"] > limit:
+      raise UserError(
+          f"the run needs {plan_lib.human_bytes(result['device_bytes'])} per device, more than "
+          f"the {args.device_memory_gib:g} GiB of one device; raise make_mesh.model_parallel_size "
+          f"(now {result['mesh']['model']}) or train.num_microbatches, or set T5Config.remat=True "
+          "or train.frozen_dtype='bfloat16'")
   return 0

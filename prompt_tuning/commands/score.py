@@ -3,7 +3,8 @@
 Each output line is the input object plus `log_likelihood` (the sum over the
 target tokens, EOS appended as SeqIO does, of log p(token)) and
 `num_target_tokens`. Comparing `log_likelihood` across candidate targets of
-the same inputs is rank classification.
+the same inputs is rank classification. `--prompt` prepends a tuned prompt
+(`.npy` or a PEFT adapter) to every input, as in training.
 """
 import argparse
 from typing import Any, Dict, List
@@ -21,6 +22,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                       help="backbone folder written by `prompt-tuning convert`")
   parser.add_argument("--vocab", required=True, help="SentencePiece model file")
   parser.add_argument("--inputs_file", required=True, help="JSONL file, one object per line")
+  parser.add_argument("--prompt", default=None,
+                      help="a tuned prompt to prepend to every input: MODEL_DIR/prompts/step_N.npy "
+                      "or a Hugging Face PEFT prompt-tuning adapter (folder or .safetensors)")
   parser.add_argument("--output", default=None, help="output JSONL file (default: stdout)")
   parser.add_argument("--batch_size", type=int, default=32,
                       help="examples per compiled batch (the last batch is padded)")
@@ -43,6 +47,9 @@ def check_common_arguments(args: argparse.Namespace) -> None:
     checks.output_file(args.output, "--output")
   from prompt_tuning.io.backbone import read_backbone_metadata
   read_backbone_metadata(args.checkpoint)
+  if args.prompt is not None:
+    from prompt_tuning.prompts.files import read_prompt
+    read_prompt(args.prompt, "--prompt")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
   targets = jsonl.tokenize(vocab, (e["targets"] for e in examples))
 
   from prompt_tuning.models.inference import InferenceModel, length_sorted_batches
-  model = InferenceModel.from_backbone(args.checkpoint)
+  model = InferenceModel.from_backbone(args.checkpoint, args.prompt)
   jsonl.check_token_range(inputs + targets, model.vocab_size, args.vocab)
 
   log_likelihoods = np.zeros(len(examples), np.float64)

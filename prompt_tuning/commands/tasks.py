@@ -4,6 +4,9 @@
   prompt-tuning tasks list --filter glue       # names containing "glue"
   prompt-tuning tasks show super_glue_rte --split validation -n 3
 
+The reference code's names (`taskless_glue_sst2_v200_examples`, ...) are
+listed as `= our_name`: they are aliases of this project's tasks.
+
 `--module M` imports a module registering more tasks (like T5X's
 `MIXTURE_OR_TASK_MODULE`); `--gin.local_data_dir.path="'/data'"` reads
 official files instead of TFDS.
@@ -25,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--module", action="append", default=[],
                       help="extra module(s) to import that register tasks")
   parser.add_argument("--gin_file", action="append", default=[], help="gin file(s) to parse")
+  parser.add_argument("--tfds_data_dir", default=None,
+                      help="TFDS data directory (as T5X's flag; default: $TFDS_DATA_DIR)")
 
 
 def _import_tasks(modules: List[str]):
@@ -55,14 +60,18 @@ def _lookup(name: str):
 def list_names(pattern: str = "") -> List[str]:
   """Lines describing every registered mixture and task matching `pattern`."""
   import seqio  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.tasks import TASKS  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.tasks import ALIASES, TASKS  # pylint: disable=g-import-not-at-top
   lines = []
   for name in sorted(seqio.MixtureRegistry.names()):
-    if pattern in name:
+    if pattern in name and name in ALIASES:
+      lines.append(f"{name:34s} mixture = {ALIASES[name]} (reference name)")
+    elif pattern in name:
       members = [t.name for t in seqio.get_mixture_or_task(name).tasks]
       lines.append(f"{name:34s} mixture of {len(members)}: {', '.join(members)}")
   for name in sorted(seqio.TaskRegistry.names()):
-    if pattern in name:
+    if pattern in name and name in ALIASES:
+      lines.append(f"{name:34s} = {ALIASES[name]} (reference name)")
+    elif pattern in name:
       info = TASKS.get(name)
       splits = ",".join(info.splits) if info else ""
       labels = " | ".join(info.label_names) if info and info.label_names else ""
@@ -124,6 +133,8 @@ def _print(lines: List[str]):
 
 
 def run(args: argparse.Namespace) -> int:
+  from prompt_tuning.gin_utils import set_tfds_data_dir  # pylint: disable=g-import-not-at-top
+  set_tfds_data_dir(args.tfds_data_dir)
   _import_tasks(args.module)
   _parse_gin(args.gin_file, getattr(args, "gin_bindings", []))
   if args.action == "list":

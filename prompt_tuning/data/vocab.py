@@ -24,10 +24,33 @@ def default_vocab_path() -> str:
   return os.environ.get(VOCAB_ENV) or T5_VOCAB_PATH
 
 
+class _SentencePieceVocabulary(seqio.SentencePieceVocabulary):
+  """seqio's vocabulary, whose model file failing to load is one line naming the way out.
+
+  seqio reads the file on first use (encode, decode, ids), often deep inside a
+  data pipeline; without network access the default `gs://` file otherwise
+  ends in a long TensorFlow traceback.
+  """
+
+  def _model_context(self):
+    try:
+      return super()._model_context()
+    except UserError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (tf.errors.*, OSError, sentencepiece)
+      path = self.sentencepiece_model_file
+      lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+      why = (lines[0] if lines else type(e).__name__)[:200]
+      hint = " (no network access to gs://?)" if path.startswith("gs://") else ""
+      raise UserError(f"cannot read the SentencePiece vocabulary {path}{hint}: {why}; set "
+                      f"${VOCAB_ENV} to a local sentencepiece.model (T5's: {T5_VOCAB_PATH}) "
+                      "or bind get_vocabulary.path") from None
+
+
 @functools.lru_cache(maxsize=8)
 def _load(path: str, extra_ids: int) -> seqio.SentencePieceVocabulary:
   # seqio reads the model file on first encode/decode, not here.
-  return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+  return _SentencePieceVocabulary(path, extra_ids=extra_ids)
 
 
 @gin.configurable

@@ -219,6 +219,24 @@ def open_t5x_checkpoint(checkpoint_dir: str) -> Dict[str, Any]:
   return _stored_tree(state["optimizer"]["target"], folder)
 
 
+def read_t5x_step(checkpoint_dir: str) -> int:
+  """The training step a T5X checkpoint was saved at (its msgpack `optimizer/state/step`).
+
+  T5X counts `TRAIN_STEPS` from it (`checkpoint_1100000` holds step 1,100,000).
+  """
+  folder = checkpoint_folder(checkpoint_dir)
+  state = _restore_msgpack(folder).get("optimizer", {}).get("state", {})
+  step = state.get("step") if isinstance(state, dict) else None
+  if step is None:
+    raise UserError(f"T5X checkpoint {folder} records no optimizer/state/step; T5X writes one "
+                    "in every checkpoint, so re-copy the checkpoint folder")
+  try:
+    return int(np.asarray(step).reshape(()))
+  except (TypeError, ValueError):
+    raise UserError(f"T5X checkpoint {folder}: optimizer/state/step is not a number "
+                    f"({type(step).__name__}); re-copy the checkpoint folder") from None
+
+
 def _materialize(stored: StoredArray, dtype: Optional[np.dtype]) -> np.ndarray:
   value = stored.read(tuple(slice(None) for _ in stored.shape))
   return value.astype(dtype) if dtype is not None else value

@@ -19,13 +19,11 @@ from prompt_tuning.prompts.prompt import PLACEMENTS, PROMPT_AXES, place_prompt
 
 
 def load_prompt_files(paths: Sequence[str]) -> np.ndarray:
-  """Stacks `.npy` prompts into `[N, P, E]`, checking they agree in shape."""
+  """Stacks saved prompts (`.npy` or PEFT adapters) into `[N, P, E]`, checking their shapes."""
   if not paths:
     raise UserError("PROMPT_FILES is empty; list the .npy prompts to ensemble")
-  arrays = []
-  for path in paths:
-    arrays.append(load_array(path, "prompt file", "check PROMPT_FILES (prompts exported by "
-                             "training, e.g. MODEL_DIR/prompts/step_N.npy)"))
+  from prompt_tuning.prompts.files import read_prompt
+  arrays = [read_prompt(path, "PROMPT_FILES entry") for path in paths]
   shapes = {a.shape for a in arrays}
   if len(shapes) != 1:
     raise UserError(f"ensembled prompts differ in shape: {sorted(shapes)}; use prompts of one length")

@@ -81,14 +81,15 @@ def class_labels(labels: Sequence[str] = gin.REQUIRED, vocabulary=None,
 
 @gin.configurable
 def from_file(path: str = gin.REQUIRED) -> Initializer:
-  """The array saved at `path` (`.npy`, e.g. an exported prompt; `PROMPT_FILE`)."""
+  """The prompt saved at `path` (`PROMPT_FILE`): an exported `.npy`, or a Hugging Face
+  PEFT prompt-tuning adapter folder or its `.safetensors` (`prompts.files.read_prompt`)."""
   def init(rng, shape, embedding_table):
     del rng, embedding_table
-    from prompt_tuning.io.npy import load_array  # pylint: disable=g-import-not-at-top
-    value = load_array(path, "prompt file", "check PROMPT_FILE (a prompt exported by training, "
-                       "e.g. MODEL_DIR/prompts/step_N.npy)")
+    from prompt_tuning.prompts.files import read_prompt
+    value = read_prompt(path, "PROMPT_FILE")
     return _checked(value, shape, f"prompt file {path}")
   init.loads_saved_values = True  # eval/infer accept it as a trained prompt
+  init.path = path  # eval names its summaries' step after a `step_N.npy` file
   return init
 
 

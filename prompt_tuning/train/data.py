@@ -29,6 +29,11 @@ def import_task_modules(modules) -> None:
     try:
       importlib.import_module(name)
     except ImportError as e:
+      if name.startswith("prompt_tuning.data."):
+        raise UserError(f"the reference's task module {name!r} has no counterpart here ({e}); "
+                        "its GLUE and SuperGLUE names come with 'prompt_tuning.data.glue' / "
+                        "'prompt_tuning.data.super_glue' (or the default 'prompt_tuning.tasks'): "
+                        "run `prompt-tuning tasks` for the names") from None
       raise UserError(f"cannot import task module {name!r} ({e}); check MIXTURE_OR_TASK_MODULE") from None
 
 
@@ -58,6 +63,44 @@ def check_split(mixture_or_task_name: str, split, setting: str) -> None:
     hint = closest(str(split), splits, n=2)
     raise UserError(f"{mixture_or_task_name} has no split {split!r}; it has "
                     f"{', '.join(splits)}.{hint} Set {setting} to one of them")
+
+
+def check_data_available(mixture_or_task_name: str, splits) -> None:
+  """Fails fast, in one line, when tasks of a run have no data to read.
+
+  A task's split has data when its official file is under the data directory
+  (DATA_DIR / $PROMPT_TUNING_DATA_DIR) or its TFDS dataset is prepared. When a
+  data directory is set, or when only some tasks of a mixture have data, every
+  task must have it: otherwise TFDS would spend minutes retrying downloads of
+  the missing ones. Without a data directory and with no task prepared, TFDS
+  may still download them (first use with network access).
+
+  Args:
+    mixture_or_task_name: a registered task or mixture.
+    splits: the splits the run reads (tasks lacking a split are skipped, as seqio does).
+  """
+  from prompt_tuning.tasks.sources import DATA_DIR_ENV, TextSource, local_data_dir
+  tasks = seqio.get_subtasks(get_mixture_or_task(mixture_or_task_name))
+  checked, missing = 0, []
+  for task in tasks:
+    if not isinstance(task.source, TextSource):
+      continue
+    for split in splits:
+      if split in task.splits:
+        checked += 1
+        if not task.source.data_available(split):
+          missing.append(f"{task.name} [{split}]")
+  if not missing:
+    return
+  data_dir = local_data_dir()
+  if data_dir is None and len(missing) == checked:
+    return  # nothing prepared anywhere: TFDS downloads on first use
+  where = (f"the data directory {data_dir}" if data_dir
+           else f"DATA_DIR (${DATA_DIR_ENV})")
+  raise UserError(f"no data for {len(missing)} of {checked} task splits of "
+                  f"{mixture_or_task_name}: {', '.join(missing)}; put their official files under "
+                  f"{where} or prepare them in TFDS (`tfds build`, --tfds_data_dir), or choose "
+                  "tasks that have data")
 
 
 @contextlib.contextmanager

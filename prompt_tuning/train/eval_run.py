@@ -1,4 +1,4 @@
-"""`prompt-tuning eval` and `prompt-tuning infer`: saved prompts or deltas on a task or mixture.
+"""`prompt-tuning eval` and `prompt-tuning infer`: a saved prompt on a task or mixture.
 
 The prompt comes from the model's gin config, usually `prompts/from_file.gin`
 with `PROMPT_FILE=MODEL_DIR/prompts/step_N.npy` (or a `PromptEnsemble` of
@@ -6,7 +6,14 @@ several files); the backbone from INITIAL_CHECKPOINT_PATH. Other new parameters
 (LoRA, adapters, APET's insertions, ...) come from an export of the run,
 `DELTAS_FILE=MODEL_DIR/exports/step_N` (`configs/runs/deltas_eval.gin`), on a
 model built with the run's method gin files.
+
+T5X's eval bindings, which the reference's eval scripts use, map onto these:
+`CHECKPOINT_PATH` sets INITIAL_CHECKPOINT_PATH (`gin_utils.T5X_MACRO_ALIASES`),
+`EVAL_OUTPUT_DIR` / `INFER_OUTPUT_DIR` replace MODEL_DIR/eval and
+MODEL_DIR/inference, and `utils.DatasetConfig.{split,batch_size,use_cached}`
+set the split, batch size and cache use (`DatasetConfig` below).
 """
+import dataclasses
 import json
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
@@ -17,10 +24,69 @@ import numpy as np
 from prompt_tuning import checks, fs
 from prompt_tuning.errors import UserError
 from prompt_tuning.prompts.ensemble import PromptEnsemble
+from prompt_tuning.prompts.files import step_of
 from prompt_tuning.train import data as data_lib
 from prompt_tuning.train import evaluation, summaries
-from prompt_tuning.train.initialize import backbone_paths
+from prompt_tuning.train.initialize import backbone_paths, checkpoint_step
 from prompt_tuning.train.run_setup import RunContext, build_run
+
+
+@gin.configurable("DatasetConfig", module="utils")
+@dataclasses.dataclass(frozen=True)
+class DatasetConfig:
+  """T5X's `utils.DatasetConfig`, for the fields an eval or infer here reads.
+
+  `runs/prompt_eval.gin` binds `evaluate.dataset_cfg = @utils.DatasetConfig()`,
+  so T5X command lines such as `--gin.utils.DatasetConfig.split="'validation'"`
+  and `--gin.utils.DatasetConfig.batch_size=128` apply. Its other T5X fields
+  (`pack`, `shuffle`, `seed`, `module`, ...) do not exist here: binding one is a
+  gin error, never silently ignored. None leaves the setting to the function.
+  """
+  split: Optional[str] = None
+  batch_size: Optional[int] = None
+  use_cached: Optional[bool] = None
+
+
+def _setting(name: str, value: Any, from_dataset_cfg: Any, default: Any) -> Any:
+  """One setting given as a parameter and/or by `utils.DatasetConfig`; they must agree."""
+  if value is not None and from_dataset_cfg is not None and value != from_dataset_cfg:
+    raise UserError(f"{name} is {value!r} but utils.DatasetConfig sets {from_dataset_cfg!r}; "
+                    "bind only one of them")
+  for candidate in (value, from_dataset_cfg):
+    if candidate is not None:
+      return candidate
+  return default
+
+
+def output_dir(model_dir: Optional[str], t5x_dir: Optional[str], t5x_name: str,
+               subdir: str) -> str:
+  """`t5x_dir` (T5X's EVAL_OUTPUT_DIR / INFER_OUTPUT_DIR) or `MODEL_DIR/<subdir>`: exactly one."""
+  if model_dir and t5x_dir:
+    raise UserError(f"both MODEL_DIR and {t5x_name} are set; results go to {t5x_name} when set, "
+                    f"else MODEL_DIR/{subdir}: set only one")
+  if t5x_dir:
+    return t5x_dir
+  if model_dir:
+    return fs.join(model_dir, subdir)
+  raise UserError(f"no output folder: set --gin.MODEL_DIR=\"'/path/run'\" (results in "
+                  f"MODEL_DIR/{subdir}) or T5X's --gin.{t5x_name}=\"'/path'\"")
+
+
+def prompt_files(model) -> Tuple[str, ...]:
+  """The files the model's prompt is loaded from (PROMPT_FILE or PROMPT_FILES), if any."""
+  if isinstance(model.prompt, PromptEnsemble):
+    return tuple(model.prompt.prompt_files)
+  path = getattr(getattr(model.prompt, "initializer", None), "path", None)
+  return (path,) if path else ()
+
+
+def evaluated_step(model, initial_checkpoint_path: Optional[str]) -> int:
+  """The step summaries of an eval are written at: that of a `step_N.npy` PROMPT_FILE
+  (all files of an ensemble when they agree), else the initial checkpoint's step."""
+  steps = {step_of(path) for path in prompt_files(model)}
+  if len(steps) == 1 and None not in steps:
+    return steps.pop()
+  return checkpoint_step(initial_checkpoint_path)
 
 
 def loaded_parameter_paths(model, from_files: Sequence[str] = ()) -> Tuple[str, ...]:
@@ -63,9 +129,10 @@ def check_parameters_are_loaded(ctx: RunContext, allow_random_parameters: bool,
 
 def load_run(mixture_or_task_name: str, mixture_or_task_module: Optional[Sequence[str]],
              task_feature_lengths: Mapping[str, int], initial_checkpoint_path: Optional[str],
-             allow_random_parameters: bool = False,
-             deltas_file: Optional[str] = None) -> RunContext:
-  """The run context of an eval or infer, after checking where its parameters came from.
+             allow_random_parameters: bool = False, deltas_file: Optional[str] = None,
+             split: Optional[str] = None) -> RunContext:
+  """The run context of an eval or infer, after checking where its parameters came from
+  (and, given `split`, that every task has data for it).
 
   `deltas_file`: an export folder (`MODEL_DIR/exports/step_N`) whose new
   parameters replace the model's freshly initialized ones.
@@ -79,15 +146,16 @@ def load_run(mixture_or_task_name: str, mixture_or_task_module: Optional[Sequenc
                   mixture_or_task_names=[mixture_or_task_name],
                   mixture_or_task_module=mixture_or_task_module,
                   task_feature_lengths=task_feature_lengths, model=model,
-                  edit_initial_variables=edit)
+                  edit_initial_variables=edit,
+                  data_splits={mixture_or_task_name: [split]} if split else None)
   check_parameters_are_loaded(ctx, allow_random_parameters, loaded)
   return ctx
 
 
-def _check_arguments(command: str, model_dir, mixture_or_task_name, mixture_or_task_module, split,
+def _check_arguments(command: str, out_dir, mixture_or_task_name, mixture_or_task_module, split,
                      batch_size, num_examples) -> None:
   """The cheap checks of eval/infer arguments, before the model is built or anything written."""
-  checks.output_dir(model_dir, "MODEL_DIR")
+  checks.output_dir(out_dir, "the output folder (MODEL_DIR or EVAL_OUTPUT_DIR/INFER_OUTPUT_DIR)")
   checks.positive_int(batch_size, f"BATCH_SIZE ({command}.batch_size)", "--gin.BATCH_SIZE=32")
   checks.optional_positive_int(num_examples, f"{command}.num_examples",
                                f"--gin.{command}.num_examples=100")
@@ -95,11 +163,8 @@ def _check_arguments(command: str, model_dir, mixture_or_task_name, mixture_or_t
   data_lib.check_split(mixture_or_task_name, split, f"EVAL_SPLIT ({command}.split)")
 
 
-def _setup(mixture_or_task_name, mixture_or_task_module, task_feature_lengths,
-           initial_checkpoint_path, split, use_cached, num_examples, batch_size,
-           allow_random_parameters, deltas_file):
-  ctx = load_run(mixture_or_task_name, mixture_or_task_module, task_feature_lengths,
-                 initial_checkpoint_path, allow_random_parameters, deltas_file)
+def _setup(ctx: RunContext, mixture_or_task_name, task_feature_lengths, split, use_cached,
+           num_examples, batch_size):
   fns = evaluation.EvalModelFns(ctx.model, ctx.partitioner, ctx.variables, ctx.shardings,
                                 batch_size=batch_size,
                                 max_decode_length=task_feature_lengths["targets"])
@@ -109,57 +174,77 @@ def _setup(mixture_or_task_name, mixture_or_task_module, task_feature_lengths,
 
 
 @gin.configurable
-def evaluate(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
+def evaluate(*, model_dir: Optional[str] = None, mixture_or_task_name: str = gin.REQUIRED,
              task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
              initial_checkpoint_path: Optional[str] = None,
-             mixture_or_task_module: Optional[Sequence[str]] = None, split: str = "validation",
-             batch_size: int = 32, use_cached_tasks: bool = False,
-             num_examples: Optional[int] = None, step: int = 0,
-             allow_random_parameters: bool = False,
+             mixture_or_task_module: Optional[Sequence[str]] = None, split: Optional[str] = None,
+             batch_size: Optional[int] = None, use_cached_tasks: Optional[bool] = None,
+             num_examples: Optional[int] = None, step: Optional[int] = None,
+             allow_random_parameters: bool = False, eval_output_dir: Optional[str] = None,
+             dataset_cfg: Optional[DatasetConfig] = None,
              deltas_file: Optional[str] = None) -> Dict[str, float]:
-  """Metrics of every task in the mixture; writes `MODEL_DIR/eval/metrics.json` + TensorBoard.
+  """Metrics of every task in the mixture; writes `metrics_<split>.json` + TensorBoard.
 
+  Results go to `MODEL_DIR/eval/` or, with T5X's `EVAL_OUTPUT_DIR`, there.
+  TensorBoard summaries are written at `step`: by default the step of a
+  `step_N.npy` PROMPT_FILE, else the initial checkpoint's step.
   `allow_random_parameters=True` evaluates a prompt (or other new parameters)
   that was not loaded from a file: only ever on purpose, e.g. as a baseline.
+  `dataset_cfg` is T5X's `utils.DatasetConfig` (split, batch size, cache use).
   `deltas_file` (`DELTAS_FILE`): a run's export folder `MODEL_DIR/exports/step_N`
   holding its new parameters (see `prompt_tuning.train.exports`).
   """
-  _check_arguments("evaluate", model_dir, mixture_or_task_name, mixture_or_task_module, split,
+  cfg = dataset_cfg or DatasetConfig()
+  split = _setting("evaluate.split", split, cfg.split, "validation")
+  batch_size = _setting("evaluate.batch_size", batch_size, cfg.batch_size, 32)
+  use_cached_tasks = _setting("evaluate.use_cached_tasks", use_cached_tasks, cfg.use_cached, False)
+  out_dir = output_dir(model_dir, eval_output_dir, "EVAL_OUTPUT_DIR", "eval")
+  _check_arguments("evaluate", out_dir, mixture_or_task_name, mixture_or_task_module, split,
                    batch_size, num_examples)
-  fns, evaluator = _setup(mixture_or_task_name, mixture_or_task_module, task_feature_lengths,
-                          initial_checkpoint_path, split, use_cached_tasks, num_examples, batch_size,
-                          allow_random_parameters, deltas_file)
+  ctx = load_run(mixture_or_task_name, mixture_or_task_module, task_feature_lengths,
+                 initial_checkpoint_path, allow_random_parameters, deltas_file, split)
+  fns, evaluator = _setup(ctx, mixture_or_task_name, task_feature_lengths, split,
+                          use_cached_tasks, num_examples, batch_size)
+  if step is None:
+    step = evaluated_step(ctx.model, initial_checkpoint_path)
   metrics = evaluation.run_evaluation(evaluator, fns, step)
-  out_dir = fs.join(model_dir, "eval")
   fs.makedirs(out_dir)
   fs.write_json(fs.join(out_dir, f"metrics_{split}.json"), metrics)
   writer = summaries.Writer(out_dir)
   writer.scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
   writer.close()
+  print(f"step {step:,} {split}: written to {out_dir}", flush=True)
   for k, v in sorted(metrics.items()):
     print(f"{k}: {v:.4f}", flush=True)
   return metrics
 
 
 @gin.configurable
-def infer(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
+def infer(*, model_dir: Optional[str] = None, mixture_or_task_name: str = gin.REQUIRED,
           task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
           initial_checkpoint_path: Optional[str] = None,
-          mixture_or_task_module: Optional[Sequence[str]] = None, split: str = "validation",
-          batch_size: int = 32, use_cached_tasks: bool = False,
+          mixture_or_task_module: Optional[Sequence[str]] = None, split: Optional[str] = None,
+          batch_size: Optional[int] = None, use_cached_tasks: Optional[bool] = None,
           num_examples: Optional[int] = None,
-          allow_random_parameters: bool = False,
+          allow_random_parameters: bool = False, infer_output_dir: Optional[str] = None,
+          dataset_cfg: Optional[DatasetConfig] = None,
           deltas_file: Optional[str] = None) -> Dict[str, str]:
-  """Writes `MODEL_DIR/inference/<task>-<split>.jsonl` lines `{inputs, targets, prediction}`.
+  """Writes `<task>-<split>.jsonl` lines `{inputs, targets, prediction}`.
 
+  To `MODEL_DIR/inference/` or, with T5X's `INFER_OUTPUT_DIR`, there.
   `deltas_file` as in `evaluate`.
   """
-  _check_arguments("infer", model_dir, mixture_or_task_name, mixture_or_task_module, split,
+  cfg = dataset_cfg or DatasetConfig()
+  split = _setting("infer.split", split, cfg.split, "validation")
+  batch_size = _setting("infer.batch_size", batch_size, cfg.batch_size, 32)
+  use_cached_tasks = _setting("infer.use_cached_tasks", use_cached_tasks, cfg.use_cached, False)
+  out_dir = output_dir(model_dir, infer_output_dir, "INFER_OUTPUT_DIR", "inference")
+  _check_arguments("infer", out_dir, mixture_or_task_name, mixture_or_task_module, split,
                    batch_size, num_examples)
-  fns, evaluator = _setup(mixture_or_task_name, mixture_or_task_module, task_feature_lengths,
-                          initial_checkpoint_path, split, use_cached_tasks, num_examples, batch_size,
-                          allow_random_parameters, deltas_file)
-  out_dir = fs.join(model_dir, "inference")
+  ctx = load_run(mixture_or_task_name, mixture_or_task_module, task_feature_lengths,
+                 initial_checkpoint_path, allow_random_parameters, deltas_file, split)
+  fns, evaluator = _setup(ctx, mixture_or_task_name, task_feature_lengths, split,
+                          use_cached_tasks, num_examples, batch_size)
   written = {}
   for task in evaluator.eval_tasks:
     model_ds = evaluator.cached_model_datasets[task.name]

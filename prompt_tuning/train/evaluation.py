@@ -106,10 +106,24 @@ class EvalModelFns:
     return out
 
 
+class _WithoutEmptyLoggerWarning(logging.Filter):
+  """Drops seqio's "'logger_cls' is empty so seqio.Evaluator will not log its results":
+  results are written here (metrics JSON, TensorBoard, console), not by seqio loggers."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "'logger_cls' is empty" not in record.getMessage()
+
+
+_EMPTY_LOGGER_FILTER = _WithoutEmptyLoggerWarning()
+
+
 def make_evaluator(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                    split: str = "validation", use_cached: bool = False,
                    num_examples: Optional[int] = None) -> seqio.Evaluator:
   from prompt_tuning.train.data import readable_data_errors
+  absl_logger = logging.getLogger("absl")
+  if _EMPTY_LOGGER_FILTER not in absl_logger.filters:
+    absl_logger.addFilter(_EMPTY_LOGGER_FILTER)
   with readable_data_errors(mixture_or_task_name):
     return seqio.Evaluator(
         mixture_or_task_name=mixture_or_task_name,

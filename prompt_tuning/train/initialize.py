@@ -113,6 +113,38 @@ def identify_checkpoint(path: str) -> str:
                   "(checkpoint file) or a Hugging Face folder; check INITIAL_CHECKPOINT_PATH")
 
 
+def checkpoint_step(path: Optional[str]) -> int:
+  """The training step a checkpoint carries: `TRAIN_STEPS` counts from it, as in T5X.
+
+  A T5X checkpoint stores it (`checkpoint_1100000`: 1,100,000); a backbone
+  folder records it in `config.json`'s `source.step` when `prompt-tuning
+  convert` read a T5X checkpoint; Hugging Face folders, other backbone
+  folders and a random backbone (None) carry none: 0.
+  """
+  if not path:
+    return 0
+  kind = identify_checkpoint(path)
+  if kind == "t5x":
+    from prompt_tuning.io.t5x import read_t5x_step
+    return read_t5x_step(path)
+  if kind == "hf":
+    return 0
+  from prompt_tuning.io.backbone import CONFIG_FILE
+  meta = fs.read_json(fs.join(path, CONFIG_FILE)) or {}
+  source = meta.get("source") or {}
+  if "step" in source:
+    return int(source["step"])
+  if source.get("format") == "t5x" and path not in _warned_stepless:
+    _warned_stepless.add(path)
+    logging.warning("backbone %s was converted from a T5X checkpoint before conversions recorded "
+                    "its step, so TRAIN_STEPS counts from 0 here; re-run `prompt-tuning convert` "
+                    "to count from the checkpoint's step as T5X does", path)
+  return 0
+
+
+_warned_stepless = set()
+
+
 def load_backbone_params(path: str, target: Any, dtype: Optional[str] = None) -> Variables:
   """Reads any supported checkpoint straight into `target`'s shardings, checking shapes."""
   kind = identify_checkpoint(path)

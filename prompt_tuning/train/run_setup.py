@@ -100,8 +100,8 @@ def build_run(*, initial_checkpoint_path: Optional[str] = None, seed: int = 0,
               mixture_or_task_module: Optional[Sequence[str]] = None,
               task_feature_lengths: Optional[Mapping[str, int]] = None,
               frozen_dtype: Optional[str] = None, model: Optional[T5] = None,
-              edit_initial_variables: Optional[Callable[[Variables], Variables]] = None
-              ) -> RunContext:
+              edit_initial_variables: Optional[Callable[[Variables], Variables]] = None,
+              data_splits: Optional[Mapping[str, Sequence[str]]] = None) -> RunContext:
   """Checks the run's tasks and lengths, then builds the model and loads its variables.
 
   Args:
@@ -115,10 +115,14 @@ def build_run(*, initial_checkpoint_path: Optional[str] = None, seed: int = 0,
     model: defaults to the gin-configured `build_model()`.
     edit_initial_variables: maps the freshly built variables to new ones of the
       same structure (how XPrompt rewinds its prompt and fixes its masks).
+    data_splits: task or mixture -> the splits the run reads; each must have
+      data (`data.check_data_available`) before the backbone loads.
   """
   data_lib.import_task_modules(mixture_or_task_module)
   for name in mixture_or_task_names:
     data_lib.get_mixture_or_task(name)
+  for name, splits in (data_splits or {}).items():
+    data_lib.check_data_available(name, splits)
   model = model if model is not None else build_model()
   length = prompt_length(model)  # checked before any variable exists
   if task_feature_lengths is not None:

@@ -62,22 +62,29 @@ def _duration(seconds: float) -> str:
 
 
 class Writer:
-  """TensorBoard scalars under MODEL_DIR (first host only).
+  """TensorBoard scalars under a folder (first host only).
 
+  Written as plain scalar summaries (`simple_value`), which TensorBoard's
+  Scalars dashboard and `EventAccumulator.Scalars()` read; local or `gs://`.
   The events file is created with the first scalars, so a run that fails
   before logging anything leaves no file behind.
   """
 
-  def __init__(self, model_dir: str):
-    self._model_dir = model_dir
+  def __init__(self, log_dir: str):
+    self._log_dir = log_dir
     self._writer = None
 
   def scalars(self, step: int, values: Dict[str, float]) -> None:
+    if jax.process_index() != 0:
+      return
+    from tensorboard.compat.proto import event_pb2, summary_pb2
     if self._writer is None:
-      from clu import metric_writers
-      self._writer = metric_writers.create_default_writer(
-          self._model_dir, just_logging=jax.process_index() > 0, asynchronous=False)
-    self._writer.write_scalars(step, values)
+      from tensorboard.summary.writer.event_file_writer import EventFileWriter
+      self._writer = EventFileWriter(self._log_dir)
+    summary = summary_pb2.Summary(value=[
+        summary_pb2.Summary.Value(tag=tag, simple_value=float(value))
+        for tag, value in sorted(values.items())])
+    self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
 
   def close(self) -> None:
     if self._writer is not None:

@@ -10,6 +10,12 @@ parameter, `train.exports`), the plan's records (e.g. apet_selection.json,
 
 Nothing is written to MODEL_DIR until the configuration, the task, the data
 and the checkpoint shapes have been checked.
+
+Steps are absolute, as in T5X: a run starts at the step its initial checkpoint
+carries (`checkpoint_1100000`: 1,100,000; 0 for Hugging Face folders and a
+random backbone) and ends at `TRAIN_STEPS`, so `TRAIN_STEPS = 1_150_000` from
+that checkpoint tunes 50,000 steps. Checkpoints, `prompts/step_N.npy`, eval
+and checkpoint periods, TensorBoard and `train_summary.json` count the same way.
 """
 import logging
 import math
@@ -25,6 +31,7 @@ from prompt_tuning.train import data as data_lib
 from prompt_tuning.train import config_check, evaluation, exports, run_lock, run_records, summaries
 from prompt_tuning.train.checkpoints import (RunCheckpoints, export_prompt, export_prompt_if_missing,
                                              load_tree, save_tree)
+from prompt_tuning.train.initialize import checkpoint_step
 from prompt_tuning.train.partitioning import check_batch_size
 from prompt_tuning.train.run_setup import abstract_arrays, build_run, compile_train_step
 from prompt_tuning.train.trainable import count_parameters, trainable_patterns
@@ -118,6 +125,32 @@ def check_divergence(metrics: Mapping[str, float], step: int,
                     "--gin.train.max_trainable_norm if such norms are expected)")
 
 
+def _data_splits(train_name: str, train_split: str, eval_name: Optional[str],
+                 eval_split: str) -> Dict[str, list]:
+  splits = {train_name: [train_split]}
+  if eval_name:
+    splits.setdefault(eval_name, []).append(eval_split)
+  return splits
+
+
+def _check_resumed_steps(meta: Mapping[str, Any], step: int, initial_step: int,
+                         directory: str) -> None:
+  """Refuses to resume checkpoints that count steps differently from this run.
+
+  Runs written before steps were absolute counted from 0 and record no
+  `initial_step`; from a checkpoint that carries a step they cannot continue
+  on the absolute axis.
+  """
+  recorded = meta.get("initial_step")
+  if recorded is None and initial_step > 0 and step < initial_step:
+    raise UserError(f"{directory} counts steps from 0 (written before TRAIN_STEPS counted from the "
+                    f"initial checkpoint's step {initial_step:,}, as in T5X); finish it with the "
+                    "version that wrote it, or start a new MODEL_DIR")
+  if recorded is not None and int(recorded) != initial_step:
+    logging.warning("%s started at step %s, but the initial checkpoint now carries step %s; "
+                    "resuming on the run's own step axis", directory, recorded, initial_step)
+
+
 @gin.configurable
 @run_lock.releases_run_lock
 def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
@@ -138,8 +171,10 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           ) -> Dict[str, Any]:
   """Tunes the trainable subtree on a task; returns a summary dict.
 
-  `stop_after_steps` ends the loop early without changing the schedule
-  (used to test kill-and-resume); `return_variables` adds the final
+  `train_steps` is the absolute step to stop at (T5X's `TRAIN_STEPS`): the
+  run tunes `train_steps - s` steps from an initial checkpoint at step `s`.
+  `stop_after_steps` (also absolute) ends the loop early without changing the
+  schedule (used to test kill-and-resume); `return_variables` adds the final
   `trainable` and `frozen` trees to the summary (not to the JSON file);
   `edit_initial_variables` maps the freshly initialized variables (before any
   resume) to new ones of the same structure — how XPrompt rewinds the prompt
@@ -151,6 +186,12 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   See `configs/runs/prompt_finetune.gin`.
   """
   # ---- validate everything before touching MODEL_DIR ----
+  initial_step = checkpoint_step(initial_checkpoint_path)
+  if train_steps <= initial_step:
+    raise UserError(f"TRAIN_STEPS={train_steps:,} is not past the initial checkpoint's step "
+                    f"{initial_step:,}: as in T5X, TRAIN_STEPS is the step to stop at, counted from "
+                    f"the checkpoint's step; e.g. --gin.TRAIN_STEPS={initial_step + 30000:_} tunes "
+                    "30,000 steps")
   eval_name = eval_mixture_or_task_name or mixture_or_task_name
   _check_arguments(model_dir=model_dir, train_steps=train_steps, batch_size=batch_size,
                    eval_period=eval_period, checkpoint_period=checkpoint_period,
@@ -167,7 +208,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                   mixture_or_task_names=[mixture_or_task_name] + ([eval_name] if eval_period else []),
                   mixture_or_task_module=mixture_or_task_module,
                   task_feature_lengths=task_feature_lengths, frozen_dtype=frozen_dtype,
-                  edit_initial_variables=edit_initial_variables)
+                  edit_initial_variables=edit_initial_variables,
+                  data_splits=_data_splits(mixture_or_task_name, train_split,
+                                           eval_name if eval_period else None, eval_split))
   partitioner = ctx.partitioner
   local_batch = check_batch_size(batch_size, partitioner)
   if num_microbatches < 1 or batch_size % (num_microbatches * partitioner.data_parallel_size):
@@ -185,7 +228,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   # ---- resume ----
   run_lock.acquire(model_dir)  # one writer per MODEL_DIR; released when train() ends or raises
   checkpoints = RunCheckpoints(model_dir, keep=keep_checkpoints)
-  start_step, batches_consumed = 0, 0
+  start_step, batches_consumed = initial_step, 0
   records = run_records.model_records(ctx.model)
   if checkpoints.latest_step() is not None:
     config_check.check_config_unchanged(model_dir, allow_config_change)
@@ -197,15 +240,26 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     restored, meta, start_step = resumed
     trainable, opt_state = restored["trainable"], restored["opt_state"]
     batches_consumed = int(meta.get("batches_consumed", start_step))
+    _check_resumed_steps(meta, start_step, initial_step, checkpoints.directory)
     if meta.get("initial_checkpoint_path") != initial_checkpoint_path:
       logging.warning("resuming a run tuned against %s with backbone %s",
                       meta.get("initial_checkpoint_path"), initial_checkpoint_path)
-    print(f"resumed from {checkpoints.directory} at step {start_step}", flush=True)
+    print(f"resumed from {checkpoints.directory} at step {start_step:,}", flush=True)
     export_prompt_if_missing(model_dir, f"step_{start_step}",
                              ctx.exported_prompt(split.merged(trainable)))
     exports.export_if_missing(model_dir, f"step_{start_step}", ctx.model,
                               split.merged(trainable), export_info(start_step))
 
+  # The step of the run's first batch: data positions and example indices count from it.
+  first_step = start_step - batches_consumed
+  end_step = train_steps if stop_after_steps is None else min(train_steps, stop_after_steps)
+  if start_step < train_steps:
+    count = train_steps - start_step
+    print(f"from step {start_step:,} to {train_steps:,}: {count:,} step{'s' if count != 1 else ''}"
+          + (f" (stopping at {end_step:,})" if end_step < train_steps else ""), flush=True)
+  else:
+    print(f"step {start_step:,} reached TRAIN_STEPS={train_steps:,}: nothing left to train",
+          flush=True)
   batches = data_lib.batches(mixture_or_task_name, task_feature_lengths, train_split, local_batch,
                              seed=seed, skip_batches=batches_consumed,
                              use_cached=use_cached_tasks)
@@ -233,7 +287,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     exports.export_new_variables(model_dir, name, ctx.model, variables, export_info(step))
 
   def meta(step):
-    return {"step": step, "batches_consumed": step, "initial_checkpoint_path": initial_checkpoint_path,
+    return {"step": step, "batches_consumed": step - first_step, "initial_step": first_step,
+            "initial_checkpoint_path": initial_checkpoint_path,
             "mixture_or_task_name": mixture_or_task_name, "trainable_patterns": list(split.patterns)}
 
   def save(step):
@@ -259,7 +314,6 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
 
   # ---- loop ----
   history, eval_history = summaries.previous_history(model_dir, start_step if resumed else None)
-  end_step = train_steps if stop_after_steps is None else min(train_steps, stop_after_steps)
   progress = summaries.Progress(start_step, train_steps)
   step, last_metrics = start_step, None
   wrote_config = False
@@ -268,7 +322,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     if local is None:
       raise UserError(f"{mixture_or_task_name} ran out of data at step {step}")
     with partitioner.context():
-      batch = partitioner.shard_batch(data_lib.with_example_index(local, step, batch_size))
+      batch = partitioner.shard_batch(
+          data_lib.with_example_index(local, step - first_step, batch_size))
       trainable, opt_state, metrics = step_fn(trainable, opt_state, frozen, batch,
                                               ctx.step_rng(step))
     step += 1
@@ -304,7 +359,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   writer.close()
   checkpoints.close()
   best = fs.read_json(fs.join(model_dir, BEST_RECORD)) if early.best is not None else None
-  summary = {"model_dir": model_dir, "final_step": step, "trainable_parameters": n_trainable,
+  summary = {"model_dir": model_dir, "initial_step": first_step, "final_step": step,
+             "trainable_parameters": n_trainable,
              "frozen_parameters": n_frozen, "train_history": history, "eval_history": eval_history,
              "best_metric": early.best, "best_step": best["step"] if best else None}
   fs.write_json(fs.join(model_dir, summaries.SUMMARY_FILE), summary)

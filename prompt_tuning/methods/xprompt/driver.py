@@ -124,20 +124,25 @@ def _load_masks(search_dir: str) -> Tuple[np.ndarray, np.ndarray]:
 
 def _combined_histories(stage1: Mapping[str, Any], search: Mapping[str, Any],
                         stage3: Mapping[str, Any]) -> Tuple[List[dict], List[dict]]:
-  """One step axis across stages (stage 3 continues after stage 1), each entry tagged."""
-  offset = stage1["final_step"]
+  """One step axis across stages (stage 3 continues after stage 1), each entry tagged.
+
+  Both stages start at the initial checkpoint's step (absolute steps, as in
+  T5X); stage 3's steps are shifted to follow stage 1's last step.
+  """
+  end1 = stage1["final_step"]
+  offset = end1 - stage3.get("initial_step", 0)
   key = search["metric_name"]
   train_history = ([{**h, "stage": "prompt_tuning"} for h in stage1["train_history"]] +
                    [{**h, "step": h["step"] + offset, "stage": "rewinding"}
                     for h in stage3["train_history"]])
   evals1 = [{**h, "stage": "prompt_tuning"} for h in stage1["eval_history"]]
-  if not any(h["step"] == offset and key in h for h in evals1):
-    evals1.append({"step": offset, key: search["stages"]["prompt_tuning"], "stage": "prompt_tuning"})
+  if not any(h["step"] == end1 and key in h for h in evals1):
+    evals1.append({"step": end1, key: search["stages"]["prompt_tuning"], "stage": "prompt_tuning"})
   evals3 = [{**h, "step": h["step"] + offset, "stage": "rewinding"} for h in stage3["eval_history"]]
   end = offset + stage3["final_step"]
   if not any(h["step"] == end and key in h for h in evals3):
     evals3.append({"step": end, key: stage3["metric"], "stage": "rewinding"})
-  pruned = {"step": offset, key: search["stages"]["pruning"], "stage": "pruning"}
+  pruned = {"step": end1, key: search["stages"]["pruning"], "stage": "pruning"}
   return train_history, [*evals1, pruned, *evals3]
 
 
@@ -221,7 +226,7 @@ def run_xprompt(model_dir: Optional[str] = None, importance_batches: Optional[in
       return {"interrupted": "prompt_tuning", "model_dir": model_dir, "stage_dirs": dirs}
     fs.write_json(os.path.join(dirs["prompt_tuning"], STAGE_FILE), stage1)
   else:
-    print(f"xprompt stage 1/3: prompt tuning finished earlier ({stage1['final_step']} steps); "
+    print(f"xprompt stage 1/3: prompt tuning finished earlier ({_steps(stage1)} steps); "
           "skipping", flush=True)
   stage1_trainable = load_tree(os.path.join(dirs["prompt_tuning"], TRAINABLE_FILE))
 
@@ -319,6 +324,11 @@ def _finish(backbone: SearchContext, trained: Dict[str, Any], stage3: Mapping[st
           "kept_parameters": int(np.sum(kept > 0))}
 
 
+def _steps(stage: Mapping[str, Any]) -> int:
+  """Steps a training stage ran (its final step minus the initial checkpoint's step)."""
+  return stage["final_step"] - stage.get("initial_step", 0)
+
+
 def _summary(model_dir: str, dirs: Mapping[str, str], stage1: Mapping[str, Any],
              search: Mapping[str, Any], stage3: Mapping[str, Any], token_mask: np.ndarray,
              piece_mask: np.ndarray) -> Dict[str, Any]:
@@ -342,8 +352,8 @@ def _summary(model_dir: str, dirs: Mapping[str, str], stage1: Mapping[str, Any],
       "final_prompt": stage3["final_prompt"],
       "report": os.path.join(dirs["pruning"], REPORT_NAME),
       "heatmap": os.path.join(dirs["pruning"], HEATMAP_NAME),
-      "final_step": stage1["final_step"] + stage3["final_step"],
-      "stage_steps": {"prompt_tuning": stage1["final_step"], "rewinding": stage3["final_step"]},
+      "final_step": stage1["final_step"] + _steps(stage3),
+      "stage_steps": {"prompt_tuning": _steps(stage1), "rewinding": _steps(stage3)},
       "train_history": train_history,
       "eval_history": eval_history,
       "stage_dirs": dict(dirs),

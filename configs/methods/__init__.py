@@ -1,0 +1,1 @@
+"""configs/methods/: gin files, a package so `prompt_tuning/configs/methods/NAME.gin` resolves."""

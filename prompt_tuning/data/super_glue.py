@@ -1,0 +1,8 @@
+"""The reference code's `MIXTURE_OR_TASK_MODULE = 'prompt_tuning.data.super_glue'`.
+
+Importing it registers every task of this project (`prompt_tuning.tasks`),
+the reference's SuperGLUE names (`taskless_super_glue_rte_v102_examples`,
+`super_glue_rte_v102_examples`, ...) among them as aliases; see
+`prompt_tuning.tasks.reference_names`.
+"""
+import prompt_tuning.tasks  # noqa: F401  pylint: disable=unused-import

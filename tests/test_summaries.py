@@ -1,0 +1,52 @@
+"""TensorBoard scalars that TensorBoard's Scalars dashboard reads, at the right steps."""
+import logging
+
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+
+from prompt_tuning.train import summaries
+
+
+def test_writer_writes_standard_scalars(tmp_path):
+  writer = summaries.Writer(str(tmp_path))
+  writer.scalars(1_100_010, {"train/loss": 2.5, "eval/task/accuracy": 0.75})
+  writer.scalars(1_100_020, {"train/loss": 1.5})
+  writer.close()
+  accumulator = event_accumulator.EventAccumulator(str(tmp_path))
+  accumulator.Reload()
+  assert sorted(accumulator.Tags()["scalars"]) == ["eval/task/accuracy", "train/loss"]
+  assert [(e.step, e.value) for e in accumulator.Scalars("train/loss")] == [
+      (1_100_010, 2.5), (1_100_020, 1.5)]
+  assert [(e.step, e.value) for e in accumulator.Scalars("eval/task/accuracy")] == [
+      (1_100_010, 0.75)]
+
+
+def test_eval_step_comes_from_the_prompt_file_or_the_checkpoint(tmp_path):
+  from prompt_tuning.models.config import T5Config  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.models.t5 import T5  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.prompts import initializers  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.prompts.ensemble import PromptEnsemble  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.prompts.prompt import Prompt  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.train.eval_run import evaluated_step  # pylint: disable=g-import-not-at-top
+  config = T5Config(vocab_size=32, emb_dim=4, num_heads=1, head_dim=4, mlp_dim=4,
+                    num_encoder_layers=1, num_decoder_layers=1)
+
+  def model(path):
+    return T5(config, prompt=Prompt(length=2, initializer=initializers.from_file(path)))
+
+  assert evaluated_step(model("/run/prompts/step_1150000.npy"), None) == 1_150_000
+  assert evaluated_step(model("/pretrained_prompts/sst2.npy"), None) == 0
+  ensemble = T5(config, prompt=PromptEnsemble(prompt_files=("/a/step_7.npy", "/b/step_7.npy")))
+  assert evaluated_step(ensemble, None) == 7
+  mixed = T5(config, prompt=PromptEnsemble(prompt_files=("/a/step_7.npy", "/b/step_8.npy")))
+  assert evaluated_step(mixed, None) == 0
+
+
+def test_seqio_empty_logger_warning_is_quiet(caplog):
+  import seqio  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.train import evaluation  # pylint: disable=g-import-not-at-top
+  import prompt_tuning.data.toy_tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  del seqio
+  with caplog.at_level(logging.WARNING):
+    evaluation.make_evaluator("toy_parity", {"inputs": 16, "targets": 8})
+  assert "logger_cls" not in caplog.text

@@ -30,8 +30,8 @@ def lora_pairs(tensors: Dict[str, np.ndarray], description: Dict, source: str
   """(module path -> (a, b), rank, alpha) of an export that holds LoRA pairs only."""
   plan = description.get("plan", [])
   insertions = [rule["insertion"] for rule in plan]
-  if not insertions or any(i["op"] != "lora" for i in insertions) or set(tensors) - {
-      k for k in tensors if k.startswith("params/")}:
+  if (not insertions or any(i["op"] != "lora" for i in insertions)
+      or any(not k.startswith("params/") for k in tensors)):
     raise UserError(f"{source} holds {', '.join(description.get('methods', [])) or 'nothing'}; "
                     "PEFT export takes LoRA runs (or plain prompts: --prompt prompts/step_N.npy)")
   settings = {(i["rank"], float(i["alpha"]), i["name"]) for i in insertions}
@@ -77,8 +77,9 @@ def run(args) -> int:
       pairs, rank, alpha = lora_pairs(tensors, description, args.deltas)
       adapter = peft.save_peft_lora(args.output, pairs, rank, alpha, config,
                                     base_model_name_or_path=args.hf_output)
+      targets = adapter["target_modules"]
       what = (f"LoRA r={rank} alpha={adapter['lora_alpha']} on {len(pairs)} modules, "
-              f"target_modules {adapter['target_modules'] if len(adapter['target_modules']) < 5 else '[...]'}")
+              f"target_modules {targets if len(targets) < 5 else '[full module names]'}")
   if args.hf_output:
     _, params = backbone.load_backbone(args.checkpoint)
     hf.save_hf(args.hf_output, config, params)

@@ -166,3 +166,17 @@ def test_lora_adapter_gives_our_logits_in_peft(lora_export, tmp_path):
   print(f"PEFT LoRA vs ours: max |logit difference| {err:.2e} (logits up to "
         f"{np.abs(ours[valid]).max():.2f})")
   np.testing.assert_allclose(lora[valid], ours[valid], rtol=1e-5, atol=atol)
+
+
+def test_only_lora_exports_become_peft_lora_adapters():
+  from prompt_tuning.commands.export import lora_pairs
+  apet = {"plan": [{"modules": "x", "insertion": {"op": "add", "name": "bias"}}],
+          "methods": ["add"]}
+  with pytest.raises(UserError, match="src holds add; PEFT export takes LoRA runs"):
+    lora_pairs({"params/x/bias/bias": np.zeros(3)}, apet, "src")
+  mixed = {"plan": [{"modules": "a", "insertion": {"op": "lora", "rank": 2, "alpha": 4.0,
+                                                     "name": "lora"}},
+                    {"modules": "b", "insertion": {"op": "lora", "rank": 4, "alpha": 4.0,
+                                                     "name": "lora"}}], "methods": ["lora"]}
+  with pytest.raises(UserError, match="mixes LoRA settings"):
+    lora_pairs({}, mixed, "src")

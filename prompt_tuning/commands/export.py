@@ -41,8 +41,8 @@ def lora_pairs(tensors: Dict[str, np.ndarray], description: Dict, source: str
   """(module path -> (a, b), rank, alpha) of an export that holds LoRA pairs only."""
   plan = description.get("plan", [])
   insertions = [rule["insertion"] for rule in plan]
-  if not insertions or any(i["op"] != "lora" for i in insertions) or set(tensors) - {
-      k for k in tensors if k.startswith("params/")}:
+  if (not insertions or any(i["op"] != "lora" for i in insertions)
+      or any(not k.startswith("params/") for k in tensors)):
     raise UserError(f"{source} holds {', '.join(description.get('methods', [])) or 'nothing'}; "
                     "PEFT export takes LoRA runs (or plain prompts: --prompt prompts/step_N.npy)")
   settings = {(i["rank"], float(i["alpha"]), i["name"]) for i in insertions}

@@ -11,18 +11,15 @@ reference scripts build it with `python -m prompt_tuning.scripts.find_module`)
 names `configs/models/t5_1_1_base_prompt.gin` of this package, from a checkout
 or an installed wheel, on the command line or in a gin `include`.
 """
-import inspect
 import logging
 import os
-import re
 import sys
-import tokenize
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Iterable, Optional, Sequence
 
 import gin
-from gin import config_parser
 
-from prompt_tuning.errors import UserError, closest
+from prompt_tuning import gin_checks
+from prompt_tuning.errors import UserError
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 # How the reference code (and T5X users) name this package's gin files.
@@ -82,106 +79,6 @@ def register_configurables() -> None:
   from prompt_tuning.methods.apet import baselines, selection  # noqa: F401
 
 
-def _one_line(error: Exception) -> str:
-  lines = [l.strip() for l in str(error).splitlines() if l.strip()]
-  where = next((l for l in lines if l.startswith("In file") or l.startswith("In bindings")), "")
-  return f"{lines[0] if lines else type(error).__name__} {where}".strip()
-
-
-_PARSE_ERRORS = (ValueError, KeyError, SyntaxError, ImportError, IOError, TypeError,
-                 tokenize.TokenError)
-_MACRO_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# A value meant as a string: no brackets or quotes, so quoting it is all it lacks.
-_BARE_WORD = re.compile(r"^[^()\[\]{}'\"]+$")
-
-
-def _flag(binding: str) -> Tuple[str, str]:
-  """`(key, value)` of a binding `KEY = VALUE`, both stripped."""
-  key, _, value = binding.partition("=")
-  return key.strip(), value.strip()
-
-
-def _statements(text: str) -> List[Any]:
-  """The parsed statements of gin text, without binding anything."""
-  return list(config_parser.ConfigParser(text, gin.config.ParserDelegate(skip_unknown=True)))
-
-
-def _check_binding_syntax(bindings: Sequence[str]) -> None:
-  """Names the first `--gin.KEY=VALUE` flag whose value gin cannot parse, and how to write it."""
-  for binding in bindings:
-    try:
-      _statements(binding)
-    except (SyntaxError, tokenize.TokenError, ValueError) as e:
-      key, value = _flag(binding)
-      if value and _BARE_WORD.match(value) and not value.startswith(("@", "%")):
-        raise UserError(f"--gin.{key}={value} is not a gin value: strings need quotes, e.g. "
-                        f"--gin.{key}=\"{value!r}\"") from None
-      reason = e.args[0] if isinstance(e, tokenize.TokenError) else _one_line(e).split(" (line")[0]
-      if "EOF in multi-line" in str(reason):
-        reason = "unbalanced brackets"
-      raise UserError(f"--gin.{key}={value} is not a gin value ({reason}); write a Python "
-                      "literal, %MACRO or @configurable(), e.g. --gin.TRAIN_STEPS=1000 or "
-                      "--gin.MODEL_DIR=\"'/tmp/run'\"") from None
-
-
-def _configurable_parameters(name: str) -> List[str]:
-  """Parameter names of the registered configurable `name` ([] when unknown)."""
-  try:
-    fn = gin.config._REGISTRY.get_match(name).wrapped  # pylint: disable=protected-access
-  except (AttributeError, KeyError, ValueError):
-    return []
-  if inspect.isclass(fn):
-    fn = gin.config._find_class_construction_fn(fn)  # pylint: disable=protected-access
-  try:
-    parameters = inspect.signature(inspect.unwrap(fn)).parameters
-  except (TypeError, ValueError):
-    return []
-  return [p for p in parameters if p not in ("self", "parent")]  # flax's `parent` is not bindable
-
-
-def _configurable_names() -> Set[str]:
-  """Every registered configurable, by its short name and by its full selector."""
-  names = set()
-  for selector, _ in gin.config._REGISTRY.items():  # pylint: disable=protected-access
-    names.update((selector, selector.rsplit(".", 1)[-1]))
-  return names
-
-
-def _binding_of_line(error: Exception, bindings: Sequence[str]) -> Optional[str]:
-  """The binding that gin's 'In bindings string line N' points at."""
-  match = re.search(r"In bindings string line (\d+)", str(error))
-  if not match:
-    return None
-  line = int(match.group(1))
-  for binding in bindings:
-    if line <= binding.count("\n") + 1:
-      return binding
-    line -= binding.count("\n") + 1
-  return None
-
-
-def _explain(error: Exception, bindings: Sequence[str]) -> str:
-  """One line saying what gin refused, where, and the closest real names."""
-  text = str(error)
-  binding = _binding_of_line(error, bindings)
-  if binding:
-    where = "--gin.{}={}".format(*_flag(binding))
-  else:  # "In file 'x.gin', line 3" when gin says so
-    where = next((l.strip() for l in text.splitlines() if l.strip().startswith("In file")), "")
-  unknown_parameter = re.search(r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'",
-                                text)
-  if unknown_parameter:
-    name, parameter = unknown_parameter.groups()
-    return (f"{where or 'gin'}: {name} has no parameter {parameter!r}."
-            f"{closest(parameter, _configurable_parameters(name))} Fix the binding")
-  unknown_configurable = re.search(r"No configurable matching (?:reference '@)?'?([\w.]+)", text)
-  if unknown_configurable:
-    name = unknown_configurable.group(1)
-    return (f"{where or 'gin'}: no configurable named {name!r}.{closest(name, _configurable_names())}"
-            " Fix the binding, or import the module defining it")
-  return f"bad gin configuration: {_one_line(error)}; fix the gin file or --gin.* binding"
-
-
 def parse(gin_files: Sequence[str], bindings: Sequence[str],
           search_paths: Iterable[str] = (), register: bool = True) -> None:
   """Parses gin files and bindings, turning gin's errors into one-line UserErrors.
@@ -205,7 +102,7 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
     if not _gin_file_exists(f, search_paths):
       raise UserError(f"gin file {f} not found (searched ., {package_configs_dir()}"
                       f"{', ' + ', '.join(search_paths) if search_paths else ''}); check --gin_file")
-  _check_binding_syntax(bindings)
+  gin_checks.check_binding_syntax(bindings)
   # gin logs an ERROR for every search path that lacks an included file; only
   # a file found nowhere is an error, which gin then raises.
   root = logging.getLogger()
@@ -213,82 +110,13 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
   root.setLevel(logging.CRITICAL)
   try:
     gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False)
-  except _PARSE_ERRORS as e:
-    raise UserError(_explain(e, bindings)) from None
+  except gin_checks.PARSE_ERRORS as e:
+    raise UserError(gin_checks.explain(e, bindings)) from None
   finally:
     root.setLevel(level)
   _apply_t5x_macro_aliases()
   _check_required_macros()
-  check_flag_macros(bindings)
-
-
-def _macro_references(value: Any, found: Set[str]) -> None:
-  """Adds the names of the `%MACRO`s inside a bound value (containers included)."""
-  if isinstance(value, gin.config.ConfigurableReference):
-    if str(value).startswith("%"):
-      found.add(str(value)[1:])
-  elif isinstance(value, dict):
-    for item in value.items():
-      _macro_references(item, found)
-  elif isinstance(value, (list, tuple, set, frozenset)):
-    for item in value:
-      _macro_references(item, found)
-
-
-def referenced_macros() -> Set[str]:
-  """Names of the macros that some binding or macro of the parsed configuration reads."""
-  found: Set[str] = set()
-  for params in list(gin.config._CONFIG.values()):  # pylint: disable=protected-access
-    for value in params.values():
-      _macro_references(value, found)
-  return found
-
-
-def check_flag_macros(bindings: Sequence[str]) -> None:
-  """Refuses a macro set by a flag that no binding reads (e.g. `TRAIN_STEP` for `TRAIN_STEPS`),
-  and a `%MACRO` read by a flag that nothing defines.
-
-  Only macros of `bindings` are checked: gin files legitimately define macros
-  that a given run does not read (`DATA_DIR`, a method's settings).
-  """
-  referenced = referenced_macros()
-  defined = {name for name, selector in gin.config._CONFIG if selector == "gin.macro"}  # pylint: disable=protected-access
-  for binding in bindings:
-    key, value = _flag(binding)
-    used: Set[str] = set()
-    for statement in _statements(binding):
-      _macro_references(getattr(statement, "value", None), used)
-    undefined = sorted(used - defined)
-    if undefined:
-      name = undefined[0]
-      raise UserError(f"--gin.{key}={value} reads macro %{name}, which no gin file or flag "
-                      f"defines.{closest(name, defined, n=3)} Fix the name or set --gin.{name}=VALUE")
-  for binding in bindings:
-    key, value = _flag(binding)
-    if _MACRO_NAME.match(key) and key not in referenced:
-      readers = _package_files_reading(key)
-      if readers:
-        hint = (f" It is read by {', '.join(readers[:3])}: add --gin_file={readers[0]} (or "
-                "check the name)")
-      else:
-        hint = closest(key, referenced, n=3) or " Check the name against the gin files"
-      raise UserError(f"--gin.{key}={value} sets macro {key}, which nothing in the parsed gin "
-                      f"files reads, so it would be ignored.{hint}")
-
-
-def _package_files_reading(macro: str) -> List[str]:
-  """The package's gin files (relative to configs/) that read `%macro`."""
-  root = package_configs_dir()
-  pattern = re.compile(r"%" + re.escape(macro) + r"\b")
-  found = []
-  for folder, _, files in sorted(os.walk(root)):
-    for name in sorted(files):
-      if name.endswith(".gin"):
-        path = os.path.join(folder, name)
-        with open(path, encoding="utf-8") as f:
-          if pattern.search(f.read()):
-            found.append(os.path.relpath(path, root))
-  return found
+  gin_checks.check_flag_macros(bindings, package_configs_dir())
 
 
 _UNBOUND = object()
@@ -360,7 +188,7 @@ def call(fn: Callable, *args, **kwargs):
   except TypeError as e:
     message = str(e)
     if "Required bindings" in message or "gin" in message.lower() and "binding" in message.lower():
-      raise UserError(f"gin configuration incomplete: {_one_line(e)}; add the missing macro "
+      raise UserError(f"gin configuration incomplete: {gin_checks.one_line(e)}; add the missing macro "
                       "(e.g. --gin.MODEL_DIR=\"'/tmp/run'\")") from None
     raise
 

@@ -266,7 +266,7 @@ def run_xprompt(model_dir: Optional[str] = None, importance_batches: Optional[in
 
 
 def check_search_settings(token_ratios: Sequence[float], piece_ratios: Sequence[float],
-                          importance_batches: int) -> None:
+                          importance_batches: Optional[int]) -> None:
   """Refuses ratio schedules the search cannot run, before stage 1 trains."""
   for name, ratios in (("XPROMPT_TOKEN_RATIOS (run_xprompt.token_ratios)", token_ratios),
                        ("XPROMPT_PIECE_RATIOS (run_xprompt.piece_ratios)", piece_ratios)):
@@ -280,8 +280,9 @@ def check_search_settings(token_ratios: Sequence[float], piece_ratios: Sequence[
     if list(ratios) != sorted(ratios):
       raise UserError(f"{name} = {list(ratios)} must not decrease (the ratios are cumulative); "
                       f"set e.g. {example}")
-  checks.positive_int(importance_batches, "XPROMPT_IMPORTANCE_BATCHES "
-                      "(run_xprompt.importance_batches)", "--gin.XPROMPT_IMPORTANCE_BATCHES=8")
+  checks.optional_positive_int(importance_batches, "XPROMPT_IMPORTANCE_BATCHES "
+                               "(run_xprompt.importance_batches)",
+                               "--gin.XPROMPT_IMPORTANCE_BATCHES=8 (None: one full pass)")
 
 
 def _check_masks_configured() -> None:

@@ -139,14 +139,15 @@ def referenced_macros() -> Set[str]:
   return found
 
 
-def check_flag_macros(bindings: Sequence[str], configs_dir: str) -> None:
+def check_flag_macros(bindings: Sequence[str], configs_dir: str,
+                      read_elsewhere: Sequence[str] = ()) -> None:
   """Refuses a macro set by a flag that no binding reads (e.g. `TRAIN_STEP` for `TRAIN_STEPS`),
   and a `%MACRO` read by a flag that nothing defines.
 
   Only macros of `bindings` are checked: gin files legitimately define macros
   that a given run does not read (`DATA_DIR`, a method's settings).
   """
-  referenced = referenced_macros()
+  referenced = referenced_macros() | set(read_elsewhere)  # e.g. T5X's names, read as aliases
   defined = {name for name, selector in gin.config._CONFIG if selector == "gin.macro"}  # pylint: disable=protected-access
   for binding in bindings:
     key, value = _flag(binding)

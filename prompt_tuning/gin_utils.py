@@ -116,7 +116,7 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
     root.setLevel(level)
   _apply_t5x_macro_aliases()
   _check_required_macros()
-  gin_checks.check_flag_macros(bindings, package_configs_dir())
+  gin_checks.check_flag_macros(bindings, package_configs_dir(), T5X_MACRO_ALIASES)
 
 
 _UNBOUND = object()

@@ -163,14 +163,32 @@ def _check_arguments(command: str, out_dir, mixture_or_task_name, mixture_or_tas
   data_lib.check_split(mixture_or_task_name, split, f"EVAL_SPLIT ({command}.split)")
 
 
-def _setup(ctx: RunContext, mixture_or_task_name, task_feature_lengths, split, use_cached,
-           num_examples, batch_size):
+def _prepare(command, model_dir, t5x_output_dir, mixture_or_task_name, mixture_or_task_module,
+             task_feature_lengths, initial_checkpoint_path, split, batch_size, use_cached,
+             num_examples, allow_random_parameters, dataset_cfg, deltas_file):
+  """What `evaluate` and `infer` share: settings (their own or T5X's `DatasetConfig`), checks,
+  the loaded run, its jitted model functions and the SeqIO evaluator.
+
+  Returns:
+    (ctx, fns, evaluator, split, out_dir).
+  """
+  cfg = dataset_cfg or DatasetConfig()
+  split = _setting(f"{command}.split", split, cfg.split, "validation")
+  batch_size = _setting(f"{command}.batch_size", batch_size, cfg.batch_size, 32)
+  use_cached = _setting(f"{command}.use_cached_tasks", use_cached, cfg.use_cached, False)
+  t5x_name, subdir = (("EVAL_OUTPUT_DIR", "eval") if command == "evaluate"
+                      else ("INFER_OUTPUT_DIR", "inference"))
+  out_dir = output_dir(model_dir, t5x_output_dir, t5x_name, subdir)
+  _check_arguments(command, out_dir, mixture_or_task_name, mixture_or_task_module, split,
+                   batch_size, num_examples)
+  ctx = load_run(mixture_or_task_name, mixture_or_task_module, task_feature_lengths,
+                 initial_checkpoint_path, allow_random_parameters, deltas_file, split)
   fns = evaluation.EvalModelFns(ctx.model, ctx.partitioner, ctx.variables, ctx.shardings,
                                 batch_size=batch_size,
                                 max_decode_length=task_feature_lengths["targets"])
   evaluator = evaluation.make_evaluator(mixture_or_task_name, task_feature_lengths, split,
                                         use_cached, num_examples)
-  return fns, evaluator
+  return ctx, fns, evaluator, split, out_dir
 
 
 @gin.configurable
@@ -194,17 +212,10 @@ def evaluate(*, model_dir: Optional[str] = None, mixture_or_task_name: str = gin
   `deltas_file` (`DELTAS_FILE`): a run's export folder `MODEL_DIR/exports/step_N`
   holding its new parameters (see `prompt_tuning.train.exports`).
   """
-  cfg = dataset_cfg or DatasetConfig()
-  split = _setting("evaluate.split", split, cfg.split, "validation")
-  batch_size = _setting("evaluate.batch_size", batch_size, cfg.batch_size, 32)
-  use_cached_tasks = _setting("evaluate.use_cached_tasks", use_cached_tasks, cfg.use_cached, False)
-  out_dir = output_dir(model_dir, eval_output_dir, "EVAL_OUTPUT_DIR", "eval")
-  _check_arguments("evaluate", out_dir, mixture_or_task_name, mixture_or_task_module, split,
-                   batch_size, num_examples)
-  ctx = load_run(mixture_or_task_name, mixture_or_task_module, task_feature_lengths,
-                 initial_checkpoint_path, allow_random_parameters, deltas_file, split)
-  fns, evaluator = _setup(ctx, mixture_or_task_name, task_feature_lengths, split,
-                          use_cached_tasks, num_examples, batch_size)
+  ctx, fns, evaluator, split, out_dir = _prepare(
+      "evaluate", model_dir, eval_output_dir, mixture_or_task_name, mixture_or_task_module,
+      task_feature_lengths, initial_checkpoint_path, split, batch_size, use_cached_tasks,
+      num_examples, allow_random_parameters, dataset_cfg, deltas_file)
   if step is None:
     step = evaluated_step(ctx.model, initial_checkpoint_path)
   metrics = evaluation.run_evaluation(evaluator, fns, step)
@@ -234,17 +245,10 @@ def infer(*, model_dir: Optional[str] = None, mixture_or_task_name: str = gin.RE
   To `MODEL_DIR/inference/` or, with T5X's `INFER_OUTPUT_DIR`, there.
   `deltas_file` as in `evaluate`.
   """
-  cfg = dataset_cfg or DatasetConfig()
-  split = _setting("infer.split", split, cfg.split, "validation")
-  batch_size = _setting("infer.batch_size", batch_size, cfg.batch_size, 32)
-  use_cached_tasks = _setting("infer.use_cached_tasks", use_cached_tasks, cfg.use_cached, False)
-  out_dir = output_dir(model_dir, infer_output_dir, "INFER_OUTPUT_DIR", "inference")
-  _check_arguments("infer", out_dir, mixture_or_task_name, mixture_or_task_module, split,
-                   batch_size, num_examples)
-  ctx = load_run(mixture_or_task_name, mixture_or_task_module, task_feature_lengths,
-                 initial_checkpoint_path, allow_random_parameters, deltas_file, split)
-  fns, evaluator = _setup(ctx, mixture_or_task_name, task_feature_lengths, split,
-                          use_cached_tasks, num_examples, batch_size)
+  _, fns, evaluator, split, out_dir = _prepare(
+      "infer", model_dir, infer_output_dir, mixture_or_task_name, mixture_or_task_module,
+      task_feature_lengths, initial_checkpoint_path, split, batch_size, use_cached_tasks,
+      num_examples, allow_random_parameters, dataset_cfg, deltas_file)
   written = {}
   for task in evaluator.eval_tasks:
     model_ds = evaluator.cached_model_datasets[task.name]

@@ -99,7 +99,7 @@ def run(args) -> int:
       pairs, rank, alpha = lora_pairs(tensors, description, args.deltas)
       write = lambda: peft.save_peft_lora(args.output, pairs, rank, alpha, config,
                                           base_model_name_or_path=hf_output)
-      what = f"LoRA r={rank} alpha={alpha} on {len(pairs)} modules"
+      what = f"LoRA r={rank} alpha={alpha:g} on {len(pairs)} modules"
   if hf_output:  # written first: the adapter names it by its absolute path
     hf.save_hf(hf_output, config, backbone.load_backbone(args.checkpoint)[1])
   write()

@@ -27,7 +27,11 @@ def load_array(path: str, what: str, way_out: str) -> np.ndarray:
   """
   try:
     with fs.open_file(path, "rb") as f:
-      if f.read(len(NPY_MAGIC)) != NPY_MAGIC:
+      head = f.read(len(NPY_MAGIC))
+      if head[:1] == b"\x80":  # the pickle protocol's first byte
+        raise UserError(f"{what} {path} is a pickle (never loaded here: unpickling could run "
+                        f"arbitrary code); {way_out}")
+      if head != NPY_MAGIC:
         raise UserError(f"{what} {path} is not a .npy file (it does not start with the .npy "
                         f"header); {way_out}")
       f.seek(0)

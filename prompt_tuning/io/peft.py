@@ -124,6 +124,14 @@ def save_peft_lora(path: str, pairs: Dict[str, Tuple[np.ndarray, np.ndarray]], r
   return adapter
 
 
+def is_safetensors(path: str) -> bool:
+  """Whether `path` is a safetensors file (an 8-byte header size, then a JSON header)."""
+  from prompt_tuning import fs
+  with fs.open_file(path, "rb") as f:
+    head = f.read(9)
+  return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1
+
+
 def load_peft_prompt(path: str) -> np.ndarray:
   """The encoder prompt `[P, E]` of a PEFT PROMPT_TUNING adapter (folder or its safetensors).
 

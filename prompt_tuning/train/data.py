@@ -37,15 +37,20 @@ def import_task_modules(modules) -> None:
       raise UserError(f"cannot import task module {name!r} ({e}); check MIXTURE_OR_TASK_MODULE") from None
 
 
-def get_mixture_or_task(name: str):
-  """The registered task or mixture, or a UserError listing close names."""
+def get_mixture_or_task(name: str, check_vocabulary: bool = True):
+  """The registered task or mixture, or a UserError listing close names.
+
+  `check_vocabulary`: also check that its vocabularies can be read (one line
+  naming PROMPT_TUNING_VOCAB when the default gs:// one cannot).
+  """
   try:
     provider = seqio.get_mixture_or_task(name)
   except ValueError:
     names = list(seqio.TaskRegistry.names()) + list(seqio.MixtureRegistry.names())
     raise UserError(f"no task or mixture named {name!r} is registered.{closest(name, names)} "
                     "Run `prompt-tuning tasks` to list them, or set MIXTURE_OR_TASK_MODULE") from None
-  vocab.check_vocabularies(provider)
+  if check_vocabulary:
+    vocab.check_vocabularies(provider)
   return provider
 
 
@@ -80,7 +85,8 @@ def check_data_available(mixture_or_task_name: str, splits) -> None:
     splits: the splits the run reads (tasks lacking a split are skipped, as seqio does).
   """
   from prompt_tuning.tasks.sources import DATA_DIR_ENV, TextSource, local_data_dir
-  tasks = seqio.get_subtasks(get_mixture_or_task(mixture_or_task_name))
+  # Data only: whether the vocabulary can be read is `get_mixture_or_task`'s check.
+  tasks = seqio.get_subtasks(get_mixture_or_task(mixture_or_task_name, check_vocabulary=False))
   checked, missing = 0, []
   for task in tasks:
     if not isinstance(task.source, TextSource):

@@ -186,12 +186,6 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   See `configs/runs/prompt_finetune.gin`.
   """
   # ---- validate everything before touching MODEL_DIR ----
-  initial_step = checkpoint_step(initial_checkpoint_path)
-  if train_steps <= initial_step:
-    raise UserError(f"TRAIN_STEPS={train_steps:,} is not past the initial checkpoint's step "
-                    f"{initial_step:,}: as in T5X, TRAIN_STEPS is the step to stop at, counted from "
-                    f"the checkpoint's step; e.g. --gin.TRAIN_STEPS={initial_step + 30000:_} tunes "
-                    "30,000 steps")
   eval_name = eval_mixture_or_task_name or mixture_or_task_name
   _check_arguments(model_dir=model_dir, train_steps=train_steps, batch_size=batch_size,
                    eval_period=eval_period, checkpoint_period=checkpoint_period,
@@ -200,6 +194,12 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                    num_microbatches=num_microbatches, log_every=log_every,
                    max_trainable_norm=max_trainable_norm, eval_num_examples=eval_num_examples,
                    stop_after_steps=stop_after_steps)
+  initial_step = checkpoint_step(initial_checkpoint_path)
+  if train_steps <= initial_step:
+    raise UserError(f"TRAIN_STEPS={train_steps:,} is not past the initial checkpoint's step "
+                    f"{initial_step:,}: as in T5X, TRAIN_STEPS is the step to stop at, counted from "
+                    f"the checkpoint's step; e.g. --gin.TRAIN_STEPS={initial_step + 30000:_} tunes "
+                    "30,000 steps")
   data_lib.import_task_modules(mixture_or_task_module)
   data_lib.check_split(mixture_or_task_name, train_split, "train.train_split")
   if eval_period:

@@ -1,8 +1,5 @@
 """APET and the PET baselines as runs: recorded selections, resume, meshes, exports, eval."""
-import json
 import os
-import subprocess
-import sys
 
 import flax
 import numpy as np
@@ -10,9 +7,8 @@ import pytest
 
 from prompt_tuning import gin_utils
 from prompt_tuning.errors import UserError
-from tests.train_helpers import TOY_BINDINGS, losses, toy_train
+from tests.train_helpers import TOY_BINDINGS, losses, run_on_eight_devices, toy_train
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = ("models/t5_1_1_toy_prompt.gin", "runs/prompt_finetune.gin")
 # A budget that takes all three operations on the toy model (partial ADD included).
 METHODS = {
@@ -123,8 +119,6 @@ def _check_eval_refusals(tmp_path, files, bindings):
 # ---- 8 fake devices ----
 
 _MESH_SCRIPT = r"""
-import json, sys
-sys.path.insert(0, {repo!r})
 from tests.test_apet_runs import _train
 from tests.train_helpers import losses
 out = {{}}
@@ -139,13 +133,7 @@ print("RESULT" + json.dumps(out))
 
 
 def test_eight_device_mesh_matches_one_device_for_lora_and_apet(tmp_path):
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-         "JAX_PLATFORMS": "cpu"}
-  script = _MESH_SCRIPT.format(repo=REPO, tmp=str(tmp_path))
-  proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                        timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  result = json.loads(proc.stdout.split("RESULT")[-1])
+  result = run_on_eight_devices(_MESH_SCRIPT.format(tmp=str(tmp_path)))
   for method in ("lora", "apet"):
     assert len(result[f"{method} 1x1"]) == 2
     np.testing.assert_allclose(result[f"{method} 2x4"], result[f"{method} 1x1"], rtol=2e-5)

@@ -2,19 +2,13 @@
 import json
 
 import numpy as np
-import pytest
 
 from prompt_tuning import gin_utils
 from prompt_tuning.prompts.ensemble import combine_predictions, combine_scores
 from prompt_tuning.train import eval_run
+from tests.train_helpers import TOY_EVAL_BINDINGS
 
-BINDINGS = [
-    "MIXTURE_OR_TASK_NAME = 'toy_parity'",
-    "MIXTURE_OR_TASK_MODULE = 'prompt_tuning.data.toy_tasks'",
-    "INITIAL_CHECKPOINT_PATH = None",
-    "TASK_FEATURE_LENGTHS = {'inputs': 16, 'targets': 8}",
-    "BATCH_SIZE = 8",
-]
+BINDINGS = list(TOY_EVAL_BINDINGS)
 
 
 def test_majority_vote_and_mean_score():

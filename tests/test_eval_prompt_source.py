@@ -9,15 +9,9 @@ import pytest
 from prompt_tuning import gin_utils
 from prompt_tuning.errors import UserError
 from prompt_tuning.train import eval_run
-from tests.train_helpers import toy_train
+from tests.train_helpers import TOY_EVAL_BINDINGS, toy_train
 
-BINDINGS = [
-    "MIXTURE_OR_TASK_NAME = 'toy_parity'",
-    "MIXTURE_OR_TASK_MODULE = 'prompt_tuning.data.toy_tasks'",
-    "INITIAL_CHECKPOINT_PATH = None",
-    "TASK_FEATURE_LENGTHS = {'inputs': 16, 'targets': 8}",
-    "BATCH_SIZE = 8",
-]
+BINDINGS = list(TOY_EVAL_BINDINGS)
 
 
 def _eval_context(files, bindings):

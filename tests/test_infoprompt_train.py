@@ -1,8 +1,5 @@
 """InfoPrompt on the shared trainer: gin file, loss hook, exactness, what trains, what is exported."""
-import json
 import os
-import subprocess
-import sys
 
 import flax
 import jax
@@ -12,9 +9,8 @@ import numpy as np
 from prompt_tuning import gin_utils
 from prompt_tuning.methods.infoprompt.term import prompt_free_representation
 from prompt_tuning.train.run_setup import build_run
-from tests.train_helpers import TOY_BINDINGS, TOY_FILES, losses, toy_train
+from tests.train_helpers import TOY_BINDINGS, TOY_FILES, losses, run_on_eight_devices, toy_train
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INFO_FILES = (*TOY_FILES, "methods/infoprompt.gin")
 # The toy inputs are short: K - 1 = 7 negatives keeps sampling without repeats.
 INFO = ("INFOPROMPT_NEGATIVES = 8", "train.return_variables = True")
@@ -70,8 +66,6 @@ def test_microbatches_give_the_same_losses_and_estimates(tmp_path):
 
 
 _MESH_SCRIPT = r"""
-import json, sys
-sys.path.insert(0, {repo!r})
 from tests.train_helpers import TOY_FILES, toy_train
 files = (*TOY_FILES, "methods/infoprompt.gin")
 out = {{}}
@@ -86,12 +80,7 @@ print("RESULT" + json.dumps(out))
 
 
 def test_an_eight_device_mesh_samples_what_one_device_does(tmp_path):
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-         "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run([sys.executable, "-c", _MESH_SCRIPT.format(repo=REPO, tmp=str(tmp_path))],
-                        env=env, capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  result = json.loads(proc.stdout.split("RESULT")[-1])
+  result = run_on_eight_devices(_MESH_SCRIPT.format(tmp=str(tmp_path)))
   np.testing.assert_allclose(result["2x4"], result["1x1"], rtol=2e-5, atol=2e-6)
 
 

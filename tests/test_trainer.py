@@ -13,7 +13,7 @@ import pytest
 from prompt_tuning import gin_utils
 from prompt_tuning.io.backbone import load_backbone, save_backbone
 from prompt_tuning.train import initialize
-from tests.train_helpers import TOY_BINDINGS, TOY_FILES, losses, toy_train
+from tests.train_helpers import TOY_BINDINGS, TOY_FILES, losses, run_on_eight_devices, toy_train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -128,8 +128,6 @@ def test_a_second_live_writer_is_refused(tmp_path):
 
 
 _MESH_SCRIPT = r"""
-import json, sys
-sys.path.insert(0, {repo!r})
 from tests.train_helpers import toy_train, losses
 out = {{}}
 for shape in ([1, 1], [2, 4], [8, 1]):
@@ -142,13 +140,7 @@ print("RESULT" + json.dumps(out))
 
 
 def test_eight_device_meshes_match_one_device(tmp_path):
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-         "JAX_PLATFORMS": "cpu"}
-  script = _MESH_SCRIPT.format(repo=REPO, tmp=str(tmp_path))
-  proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                        timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  result = json.loads(proc.stdout.split("RESULT")[-1])
+  result = run_on_eight_devices(_MESH_SCRIPT.format(tmp=str(tmp_path)))
   np.testing.assert_allclose(result["2x4"], result["1x1"], rtol=2e-5)
   np.testing.assert_allclose(result["8x1"], result["1x1"], rtol=2e-5)
 

@@ -1,4 +1,7 @@
 """Running the gin-configured trainer in-process on the toy task (tests only)."""
+import json
+import os
+import subprocess
 import sys
 from typing import Sequence
 
@@ -14,6 +17,10 @@ TOY_BINDINGS = (
     "train.log_every = 1",
 )
 TOY_FILES = ("models/t5_1_1_toy_prompt.gin", "runs/prompt_finetune.gin")
+# The toy task and model for eval/infer runs (runs/prompt_eval.gin and the like).
+TOY_EVAL_BINDINGS = tuple(b for b in TOY_BINDINGS if b.startswith(
+    ("MIXTURE_OR_TASK", "INITIAL_CHECKPOINT_PATH", "TASK_FEATURE_LENGTHS", "BATCH_SIZE")))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def toy_train(model_dir, steps: int, extra: Sequence[str] = (), files: Sequence[str] = TOY_FILES):
@@ -26,3 +33,15 @@ def toy_train(model_dir, steps: int, extra: Sequence[str] = (), files: Sequence[
 
 def losses(summary):
   return [h["loss"] for h in summary["train_history"]]
+
+
+def run_on_eight_devices(script: str, timeout: int = 600):
+  """Runs `script` in a subprocess with 8 fake CPU devices; returns the JSON it prints
+  after `RESULT` (JAX fixes its device count at start-up, hence the subprocess). The
+  script runs from the repo with `json` imported."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+         "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, "-c", f"import json, sys; sys.path.insert(0, {REPO!r})\n"
+                         + script], env=env, capture_output=True, text=True, timeout=timeout)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.split("RESULT")[-1])

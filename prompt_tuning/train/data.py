@@ -14,7 +14,7 @@ import numpy as np
 import seqio
 
 from prompt_tuning import checks
-from prompt_tuning.data import vocab
+from prompt_tuning.data import bucketing, vocab
 from prompt_tuning.errors import UserError, closest
 
 _MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens",
@@ -163,16 +163,31 @@ def converted_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[s
 def batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], split: str,
             local_batch_size: int, seed: Optional[int], shuffle: bool = True,
             num_epochs: Optional[int] = None, skip_batches: int = 0,
-            use_cached: bool = False) -> Iterator[Dict[str, np.ndarray]]:
-  """Endless (by default) iterator of host-local batches of model features."""
+            use_cached: bool = False,
+            length_buckets: Optional[bucketing.LengthBuckets] = None
+            ) -> Iterator[Dict[str, np.ndarray]]:
+  """Endless (by default) iterator of host-local batches of model features.
+
+  `length_buckets` (checked, `bucketing.check_buckets`): each batch is cut to
+  its length buckets (`prompt_tuning.data.bucketing`) instead of keeping
+  `TASK_FEATURE_LENGTHS`.
+  """
   with readable_data_errors(mixture_or_task_name):
     ds = converted_dataset(mixture_or_task_name, task_feature_lengths, split, shuffle, seed,
                            num_epochs, use_cached)
     ds = ds.map(lambda ex: {k: ex[k] for k in _MODEL_FEATURES if k in ex})
-    ds = ds.batch(local_batch_size, drop_remainder=True)
-    if skip_batches:
-      ds = ds.skip(skip_batches)
-    iterator = ds.prefetch(2).as_numpy_iterator()
+    if length_buckets is not None:
+      if jax.process_count() > 1:  # hosts read their own shards: buckets would disagree
+        raise UserError("length bucketing (BUCKETS) needs every host to read the global example "
+                        f"stream; this run has {jax.process_count()} hosts reading their own "
+                        "shards: drop runs/length_buckets.gin for multi-host runs")
+      iterator = bucketing.bucketed_batches(ds, local_batch_size, length_buckets, seed,
+                                            skip_batches)
+    else:
+      ds = ds.batch(local_batch_size, drop_remainder=True)
+      if skip_batches:
+        ds = ds.skip(skip_batches)
+      iterator = ds.prefetch(2).as_numpy_iterator()
     first = next(iterator, None)
   if first is None:
     raise UserError(f"{mixture_or_task_name} split {split!r} yields no full batch of "

@@ -5,6 +5,7 @@ them to a fixed size (padding the last batch, so jit compiles once), run the
 jitted model function over the mesh, and return `(index, output)` pairs.
 Every host runs the same global computation on the full evaluation set.
 """
+import dataclasses
 import logging
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -13,6 +14,7 @@ import jax
 import numpy as np
 import seqio
 
+from prompt_tuning.data import bucketing
 from prompt_tuning.models import decoding, losses
 from prompt_tuning.prompts import ensemble
 from prompt_tuning.train.partitioning import Partitioner
@@ -20,13 +22,17 @@ from prompt_tuning.train.partitioning import Partitioner
 Variables = Dict[str, Any]
 
 
-def _fixed_batches(dataset, batch_size: int, keys: Sequence[str]):
-  """Yields (indices, {key: [batch_size, ...]}, n_real) with zero-padded tails."""
+def _fixed_batches(dataset, batch_size: int, keys: Sequence[str],
+                   buckets: Optional[bucketing.LengthBuckets] = None):
+  """Yields (indices, {key: [batch_size, ...]}, n_real) with zero-padded tails; with
+  `buckets`, the length dimension of each batch is cut to its bucket."""
   indices, rows = [], []
   def flush():
     n = len(rows)
     batch = {k: np.stack([r[k] for r in rows] + [np.zeros_like(rows[0][k])] * (batch_size - n))
              for k in keys}
+    if buckets is not None:
+      batch = bucketing.pad_to_buckets(batch, buckets)
     return list(indices), batch, n
   for index, features in dataset.as_numpy_iterator():
     indices.append(int(index))
@@ -46,12 +52,17 @@ class EvalModelFns:
   Attributes:
     batch_size: global evaluation batch (a multiple of the data-parallel size).
     beam_size, alpha: decoding settings (`beam_size=1` is greedy).
+    length_buckets: cut each batch's inputs (and, for scoring, targets) to
+      its buckets; the functions compile once per bucket
+      (`runs/length_buckets.gin`). Decoding keeps `max_decode_length`.
   """
 
   def __init__(self, model, partitioner: Partitioner, variables: Variables,
                variable_shardings: Any, batch_size: int = 32, beam_size: int = 1,
-               alpha: float = 0.6, max_decode_length: Optional[int] = None):
+               alpha: float = 0.6, max_decode_length: Optional[int] = None,
+               length_buckets: Optional[bucketing.LengthBuckets] = None):
     self.model = model
+    self.buckets = bucketing.check_buckets(length_buckets, None)
     self.partitioner = partitioner
     self.variables = variables
     # With a prompt ensemble every example is repeated once per prompt.
@@ -84,8 +95,11 @@ class EvalModelFns:
   def predict_fn(self, dataset, model_feature_shapes: Optional[Mapping[str, int]] = None
                  ) -> List[Tuple[int, List[int]]]:
     out = []
+    # Decoding length is a setting, not the targets' bucket: only the inputs are cut.
+    buckets = self.buckets and dataclasses.replace(self.buckets, targets=None)
     for indices, batch, n in _fixed_batches(dataset, self.batch_size, ["encoder_input_tokens",
-                                                                        "decoder_target_tokens"]):
+                                                                        "decoder_target_tokens"],
+                                            buckets):
       max_len = self.max_decode_length or batch["decoder_target_tokens"].shape[1]
       with self.partitioner.context():
         tokens = self._predict(self.variables, self._global(batch)["encoder_input_tokens"], max_len)
@@ -98,7 +112,7 @@ class EvalModelFns:
     out = []
     keys = ["encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
             "decoder_loss_weights"]
-    for indices, batch, n in _fixed_batches(dataset, self.batch_size, keys):
+    for indices, batch, n in _fixed_batches(dataset, self.batch_size, keys, self.buckets):
       with self.partitioner.context():
         scores = self._score(self.variables, self._global(batch))
       scores = ensemble.combine_scores(np.asarray(jax.device_get(scores)), self.copies)[:n]

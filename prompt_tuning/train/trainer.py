@@ -26,6 +26,7 @@ import jax
 import optax
 
 from prompt_tuning import checks, fs
+from prompt_tuning.data import bucketing
 from prompt_tuning.errors import UserError
 from prompt_tuning.train import data as data_lib
 from prompt_tuning.train import config_check, evaluation, exports, run_lock, run_records, summaries
@@ -167,6 +168,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           train_split: str = "train", stop_after_steps: Optional[int] = None,
           return_variables: bool = False, allow_config_change: bool = False,
           max_trainable_norm: Optional[float] = 1e6,
+          length_buckets: Optional[bucketing.LengthBuckets] = None,
           edit_initial_variables: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None
           ) -> Dict[str, Any]:
   """Tunes the trainable subtree on a task; returns a summary dict.
@@ -183,6 +185,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   Training stops with a UserError, before any checkpoint of the step, when a
   logged metric is not finite or the trainable parameters' norm exceeds
   `max_trainable_norm` (divergence; None turns the bound off).
+  `length_buckets` cuts each batch to the smallest bucket holding it (the step
+  compiles once per bucket; `runs/length_buckets.gin`, `data/bucketing.py`).
   See `configs/runs/prompt_finetune.gin`.
   """
   # ---- validate everything before touching MODEL_DIR ----
@@ -194,6 +198,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                    num_microbatches=num_microbatches, log_every=log_every,
                    max_trainable_norm=max_trainable_norm, eval_num_examples=eval_num_examples,
                    stop_after_steps=stop_after_steps)
+  data_lib.validate_feature_lengths(task_feature_lengths)
+  length_buckets = bucketing.check_buckets(length_buckets, task_feature_lengths)
   initial_step = checkpoint_step(initial_checkpoint_path)
   if train_steps <= initial_step:
     raise UserError(f"TRAIN_STEPS={train_steps:,} is not past the initial checkpoint's step "
@@ -262,7 +268,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           flush=True)
   batches = data_lib.batches(mixture_or_task_name, task_feature_lengths, train_split, local_batch,
                              seed=seed, skip_batches=batches_consumed,
-                             use_cached=use_cached_tasks)
+                             use_cached=use_cached_tasks, length_buckets=length_buckets)
   fs.makedirs(model_dir)
   run_records.write_records(model_dir, records)
   writer = summaries.Writer(model_dir)

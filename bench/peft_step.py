@@ -14,6 +14,36 @@ import time
 import torch
 
 
+def build(prompt_length: int):
+  """(PEFT model, Adafactor on the prompt, trainable tensors): a random T5 1.1-small, float32."""
+  import peft
+  import transformers
+
+  torch.manual_seed(0)
+  config = transformers.T5Config(
+      vocab_size=32128, d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_decoder_layers=8,
+      num_heads=6, relative_attention_num_buckets=32, relative_attention_max_distance=128,
+      dropout_rate=0.0, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+  model = transformers.T5ForConditionalGeneration(config)
+  peft_config = peft.PromptTuningConfig(task_type=peft.TaskType.SEQ_2_SEQ_LM,
+                                        num_virtual_tokens=prompt_length,
+                                        num_transformer_submodules=1)
+  model = peft.get_peft_model(model, peft_config)
+  model.train()
+  trainable = [p for p in model.parameters() if p.requires_grad]
+  return model, torch.optim.Adafactor(trainable, lr=0.3), trainable
+
+
+def train_step(model, optimizer, inputs, mask, labels) -> float:
+  """One step; `labels` hold -100 (HF's ignore index) on padding."""
+  optimizer.zero_grad(set_to_none=True)
+  loss = model(input_ids=inputs, attention_mask=mask, labels=labels).loss
+  loss.backward()
+  optimizer.step()
+  return float(loss)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--batch_size", type=int, default=8)
@@ -26,22 +56,7 @@ def main() -> None:
   if args.threads:
     torch.set_num_threads(args.threads)
   import peft
-  import transformers
-
-  torch.manual_seed(0)
-  config = transformers.T5Config(
-      vocab_size=32128, d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_decoder_layers=8,
-      num_heads=6, relative_attention_num_buckets=32, relative_attention_max_distance=128,
-      dropout_rate=0.0, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-  model = transformers.T5ForConditionalGeneration(config)
-  peft_config = peft.PromptTuningConfig(task_type=peft.TaskType.SEQ_2_SEQ_LM,
-                                        num_virtual_tokens=args.prompt_length,
-                                        num_transformer_submodules=1)
-  model = peft.get_peft_model(model, peft_config)
-  model.train()
-  trainable = [p for p in model.parameters() if p.requires_grad]
-  optimizer = torch.optim.Adafactor(trainable, lr=0.3)
+  model, optimizer, trainable = build(args.prompt_length)
 
   gen = torch.Generator().manual_seed(0)
   inputs = torch.randint(3, 32128, (args.batch_size, args.inputs_length), generator=gen)
@@ -49,11 +64,7 @@ def main() -> None:
   mask = torch.ones_like(inputs)
 
   def step():
-    optimizer.zero_grad(set_to_none=True)
-    loss = model(input_ids=inputs, attention_mask=mask, labels=labels).loss
-    loss.backward()
-    optimizer.step()
-    return float(loss)
+    return train_step(model, optimizer, inputs, mask, labels)
 
   start = time.perf_counter()
   step()  # warm-up (allocator, kernels)

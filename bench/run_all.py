@@ -12,6 +12,9 @@ frameworks spend a tenth of each step in page faults on freshly mapped
 activation buffers. One pair of runs without it is recorded for comparison
 (`*_default_malloc`).
 
+`bench/bucketing_throughput.py` (realistic lengths) runs its three contenders in
+alternating processes itself and reports medians over rounds.
+
 Usage: python bench/run_all.py [--steps N] [--quick] [--skip_peft]
 """
 import argparse
@@ -108,6 +111,11 @@ def main() -> None:
          ours("--size", "small", *SHAPES, "--frozen_dtype", "bfloat16", steps=steps))
   record("ours_base_compile", ours("--size", "base", *SHAPES, steps=1))
   record("eval_throughput", _json_line([sys.executable, "bench/eval_throughput.py", *SHAPES]))
+  # Realistic (BoolQ) lengths: bucketed vs padded to 512 vs PEFT's dynamic padding, same batches.
+  record("bucketing_throughput", _json_line(
+      [sys.executable, "bench/bucketing_throughput.py",
+       *(["--steps", "10", "--repeats", "1"] if args.quick else ["--steps", "50", "--repeats", "3"]),
+       *([] if args.skip_peft else ["--peft_python", ensure_peft_venv()])]))
   prompt_lengths = (1, 100) if args.quick else (1, 20, 100, 150)
   record("prompt_length_sweep", [
       ours("--size", "small", *SHAPES[:-4], "--prompt_length", str(p), "--targets_length", "8",

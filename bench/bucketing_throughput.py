@@ -1,0 +1,248 @@
+"""Train throughput on realistic lengths: ours bucketed vs ours padded to the maximum vs PEFT.
+
+Lengths follow `bench/boolq_lengths.json` (BoolQ's published means, see the
+file). One stream of random-token examples with those lengths is grouped into
+batches by `prompt_tuning.data.bucketing` (window of `--window` batches), and
+all three runs train on exactly those batches, in that order:
+
+* `ours_bucketed`: each batch cut to the smallest of `--buckets` (the trainer's
+  step: `run_setup.compile_train_step`), one compile per bucket, done before timing;
+* `ours_padded`: every batch padded to `--max_length` (T5X-style fixed shapes);
+* `peft`: HF PEFT prompt tuning (`bench/peft_step.py`), each batch padded to
+  its longest example (dynamic padding), in `.bench_venv/`.
+
+Each run is its own process; the three alternate (`--repeats` rounds, order
+rotated each round) and the median examples/s over rounds is reported. Prints
+one JSON line (with `--out`, also writes it there).
+
+Usage: python bench/bucketing_throughput.py [--steps 50] [--repeats 3] [--window 8]
+       [--peft_python .bench_venv/bin/python]
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LENGTHS_FILE = os.path.join(HERE, "boolq_lengths.json")
+VOCAB = 32128
+
+
+def sample_lengths(n: int, seed: int, max_length: int) -> np.ndarray:
+  """`[n]` input lengths drawn from the file's percentiles (linear between them)."""
+  with open(LENGTHS_FILE) as f:
+    pct = np.asarray(json.load(f)["inputs_percentiles_1_to_99"], np.float64)
+  u = np.random.default_rng(seed).uniform(0, len(pct) - 1, size=n)
+  return np.minimum(np.rint(np.interp(u, np.arange(len(pct)), pct)), max_length).astype(int)
+
+
+def make_batches(path: str, steps: int, batch_size: int, window: int, buckets: List[int],
+                 max_length: int, targets_length: int, seed: int) -> Dict[str, Any]:
+  """Writes `.npz` of the grouped batches (`inputs [S, B, max_length]`, `targets [S, B, T]`)."""
+  import tensorflow as tf
+  from prompt_tuning.data import bucketing
+  n = steps * batch_size
+  n += -n % (window * batch_size)  # whole windows
+  rng = np.random.default_rng(seed)
+  enc = np.zeros((n, max_length), np.int32)
+  for i, length in enumerate(sample_lengths(n, seed, max_length)):
+    enc[i, :length] = rng.integers(3, VOCAB, size=length)
+    enc[i, length - 1] = 1  # EOS
+  tgt = np.zeros((n, targets_length), np.int32)
+  tgt[:, 0], tgt[:, 1] = rng.choice([10998, 10747], size=n), 1  # a label piece + EOS
+  dec_in = np.concatenate([np.zeros((n, 1), np.int32), tgt[:, :-1]], axis=1)
+  ds = tf.data.Dataset.from_tensor_slices({
+      "encoder_input_tokens": enc, "decoder_input_tokens": dec_in, "decoder_target_tokens": tgt})
+  # Group with the library (window W); the padded and PEFT runs use the same batches.
+  grouping = bucketing.LengthBuckets(tuple(buckets), None, window)
+  batches = list(bucketing.bucketed_batches(ds, batch_size, grouping, seed))[:steps]
+  inputs = np.stack([np.pad(b["encoder_input_tokens"],
+                            [(0, 0), (0, max_length - b["encoder_input_tokens"].shape[1])])
+                     for b in batches])
+  targets = np.stack([b["decoder_target_tokens"] for b in batches])
+  np.savez(path, inputs=inputs, targets=targets)
+  widths = [b["encoder_input_tokens"].shape[1] for b in batches]
+  real = int((inputs > 0).sum())
+  return {"examples": steps * batch_size, "real_input_tokens": real,
+          "bucket_counts": {str(w): widths.count(w) for w in sorted(set(widths))},
+          "padded_input_tokens": {
+              "ours_bucketed": int(sum(widths)) * batch_size,
+              "ours_padded": steps * batch_size * max_length,
+              "peft": int(sum(((inputs[s] > 0).sum(1)).max() for s in range(steps))) * batch_size}}
+
+
+def run_ours(args) -> Dict[str, Any]:
+  """One of our runs over the batches file; `args.mode` is `bucketed` or `padded`."""
+  import jax
+  from prompt_tuning.data import bucketing
+  from prompt_tuning.models.config import t5_1_1_config
+  from prompt_tuning.models.t5 import T5
+  from prompt_tuning.prompts import initializers
+  from prompt_tuning.prompts.prompt import Prompt
+  from prompt_tuning.train import optim
+  from prompt_tuning.train.data import with_example_index
+  from prompt_tuning.train.run_setup import build_run, compile_train_step
+
+  data = np.load(args.batches, allow_pickle=False)
+  model = T5(t5_1_1_config(args.size),
+             prompt=Prompt(length=args.prompt_length, initializer=initializers.uniform()))
+  ctx = build_run(model=model, seed=0)
+  split = ctx.split(("prompt/.*",))
+  ctx.variables = None
+  compiled = compile_train_step(ctx, split, optim.adafactor())
+  trainable, opt_state, frozen = split.trainable, compiled.opt_state, split.frozen
+  buckets = bucketing.LengthBuckets(tuple(args.buckets))
+  batch_size = data["inputs"].shape[1]
+
+  def batch(s):
+    tgt = data["targets"][s]
+    b = {"encoder_input_tokens": data["inputs"][s], "decoder_target_tokens": tgt,
+         "decoder_input_tokens": np.concatenate([np.zeros_like(tgt[:, :1]), tgt[:, :-1]], 1),
+         "decoder_loss_weights": (tgt > 0).astype(np.float32)}
+    if args.mode == "bucketed":
+      b = bucketing.pad_to_buckets(b, buckets)
+    return ctx.partitioner.shard_batch(with_example_index(b, s, batch_size))
+
+  steps = len(data["inputs"])
+  rng = jax.random.PRNGKey(1)
+  with ctx.partitioner.context():
+    # Compile every shape first (one per bucket): a long run pays it once.
+    start, seen = time.perf_counter(), set()
+    for s in range(steps):
+      b = batch(s)
+      shape = b["encoder_input_tokens"].shape
+      if shape not in seen:
+        seen.add(shape)
+        trainable, opt_state, metrics = compiled.step(trainable, opt_state, frozen, b,
+                                                      jax.random.fold_in(rng, s))
+        jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - start
+    batches = [batch(s) for s in range(steps)]
+    times = []
+    for s, b in enumerate(batches):
+      t = time.perf_counter()
+      trainable, opt_state, metrics = compiled.step(trainable, opt_state, frozen, b,
+                                                    jax.random.fold_in(rng, s))
+      jax.block_until_ready(metrics)
+      times.append(time.perf_counter() - t)
+  return {"compile_and_warmup_s": compile_s, "shapes": len(seen),
+          "jit_cache_size": compiled.step._cache_size(), **_rates(times, batch_size)}
+
+
+def run_peft(args) -> Dict[str, Any]:
+  import torch
+  sys.path.insert(0, HERE)
+  import peft_step  # pylint: disable=import-outside-toplevel
+  torch.set_num_threads(args.threads)
+  data = np.load(args.batches, allow_pickle=False)
+  model, optimizer, _ = peft_step.build(args.prompt_length)
+
+  def batch(s):
+    inputs = data["inputs"][s]
+    width = int((inputs > 0).sum(1).max())  # dynamic padding: the batch's longest example
+    inputs = torch.from_numpy(inputs[:, :width].astype(np.int64))
+    labels = torch.from_numpy(data["targets"][s].astype(np.int64))
+    return inputs, (inputs > 0).long(), torch.where(labels > 0, labels, -100)
+
+  batches = [batch(s) for s in range(len(data["inputs"]))]
+  t = time.perf_counter()
+  peft_step.train_step(model, optimizer, *max(batches, key=lambda b: b[0].shape[1]))  # warm-up
+  warm = time.perf_counter() - t
+  times = []
+  for b in batches:
+    t = time.perf_counter()
+    peft_step.train_step(model, optimizer, *b)
+    times.append(time.perf_counter() - t)
+  return {"compile_and_warmup_s": warm, "threads": torch.get_num_threads(),
+          **_rates(times, data["inputs"].shape[1])}
+
+
+def _rates(times: List[float], batch_size: int) -> Dict[str, Any]:
+  import resource
+  return {"steps": len(times), "examples_per_s": len(times) * batch_size / sum(times),
+          "median_step_s": statistics.median(times), "total_s": sum(times),
+          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+
+
+def _child(cmd: List[str]) -> Dict[str, Any]:
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+  env.setdefault("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")  # as bench/run_all.py, both sides
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+  for line in reversed(proc.stdout.strip().splitlines()):
+    if line.startswith("{"):
+      return json.loads(line)
+  return {"error": ((proc.stderr or proc.stdout).strip().splitlines() or ["no output"])[-1]}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--steps", type=int, default=50)
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--batch_size", type=int, default=8)
+  parser.add_argument("--window", type=int, default=8,
+                      help="batches grouped by length (BUCKET_WINDOW; 1: stream order)")
+  parser.add_argument("--buckets", type=int, nargs="+", default=[64, 128, 256, 512])
+  parser.add_argument("--prompt_length", type=int, default=100)
+  parser.add_argument("--targets_length", type=int, default=4)
+  parser.add_argument("--size", default="small")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--threads", type=int, default=None)
+  parser.add_argument("--peft_python", default=None, help="python of the PEFT venv; none: skip")
+  parser.add_argument("--out", default=None)
+  parser.add_argument("--worker", choices=["bucketed", "padded", "peft"], default=None)
+  parser.add_argument("--batches", default=None)
+  args = parser.parse_args()
+  args.threads = args.threads or len(os.sched_getaffinity(0))
+  if args.worker:
+    args.mode = args.worker
+    result = run_peft(args) if args.worker == "peft" else run_ours(args)
+    print(json.dumps(result), flush=True)
+    return
+  max_length = args.buckets[-1]
+  with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, "batches.npz")
+    data = make_batches(path, args.steps, args.batch_size, args.window, args.buckets,
+                        max_length, args.targets_length, args.seed)
+    common = ["--batches", path, "--prompt_length", str(args.prompt_length), "--size", args.size,
+              "--threads", str(args.threads), "--buckets", *map(str, args.buckets)]
+    runs = {"ours_bucketed": [sys.executable, __file__, "--worker", "bucketed", *common],
+            "ours_padded": [sys.executable, __file__, "--worker", "padded", *common]}
+    if args.peft_python:
+      runs["peft"] = [args.peft_python, __file__, "--worker", "peft", *common]
+    rounds: Dict[str, List[Dict[str, Any]]] = {k: [] for k in runs}
+    names = list(runs)
+    for r in range(args.repeats):
+      for name in names[r % len(names):] + names[:r % len(names)]:  # rotated each round
+        rounds[name].append(_child(runs[name]))
+        print(f"round {r} {name}: {json.dumps(rounds[name][-1])}", file=sys.stderr, flush=True)
+  summary = {}
+  for name, results in rounds.items():
+    ok = [x["examples_per_s"] for x in results if "examples_per_s" in x]
+    summary[name] = {"median_examples_per_s": statistics.median(ok) if ok else None,
+                     "examples_per_s": ok, "runs": results}
+  med = {k: v["median_examples_per_s"] for k, v in summary.items()}
+  ratios = {}
+  if med.get("ours_bucketed") and med.get("ours_padded"):
+    ratios["bucketed_over_padded"] = med["ours_bucketed"] / med["ours_padded"]
+  if med.get("ours_bucketed") and med.get("peft"):
+    ratios["bucketed_over_peft"] = med["ours_bucketed"] / med["peft"]
+  result = {"lengths": os.path.basename(LENGTHS_FILE), "steps": args.steps,
+            "repeats": args.repeats, "batch_size": args.batch_size, "window": args.window,
+            "buckets": args.buckets, "prompt_length": args.prompt_length,
+            "targets_length": args.targets_length, "size": args.size, "threads": args.threads,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"), **data, "ratios": ratios, **summary}
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(result, f, indent=1)
+  print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+  main()

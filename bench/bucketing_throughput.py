@@ -222,6 +222,15 @@ def main() -> None:
       for name in names[r % len(names):] + names[:r % len(names)]:  # rotated each round
         rounds[name].append(_child(runs[name]))
         print(f"round {r} {name}: {json.dumps(rounds[name][-1])}", file=sys.stderr, flush=True)
+      result = _summary(args, data, rounds)
+      if args.out:  # after every round, so a cut-short run still leaves its rounds
+        with open(args.out, "w") as f:
+          json.dump(result, f, indent=1)
+  print(json.dumps(result), flush=True)
+
+
+def _summary(args, data: Dict[str, Any], rounds: Dict[str, List[Dict[str, Any]]]
+             ) -> Dict[str, Any]:
   summary = {}
   for name, results in rounds.items():
     ok = [x["examples_per_s"] for x in results if "examples_per_s" in x]
@@ -233,15 +242,12 @@ def main() -> None:
     ratios["bucketed_over_padded"] = med["ours_bucketed"] / med["ours_padded"]
   if med.get("ours_bucketed") and med.get("peft"):
     ratios["bucketed_over_peft"] = med["ours_bucketed"] / med["peft"]
-  result = {"lengths": os.path.basename(LENGTHS_FILE), "steps": args.steps,
-            "repeats": args.repeats, "batch_size": args.batch_size, "window": args.window,
-            "buckets": args.buckets, "prompt_length": args.prompt_length,
-            "targets_length": args.targets_length, "size": args.size, "threads": args.threads,
-            "started": time.strftime("%Y-%m-%d %H:%M:%S"), **data, "ratios": ratios, **summary}
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(result, f, indent=1)
-  print(json.dumps(result), flush=True)
+  return {"lengths": os.path.basename(LENGTHS_FILE), "steps": args.steps,
+          "rounds_done": min(len(v) for v in rounds.values()), "repeats": args.repeats,
+          "batch_size": args.batch_size, "window": args.window, "buckets": args.buckets,
+          "prompt_length": args.prompt_length, "targets_length": args.targets_length,
+          "size": args.size, "threads": args.threads,
+          "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **data, "ratios": ratios, **summary}
 
 
 if __name__ == "__main__":

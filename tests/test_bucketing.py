@@ -149,3 +149,11 @@ def test_eval_scores_and_predictions_are_the_same_bucketed(tmp_path):
   assert cut._score._cache_size() == len(pairs) and plain._score._cache_size() == 1
   want, got = dict(plain.predict_fn(ds)), dict(cut.predict_fn(ds))
   assert all(np.array_equal(want[i], got[i]) for i in range(12))
+
+
+def test_trainer_refuses_bad_buckets_before_writing_anything(tmp_path):
+  with pytest.raises(UserError, match=r"BUCKETS \(LengthBuckets.inputs\)=\[4, 8\] does not cover"):
+    toy_train(tmp_path / "run", 2, files=(
+        "models/t5_1_1_toy_prompt.gin", "runs/prompt_finetune.gin", "runs/length_buckets.gin"),
+        extra=["BUCKETS = [4, 8]"])
+  assert not (tmp_path / "run").exists()

@@ -171,10 +171,15 @@ def _rates(times: List[float], batch_size: int) -> Dict[str, Any]:
           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
 
 
-def _child(cmd: List[str]) -> Dict[str, Any]:
+def _child(cmd: List[str], threads: int) -> Dict[str, Any]:
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+  pin = None
+  if threads == 1:  # one core for either framework: XLA sizes its pool by the affinity mask
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+    core = min(os.sched_getaffinity(0))
+    pin = lambda: os.sched_setaffinity(0, {core})
   env.setdefault("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")  # as bench/run_all.py, both sides
-  proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=pin)
   for line in reversed(proc.stdout.strip().splitlines()):
     if line.startswith("{"):
       return json.loads(line)
@@ -193,7 +198,10 @@ def main() -> None:
   parser.add_argument("--targets_length", type=int, default=4)
   parser.add_argument("--size", default="small")
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--threads", type=int, default=None)
+  parser.add_argument("--threads", type=int, default=None,
+                      help="threads of both frameworks (default: the CPUs available); 1 also "
+                      "pins XLA to one thread. On a loaded machine torch's OpenMP threads slow "
+                      "down far more than XLA's (see bench/README.md)")
   parser.add_argument("--peft_python", default=None, help="python of the PEFT venv; none: skip")
   parser.add_argument("--out", default=None)
   parser.add_argument("--worker", choices=["bucketed", "padded", "peft"], default=None)
@@ -220,7 +228,7 @@ def main() -> None:
     names = list(runs)
     for r in range(args.repeats):
       for name in names[r % len(names):] + names[:r % len(names)]:  # rotated each round
-        rounds[name].append(_child(runs[name]))
+        rounds[name].append(_child(runs[name], args.threads))
         print(f"round {r} {name}: {json.dumps(rounds[name][-1])}", file=sys.stderr, flush=True)
       result = _summary(args, data, rounds)
       if args.out:  # after every round, so a cut-short run still leaves its rounds

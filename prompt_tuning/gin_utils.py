@@ -68,7 +68,8 @@ def register_configurables() -> None:
   """Imports every module that defines gin configurables (an import error is an error)."""
   # pylint: disable=unused-import,g-import-not-at-top
   from prompt_tuning.models import config  # noqa: F401
-  from prompt_tuning.prompts import ensemble, initializers, prompt  # noqa: F401
+  from prompt_tuning.data import task_tokens  # noqa: F401
+  from prompt_tuning.prompts import ensemble, initializers, multitask, prompt  # noqa: F401
   from prompt_tuning.train import (eval_run, evaluation, initialize, optim, partitioning,  # noqa: F401
                                    step, trainable, trainer)
   from prompt_tuning.methods import residual  # noqa: F401

@@ -140,13 +140,16 @@ class Prompt(nn.Module):
 def encoder_prompt(model: nn.Module, variables) -> Array:
   """What `model`'s encoder sees as the prompt, `[P, E]`: every reparameterization
   applied deterministically (residual MLP folded, masks applied). This is what
-  gets exported as `.npy` and what `initializers.from_file` loads.
+  gets exported as `.npy` and what `initializers.from_file` loads. A multi-task
+  prompt (`prompts.multitask`) gives `[T, P, E]`, task t's combined prompt at t.
 
   Args:
     model: a `T5` built with a prompt module.
     variables: its variables (`params` plus e.g. `prompt_masks`).
   """
   def value(module):
+    if hasattr(module.prompt, "task_prompts"):
+      return module.prompt.task_prompts(module.token_embedder.embedding, deterministic=True)
     return module.prompt.value(module.token_embedder.embedding, deterministic=True)
   return model.apply(variables, method=value)
 

@@ -146,14 +146,22 @@ def validate_feature_lengths(task_feature_lengths: Mapping[str, int], prompt_len
 
 def converted_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                       split: str, shuffle: bool, seed: Optional[int], num_epochs: Optional[int],
-                      use_cached: bool = False):
-  """The host's shard of a task, feature-converted for an encoder-decoder (no packing)."""
+                      use_cached: bool = False, task_tokens: Optional[Mapping[str, int]] = None):
+  """The host's shard of a task, feature-converted for an encoder-decoder (no packing).
+
+  `task_tokens`: `{task: token}` to start each input with (multi-task prompts,
+  `data.task_tokens`), or None.
+  """
   task = get_mixture_or_task(mixture_or_task_name)
   if split not in task.splits:
     raise UserError(f"{mixture_or_task_name} has no split {split!r}; it has {sorted(task.splits)}")
   shard = seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+  source = mixture_or_task_name
+  if task_tokens:
+    from prompt_tuning.data.task_tokens import marked_provider
+    source = marked_provider(task, task_tokens)
   ds = seqio.get_dataset(
-      mixture_or_task_name, task_feature_lengths=dict(task_feature_lengths),
+      source, task_feature_lengths=dict(task_feature_lengths),
       dataset_split=split, shuffle=shuffle, num_epochs=num_epochs, seed=seed,
       use_cached=use_cached, shard_info=shard,
       feature_converter=seqio.EncDecFeatureConverter(pack=False))
@@ -163,11 +171,15 @@ def converted_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[s
 def batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], split: str,
             local_batch_size: int, seed: Optional[int], shuffle: bool = True,
             num_epochs: Optional[int] = None, skip_batches: int = 0,
-            use_cached: bool = False) -> Iterator[Dict[str, np.ndarray]]:
-  """Endless (by default) iterator of host-local batches of model features."""
+            use_cached: bool = False, task_tokens: Optional[Mapping[str, int]] = None
+            ) -> Iterator[Dict[str, np.ndarray]]:
+  """Endless (by default) iterator of host-local batches of model features.
+
+  `task_tokens`: see `converted_dataset`.
+  """
   with readable_data_errors(mixture_or_task_name):
     ds = converted_dataset(mixture_or_task_name, task_feature_lengths, split, shuffle, seed,
-                           num_epochs, use_cached)
+                           num_epochs, use_cached, task_tokens)
     ds = ds.map(lambda ex: {k: ex[k] for k in _MODEL_FEATURES if k in ex})
     ds = ds.batch(local_batch_size, drop_remainder=True)
     if skip_batches:

@@ -22,6 +22,7 @@ import gin
 import numpy as np
 
 from prompt_tuning import checks, fs
+from prompt_tuning.data.task_tokens import task_tokens_of
 from prompt_tuning.errors import UserError
 from prompt_tuning.prompts.ensemble import PromptEnsemble
 from prompt_tuning.prompts.files import step_of
@@ -187,7 +188,7 @@ def _prepare(command, model_dir, t5x_output_dir, mixture_or_task_name, mixture_o
                                 batch_size=batch_size,
                                 max_decode_length=task_feature_lengths["targets"])
   evaluator = evaluation.make_evaluator(mixture_or_task_name, task_feature_lengths, split,
-                                        use_cached, num_examples)
+                                        use_cached, num_examples, task_tokens_of(ctx.model))
   return ctx, fns, evaluator, split, out_dir
 
 

@@ -119,17 +119,27 @@ _EMPTY_LOGGER_FILTER = _WithoutEmptyLoggerWarning()
 
 def make_evaluator(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                    split: str = "validation", use_cached: bool = False,
-                   num_examples: Optional[int] = None) -> seqio.Evaluator:
+                   num_examples: Optional[int] = None,
+                   task_tokens: Optional[Mapping[str, int]] = None) -> seqio.Evaluator:
+  """A seqio evaluator of every task of `mixture_or_task_name` (metrics per task).
+
+  `task_tokens`: `{task: token}` to start each input with (multi-task prompts,
+  `data.task_tokens`), or None.
+  """
   from prompt_tuning.train.data import readable_data_errors
   absl_logger = logging.getLogger("absl")
   if _EMPTY_LOGGER_FILTER not in absl_logger.filters:
     absl_logger.addFilter(_EMPTY_LOGGER_FILTER)
   with readable_data_errors(mixture_or_task_name):
-    return seqio.Evaluator(
+    evaluator = seqio.Evaluator(
         mixture_or_task_name=mixture_or_task_name,
         feature_converter=seqio.EncDecFeatureConverter(pack=False),
         eval_split=split, use_cached=use_cached, sequence_length=dict(task_feature_lengths),
         num_examples=num_examples, async_compute_metrics=False)
+  if task_tokens:
+    from prompt_tuning.data.task_tokens import mark_evaluator
+    mark_evaluator(evaluator, task_tokens)
+  return evaluator
 
 
 def run_evaluation(evaluator: seqio.Evaluator, fns: EvalModelFns, step: int) -> Dict[str, float]:

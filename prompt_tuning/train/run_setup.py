@@ -79,12 +79,16 @@ class RunContext:
     """The dropout key of train step `step` (independent of resumption)."""
     return jax.random.fold_in(jax.random.fold_in(self.rng, 1), step)
 
-  def exported_prompt(self, variables: Optional[Variables] = None) -> Optional[np.ndarray]:
-    """The prompt the encoder sees, `[P, E]` float32 numpy, or None without a prompt."""
+  def exported_prompt(self, variables: Optional[Variables] = None):
+    """The prompt the encoder sees, `[P, E]` float32 numpy, or None without a prompt; a
+    multi-task prompt gives `{task name: [P, E]}` (each task's combined prompt)."""
     if self.model.prompt is None:
       return None
     variables = self.variables if variables is None else variables
-    return to_host(encoder_prompt(self.model, variables)).astype(np.float32)
+    value = to_host(encoder_prompt(self.model, variables)).astype(np.float32)
+    if hasattr(self.model.prompt, "task_prompts"):
+      return dict(zip(self.model.prompt.tasks, value))
+    return value
 
 
 def prompt_length(model: T5) -> int:

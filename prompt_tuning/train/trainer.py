@@ -26,6 +26,7 @@ import jax
 import optax
 
 from prompt_tuning import checks, fs
+from prompt_tuning.data.task_tokens import task_tokens_of
 from prompt_tuning.errors import UserError
 from prompt_tuning.train import data as data_lib
 from prompt_tuning.train import config_check, evaluation, exports, run_lock, run_records, summaries
@@ -260,9 +261,10 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   else:
     print(f"step {start_step:,} reached TRAIN_STEPS={train_steps:,}: nothing left to train",
           flush=True)
+  task_tokens = task_tokens_of(ctx.model)  # multi-task prompts: each input's task token
   batches = data_lib.batches(mixture_or_task_name, task_feature_lengths, train_split, local_batch,
                              seed=seed, skip_batches=batches_consumed,
-                             use_cached=use_cached_tasks)
+                             use_cached=use_cached_tasks, task_tokens=task_tokens)
   fs.makedirs(model_dir)
   run_records.write_records(model_dir, records)
   writer = summaries.Writer(model_dir)
@@ -277,7 +279,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     early.resume(fs.read_json(fs.join(model_dir, BEST_RECORD)), start_step)
   if eval_period:
     evaluator = evaluation.make_evaluator(eval_name, task_feature_lengths, eval_split,
-                                          use_cached_tasks, eval_num_examples)
+                                          use_cached_tasks, eval_num_examples, task_tokens)
 
   def export_all(name, step):
     variables = split.merged(trainable)

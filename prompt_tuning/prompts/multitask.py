@@ -60,9 +60,13 @@ def combine_project(shared: Array, kernel: Array, bias: Array) -> Array:
 
 
 @gin.configurable
-def subtask_names(mixture_or_task_name: str = gin.REQUIRED) -> Sequence[str]:
-  """The task names of a SeqIO mixture (or the one task), in the mixture's order: task index t
-  is position t here. Bound as `MultiTaskPrompt.tasks` by `configs/prompts/multitask.gin`."""
+def subtask_names(tasks: Optional[Sequence[str]] = None,
+                  mixture_or_task_name: str = gin.REQUIRED) -> Sequence[str]:
+  """`tasks` (`MULTITASK_TASKS`) if set, else the task names of a SeqIO mixture (or the one
+  task) in the mixture's order: task index t is position t here. Bound as
+  `MultiTaskPrompt.tasks` by `configs/prompts/multitask.gin`."""
+  if tasks is not None:
+    return tuple(tasks)
   try:
     provider = seqio.get_mixture_or_task(mixture_or_task_name)
   except ValueError:

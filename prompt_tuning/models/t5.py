@@ -103,14 +103,20 @@ class Encoder(nn.Module):
   deltas: DeltaPlan = NO_DELTAS
 
   @nn.compact
-  def __call__(self, x: Array, valid: Array, deterministic: bool = True) -> Array:
-    """x: `[B, L, E]` embedded inputs, valid: `[B, L]` bool -> `[B, L, E]`."""
+  def __call__(self, x: Array, valid: Array, deterministic: bool = True,
+               mask: Optional[Array] = None) -> Array:
+    """x: `[B, L, E]` embedded inputs, valid: `[B, L]` bool -> `[B, L, E]`.
+
+    `mask`: `[B, L, L]` bool self-attention mask (a prompt's visibility setting);
+    None: every position sees every valid one.
+    """
     c = self.config
     positions = jnp.arange(x.shape[1], dtype=jnp.int32)
     bias = RelativePositionBiases(c.relative_attention_num_buckets,
                                   c.relative_attention_max_distance, c.num_heads,
                                   **_kw(c), name="relpos_bias")(positions, positions, True)
-    bias = bias + attention_bias_from_mask(valid[:, None, None, :])
+    bias = bias + attention_bias_from_mask(valid[:, None, None, :] if mask is None
+                                           else mask[:, None])
     x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
     layer = _layer_class(EncoderLayer, c)
     for i in range(c.num_encoder_layers):
@@ -216,7 +222,8 @@ class T5(nn.Module):
   def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False) -> Tuple[Array, Array]:
     """`[B, L]` tokens -> (encoded `[B, L', E]`, valid `[B, L']`); L' = L + prompt length."""
     x, valid = self.embed_encoder_inputs(encoder_input_tokens, enable_dropout)
-    return self.encoder(x, valid, deterministic=not enable_dropout), valid
+    mask = self.prompt.attention_mask(valid) if hasattr(self.prompt, "attention_mask") else None
+    return self.encoder(x, valid, deterministic=not enable_dropout, mask=mask), valid
 
   def decode(self, encoded: Array, encoder_valid: Array, decoder_input_tokens: Array,
              enable_dropout: bool = False, decode: bool = False) -> Array:

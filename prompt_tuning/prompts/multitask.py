@@ -189,6 +189,10 @@ class MultiTaskPrompt(nn.Module):
         (n, length, emb_dim))
     return combine_concat(shared, tasks)
 
+  def attention_mask(self, valid: Array) -> Optional[Array]:
+    """The shared prompt's `attention` setting over the combined prompt's positions."""
+    return self.shared.attention_mask(valid, self.length)
+
   def task_index(self, first_tokens: Array, vocab_rows: int) -> Array:
     """`[B]` first input tokens -> `[B]` task indices (out of range for a non-task token)."""
     return self.token_base(vocab_rows) - first_tokens.astype(jnp.int32)

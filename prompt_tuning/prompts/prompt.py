@@ -7,7 +7,7 @@ Tuning's MLP under `prompt/residual/`, XPrompt's masks under
 chain; `encoder_prompt` computes it, which is also what gets exported as `.npy`.
 """
 import functools
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import gin
@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from prompt_tuning.prompts import initializers
+from prompt_tuning.prompts.attention import check_visibility, prompt_attention_mask
 
 Array = jax.Array
 # Logical axes of the prompt: replicated by default (see the partitioning rules).
@@ -103,11 +104,14 @@ class Prompt(nn.Module):
     placement: `prefix` (Lester et al.) or `suffix` (before EOS).
     reparameterizations: `(name, module factory)` pairs applied in order to the
       raw `[P, E]` prompt (see `prompt_reparameterizations`).
+    attention: which encoder positions see which (`prompts.attention.KINDS`,
+      e.g. `['input->input', 'input->prompt']`); None: all see all, as without a prompt.
   """
   length: int = gin.REQUIRED
   initializer: Callable = initializers.uniform()
   placement: str = "prefix"
   reparameterizations: Reparameterizations = ()
+  attention: Optional[Sequence[str]] = None
 
   def setup(self):
     if self.placement not in PLACEMENTS:
@@ -129,6 +133,14 @@ class Prompt(nn.Module):
     for name, make in self.reparameterizations:
       value = make(name=name)(value, deterministic=deterministic)
     return value
+
+  def attention_mask(self, valid: Array, prompt_length: Optional[int] = None) -> Optional[Array]:
+    """`[B, L', L']` bool encoder self-attention mask for `[B, L']` valid positions of the
+    prompted input, or None (full visibility) without `attention`."""
+    if self.attention is None:
+      return None
+    check_visibility(self.attention, self.placement)
+    return prompt_attention_mask(valid, prompt_length or self.length, self.attention)
 
   def __call__(self, tokens: Array, embedded: Array, embedding_table: Array,
                deterministic: bool = True) -> Tuple[Array, Array]:

@@ -104,11 +104,13 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, valid: Array, deterministic: bool = True,
-               mask: Optional[Array] = None) -> Array:
+               mask: Optional[Array] = None,
+               layer_prompt: Optional[Callable[[int, Array], Array]] = None) -> Array:
     """x: `[B, L, E]` embedded inputs, valid: `[B, L]` bool -> `[B, L, E]`.
 
     `mask`: `[B, L, L]` bool self-attention mask (a prompt's visibility setting);
-    None: every position sees every valid one.
+    None: every position sees every valid one. `layer_prompt(i, x)`: edits the
+    input of each layer i >= 1 (per-layer prompts).
     """
     c = self.config
     positions = jnp.arange(x.shape[1], dtype=jnp.int32)
@@ -120,6 +122,8 @@ class Encoder(nn.Module):
     x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
     layer = _layer_class(EncoderLayer, c)
     for i in range(c.num_encoder_layers):
+      if layer_prompt is not None and i > 0:
+        x = layer_prompt(i, x)
       x = layer(c, self.deltas, name=f"layers_{i}")(x, bias, deterministic)
     x = RMSNorm(c.layer_norm_epsilon, **_kw(c), deltas=self.deltas, name="encoder_norm")(x)
     return nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
@@ -223,7 +227,11 @@ class T5(nn.Module):
     """`[B, L]` tokens -> (encoded `[B, L', E]`, valid `[B, L']`); L' = L + prompt length."""
     x, valid = self.embed_encoder_inputs(encoder_input_tokens, enable_dropout)
     mask = self.prompt.attention_mask(valid) if hasattr(self.prompt, "attention_mask") else None
-    return self.encoder(x, valid, deterministic=not enable_dropout, mask=mask), valid
+    layer_prompt = None
+    if hasattr(self.prompt, "layer"):  # per-layer prompts
+      layer_prompt = lambda i, h: self.prompt.layer(i, h, self.token_embedder.embedding)
+    return self.encoder(x, valid, deterministic=not enable_dropout, mask=mask,
+                        layer_prompt=layer_prompt), valid
 
   def decode(self, encoded: Array, encoder_valid: Array, decoder_input_tokens: Array,
              enable_dropout: bool = False, decode: bool = False) -> Array:

@@ -81,8 +81,10 @@ class RunContext:
 
   def exported_prompt(self, variables: Optional[Variables] = None):
     """The prompt the encoder sees, `[P, E]` float32 numpy, or None without a prompt; a
-    multi-task prompt gives `{task name: [P, E]}` (each task's combined prompt)."""
-    if self.model.prompt is None:
+    multi-task prompt gives `{task name: [P, E]}` (each task's combined prompt). Per-layer
+    prompts have no `.npy` form (the input prompt alone would evaluate wrongly): None; their
+    run's `exports/step_N` (DELTAS_FILE) holds every layer's prompt."""
+    if self.model.prompt is None or hasattr(self.model.prompt, "layer"):
       return None
     variables = self.variables if variables is None else variables
     value = to_host(encoder_prompt(self.model, variables)).astype(np.float32)

@@ -210,3 +210,17 @@ def test_mixture_run_reports_each_task_and_exports_one_prompt_per_task(runs, tmp
                    f"EVAL_OUTPUT_DIR = '{tmp_path}'"])
   metrics = gin_utils.call(eval_run.evaluate)
   assert metrics["toy_first_parity/accuracy"] == evaluated["toy_first_parity/accuracy"]
+
+
+def test_run_export_evaluates_the_whole_mixture_with_deltas_file(runs, tmp_path):
+  from prompt_tuning import gin_utils
+  from prompt_tuning.train import eval_run
+  from tests.train_helpers import TOY_EVAL_BINDINGS
+  tmp, result = runs
+  gin_utils.parse(["models/t5_1_1_toy_prompt.gin", "runs/deltas_eval.gin",
+                   "prompts/multitask.gin"],
+                  [*TOY_EVAL_BINDINGS, "MIXTURE_OR_TASK_NAME = 'toy_mixture'",
+                   f"DELTAS_FILE = '{tmp}/mesh/exports/step_4'", f"MODEL_DIR = '{tmp_path}'"])
+  metrics = gin_utils.call(eval_run.evaluate)
+  for task in ("toy_parity", "toy_first_parity"):
+    assert metrics[f"{task}/accuracy"] == result["eval"][f"{task}/accuracy"]

@@ -224,3 +224,22 @@ def test_run_export_evaluates_the_whole_mixture_with_deltas_file(runs, tmp_path)
   metrics = gin_utils.call(eval_run.evaluate)
   for task in ("toy_parity", "toy_first_parity"):
     assert metrics[f"{task}/accuracy"] == result["eval"][f"{task}/accuracy"]
+
+
+def test_the_references_sentinel_form_reads_tasks_from_extra_ids():
+  from prompt_tuning.data.task_tokens import task_tokens_of
+  # <extra_id_t> = base - t: with base 30, the rows start with tokens 29 (task b) or 30 (task a).
+  module = MultiTaskPrompt(shared=Prompt(length=3), tasks=TASKS, task_token_base=30)
+  sentinel = np.concatenate([(30 - ROW_TASKS)[:, None], INPUTS], axis=1)
+  variables = {"params": randomized(
+      module.init(jax.random.PRNGKey(0), sentinel, TABLE[sentinel], TABLE)["params"])}
+  embedded, _ = module.apply(variables, sentinel, TABLE[sentinel], TABLE)
+  per_task = module.apply(variables, TABLE, method="task_prompts")
+  np.testing.assert_array_equal(embedded[:, :3], per_task[ROW_TASKS])
+  # With the tokens already in the data, the data path adds none; without a multi-task
+  # prompt the setting is an error, not ignored.
+  model = T5(CONFIG, prompt=module)
+  assert task_tokens_of(model) == {"a": 30, "b": 29}
+  assert task_tokens_of(model, tokens_in_data=True) is None
+  with pytest.raises(UserError, match="not a MultiTaskPrompt"):
+    task_tokens_of(T5(CONFIG, prompt=Prompt(length=3)), tokens_in_data=True)

@@ -80,8 +80,9 @@ class RunContext:
     return jax.random.fold_in(jax.random.fold_in(self.rng, 1), step)
 
   def exported_prompt(self, variables: Optional[Variables] = None) -> Optional[np.ndarray]:
-    """The prompt the encoder sees, `[P, E]` float32 numpy, or None without a prompt."""
-    if self.model.prompt is None:
+    """The prompt the encoder sees, `[P, E]` float32 numpy; None without a prompt or when
+    it is generated from each input (its generator's parameters are exported instead)."""
+    if self.model.prompt is None or not hasattr(self.model.prompt, "value"):
       return None
     variables = self.variables if variables is None else variables
     return to_host(encoder_prompt(self.model, variables)).astype(np.float32)

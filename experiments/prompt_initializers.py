@@ -47,16 +47,6 @@ def majority_baseline(operation: str) -> float:
   return sum(t == label for t in test) / len(test)
 
 
-def table(results, lengths) -> str:
-  lines = ["| prompt length | " + " | ".join(METHODS) + " |", "|---" * (len(METHODS) + 1) + "|"]
-  for length in lengths:
-    row = [demo_grid.mean_sd([r["test_exact_match"] for r in results
-                              if r["method"] == m and r["prompt_length"] == length])
-           for m in METHODS]
-    lines.append(f"| {length} | " + " | ".join(row) + " |")
-  return "\n".join(lines)
-
-
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", default="/tmp/prompt_initializers")
@@ -71,21 +61,11 @@ def main(argv=None) -> int:
   backbone_dir = demo_grid.backbone(args.out)
   task = tasks.few_shot_task_name("max", args.train_examples)
 
-  def cell(method, length, seed):
-    files, bindings = METHODS[method]
-    run_dir = os.path.join(args.out, f"{method}_p{length}_seed{seed}")
-    return ({"method": method, "prompt_length": length, "seed": seed},
-            lambda: demo_grid.run_cell(run_dir, backbone_dir, task, files, bindings, seed=seed,
-                                       steps=args.steps, eval_period=args.eval_period,
-                                       prompt_length=length,
-                                       feature_lengths={"inputs": max(16, length),
-                                                        "targets": 8}))
-
-  results = demo_grid.run_grid([cell(m, p, s) for p in args.lengths for s in args.seeds
-                                for m in METHODS])
-  baseline = majority_baseline("max")
-  demo_grid.write_outputs(args.out, results, table(results, args.lengths)
-                          + f"\n\nmajority-label baseline (test): {baseline:.3f}")
+  results, table = demo_grid.methods_by_length(args.out, backbone_dir, task, METHODS,
+                                                args.lengths, args.seeds, args.steps,
+                                                args.eval_period)
+  demo_grid.write_outputs(args.out, results, table + "\n\nmajority-label baseline (test): "
+                          f"{majority_baseline('max'):.3f}")
   return 0
 
 

@@ -219,9 +219,18 @@ class T5(nn.Module):
     x = self.token_embedder(encoder_input_tokens)
     valid = encoder_input_tokens > 0
     if self.prompt is not None:
+      extra = {}
+      if getattr(self.prompt, "needs_prompt_free_encoding", False):
+        extra["prompt_free"] = self.prompt_free_encoding(x, valid)
       x, valid = self.prompt(encoder_input_tokens, x, self.token_embedder.embedding,
-                             deterministic=not enable_dropout)
+                             deterministic=not enable_dropout, **extra)
     return nn.with_logical_constraint(x, ("batch", "length", "embed")), valid
+
+  def prompt_free_encoding(self, embedded: Array, valid: Array) -> Tuple[Array, Array]:
+    """(`[B, L, E]` encoder outputs, `[B, L]` valid) of the bare input, for a prompt
+    generated from the input (InfoPrompt §4.2): dropout off, no gradient."""
+    encoded = self.encoder(embedded, valid, deterministic=True)
+    return jax.lax.stop_gradient(encoded), valid
 
   def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False) -> Tuple[Array, Array]:
     """`[B, L]` tokens -> (encoded `[B, L', E]`, valid `[B, L']`); L' = L + prompt length."""
@@ -262,11 +271,20 @@ class T5(nn.Module):
 
   def input_features(self, encoder_input_tokens: Array) -> Features:
     """`input_embeddings` `[B, L, E]` and `input_valid` `[B, L]` of the bare input,
-    plus `prompt` `[P, E]` (what the encoder sees as the prompt) when there is one."""
+    plus `prompt` (what the encoder sees as the prompt) when there is one: `[P, E]`, or
+    `[B, P, E]` for a prompt generated from each input."""
     out = {"input_embeddings": self.token_embedder(encoder_input_tokens),
            "input_valid": encoder_input_tokens > 0}
     if self.prompt is not None and hasattr(self.prompt, "value"):
       out["prompt"] = self.prompt.value(self.token_embedder.embedding, deterministic=True)
+    elif self.prompt is not None and hasattr(self.prompt, "generate"):  # [B, P, E] per example
+      embedded, valid = out["input_embeddings"], out["input_valid"]
+      prompt_free = (self.prompt_free_encoding(embedded, valid)
+                     if self.prompt.needs_prompt_free_encoding else None)
+      out["prompt"] = self.prompt.generate(encoder_input_tokens, embedded, prompt_free)
+    elif self.prompt is not None and hasattr(self.prompt, "task_prompts"):
+      raise UserError("a multi-task prompt has no single prompt for a method's own modules "
+                      "(InfoPrompt); drop methods/infoprompt.gin or prompts/multitask.gin")
     return out
 
 

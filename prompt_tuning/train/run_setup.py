@@ -80,11 +80,14 @@ class RunContext:
     return jax.random.fold_in(jax.random.fold_in(self.rng, 1), step)
 
   def exported_prompt(self, variables: Optional[Variables] = None):
-    """The prompt the encoder sees, `[P, E]` float32 numpy, or None without a prompt; a
-    multi-task prompt gives `{task name: [P, E]}` (each task's combined prompt). Per-layer
-    prompts have no `.npy` form (the input prompt alone would evaluate wrongly): None; their
-    run's `exports/step_N` (DELTAS_FILE) holds every layer's prompt."""
-    if self.model.prompt is None or hasattr(self.model.prompt, "layer"):
+    """The prompt the encoder sees, `[P, E]` float32 numpy; a multi-task prompt gives
+    `{task name: [P, E]}` (each task's combined prompt). None without a prompt, when it is
+    generated from each input (its generator's parameters are exported instead), or for
+    per-layer prompts (the input prompt alone would evaluate wrongly; their run's
+    `exports/step_N`, DELTAS_FILE, holds every layer's prompt)."""
+    prompt = self.model.prompt
+    if (prompt is None or hasattr(prompt, "layer")
+        or not (hasattr(prompt, "value") or hasattr(prompt, "task_prompts"))):
       return None
     variables = self.variables if variables is None else variables
     value = to_host(encoder_prompt(self.model, variables)).astype(np.float32)

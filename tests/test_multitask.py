@@ -179,51 +179,39 @@ print("RESULT" + json.dumps({{"one": losses(one), "resumed": losses(resumed),
 """
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-  tmp = tmp_path_factory.mktemp("mt")
-  return tmp, run_on_eight_devices(_RUN_SCRIPT.format(tmp=str(tmp)))
-
-
-def test_resumed_mesh_run_matches_an_uninterrupted_one_device_run(runs):
-  _, result = runs
-  assert result["steps"] == [1, 2, 3, 4]
-  np.testing.assert_allclose(result["resumed"], result["one"], rtol=2e-5)
-
-
-def test_mixture_run_reports_each_task_and_exports_one_prompt_per_task(runs, tmp_path):
+def test_mixture_run_on_a_mesh_resumes_reports_each_task_and_exports_per_task(tmp_path):
+  """One test (one subprocess, run once under pytest-xdist): resume, per-task eval, exports."""
   from prompt_tuning import gin_utils
   from prompt_tuning.train import eval_run
   from tests.train_helpers import TOY_EVAL_BINDINGS
-  tmp, result = runs
-  run, evaluated = tmp / "mesh", result["eval"]
+  result = run_on_eight_devices(_RUN_SCRIPT.format(tmp=str(tmp_path)))
+  # A 2x4 mesh run stopped at step 2 and resumed computes the one-device losses.
+  assert result["steps"] == [1, 2, 3, 4]
+  np.testing.assert_allclose(result["resumed"], result["one"], rtol=2e-5)
+  # Evaluation reports each task of the mixture.
+  run, evaluated = tmp_path / "mesh", result["eval"]
   assert evaluated["step"] == 4
   assert {"toy_parity/accuracy", "toy_first_parity/accuracy"} <= set(evaluated)
+  # One [P, E] prompt per task.
   prompts = {t: np.load(run / "prompts" / "step_4" / f"{t}.npy")
              for t in ("toy_parity", "toy_first_parity")}
   assert all(p.shape == (4, 32) for p in prompts.values())
   assert not np.allclose(prompts["toy_parity"], prompts["toy_first_parity"])
-  # The single-task eval of one exported prompt reproduces that task's mixture metric.
+  # The single-task eval of one exported prompt reproduces that task's mixture metric ...
   gin_utils.parse(["models/t5_1_1_toy_prompt.gin", "runs/prompt_eval.gin"],
                   [*TOY_EVAL_BINDINGS, "MIXTURE_OR_TASK_NAME = 'toy_first_parity'",
                    f"PROMPT_FILE = '{run}/prompts/step_4/toy_first_parity.npy'",
-                   f"EVAL_OUTPUT_DIR = '{tmp_path}'"])
+                   f"EVAL_OUTPUT_DIR = '{tmp_path / 'single'}'"])
   metrics = gin_utils.call(eval_run.evaluate)
   assert metrics["toy_first_parity/accuracy"] == evaluated["toy_first_parity/accuracy"]
-
-
-def test_run_export_evaluates_the_whole_mixture_with_deltas_file(runs, tmp_path):
-  from prompt_tuning import gin_utils
-  from prompt_tuning.train import eval_run
-  from tests.train_helpers import TOY_EVAL_BINDINGS
-  tmp, result = runs
+  # ... and the run's export (DELTAS_FILE) evaluates the whole mixture as training did.
   gin_utils.parse(["models/t5_1_1_toy_prompt.gin", "runs/deltas_eval.gin",
                    "prompts/multitask.gin"],
                   [*TOY_EVAL_BINDINGS, "MIXTURE_OR_TASK_NAME = 'toy_mixture'",
-                   f"DELTAS_FILE = '{tmp}/mesh/exports/step_4'", f"MODEL_DIR = '{tmp_path}'"])
+                   f"DELTAS_FILE = '{run}/exports/step_4'", f"MODEL_DIR = '{tmp_path / 'all'}'"])
   metrics = gin_utils.call(eval_run.evaluate)
   for task in ("toy_parity", "toy_first_parity"):
-    assert metrics[f"{task}/accuracy"] == result["eval"][f"{task}/accuracy"]
+    assert metrics[f"{task}/accuracy"] == evaluated[f"{task}/accuracy"]
 
 
 def test_the_references_sentinel_form_reads_tasks_from_extra_ids():

@@ -1,7 +1,7 @@
 """Multi-task prompts in mixed batches vs one prompt per task, on the demo backbone.
 
     nice -n 10 python experiments/multitask_demo.py --out /tmp/multitask_demo \
-        [--steps_per_task 40] [--seeds 0 1] [--modes add concat]
+        [--steps_per_task 40] [--seeds 0 1 2 3 4] [--modes add concat]
 
 - tasks: the bare demo tasks `demo_bare_{copy,reverse,sort}` (no instruction word: only the
   prompt tells the frozen backbone which operation is wanted), mixed at equal rates;
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", default="/tmp/multitask_demo")
   parser.add_argument("--steps_per_task", type=int, default=40)
-  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
   parser.add_argument("--modes", nargs="+", default=["add", "concat"])
   args = parser.parse_args(argv)
   register_mixture()

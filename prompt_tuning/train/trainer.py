@@ -25,7 +25,7 @@ import gin
 import jax
 import optax
 
-from prompt_tuning import checks, fs
+from prompt_tuning import checks, fs, multihost
 from prompt_tuning.errors import UserError
 from prompt_tuning.train import data as data_lib
 from prompt_tuning.train import config_check, evaluation, exports, run_lock, run_records, summaries
@@ -358,6 +358,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       break
   writer.close()
   checkpoints.close()
+  multihost.sync("train finished")  # process 0's best-record files are written
   best = fs.read_json(fs.join(model_dir, BEST_RECORD)) if early.best is not None else None
   summary = {"model_dir": model_dir, "initial_step": first_step, "final_step": step,
              "trainable_parameters": n_trainable,

@@ -21,7 +21,7 @@ import pytest
 from prompt_tuning.methods.xprompt import driver as xprompt_driver
 from tests.train_helpers import REPO, TOY_BINDINGS
 
-STEPS = 4
+STEPS = 3
 TOLERANCE = dict(rtol=2e-5, atol=1e-6)  # f32 sums over devices/processes in another order
 
 
@@ -34,8 +34,8 @@ def _free_port() -> int:
 def _argv(model_dir):
   bindings = [*TOY_BINDINGS, f"MODEL_DIR = '{model_dir}'", f"TRAIN_STEPS = {STEPS}",
               "CHECKPOINT_PERIOD = 1", "PROMPT_LENGTH = 4", "XPROMPT_PIECES = 2",
-              "run_xprompt.token_ratios = [0.25, 0.5]", "run_xprompt.piece_ratios = [0.5]",
-              "run_xprompt.importance_batches = 3", "run_xprompt.metric_name = 'accuracy'",
+              "run_xprompt.token_ratios = [0.5]", "run_xprompt.piece_ratios = [0.5]",
+              "run_xprompt.importance_batches = 2", "run_xprompt.metric_name = 'accuracy'",
               "run_xprompt.tolerance = 0.0", "run_xprompt.test_split = 'test'"]
   files = ("models/t5_1_1_toy_prompt.gin", "methods/xprompt.gin", "runs/prompt_finetune.gin")
   return [sys.executable, "-m", "prompt_tuning", "xprompt", *[f"--gin_file={f}" for f in files],
@@ -98,9 +98,9 @@ def runs(tmp_path_factory):
   killed = _launch_pair(multi_dir, str(root), "killed")
   try:
     deadline = time.monotonic() + 600
-    while not _stage1_checkpoints(multi_dir) or _stage1_checkpoints(multi_dir)[-1] < 2:
+    while not _stage1_checkpoints(multi_dir):
       assert all(p.poll() is None for p, _ in killed), "a process ended before it was killed"
-      assert time.monotonic() < deadline, "no stage-1 checkpoint of step 2 within 600 s"
+      assert time.monotonic() < deadline, "no stage-1 checkpoint within 600 s"
       time.sleep(0.02)
     for proc, _ in killed:  # both hosts, wherever they are
       os.kill(proc.pid, signal.SIGKILL)
@@ -145,3 +145,9 @@ def test_only_process_zero_writes_and_the_lock_is_released(runs):
     assert os.listdir(os.path.join(multi_dir, sub, "checkpoints"))
   written = [os.path.join(d, f) for d, _, files in os.walk(multi_dir) for f in files]
   assert not [p for p in written if p.endswith(".tmp")]
+  # TensorBoard: one events file per run of a stage, from process 0 (stage 1 ran twice:
+  # killed, then resumed; stage 3 once).
+  def events(sub):
+    return [f for f in os.listdir(os.path.join(multi_dir, sub)) if f.startswith("events.out")]
+  assert len(events(xprompt_driver.STAGE1_DIR)) == 2
+  assert len(events(xprompt_driver.STAGE3_DIR)) == 1

@@ -197,6 +197,7 @@ def search_stage(backbone: SearchContext, stage1_trainable: Any, search_dir: str
                      (PIECE_MASK_FILE, result.best.piece_mask)):
     fs.write_on_first_host(fs.join(search_dir, name),
                            lambda f, m=mask: np.save(f, m.astype(np.float32), allow_pickle=False))
+  multihost.sync("xprompt report written")  # process 0 wrote it; every host reads it
   report = fs.read_json(paths["report"])
   print(f"xprompt chosen: {report['chosen']}", flush=True)
   return {"metric_name": resolved["key"], "higher_is_better": higher_is_better,

@@ -21,7 +21,7 @@ import pytest
 from prompt_tuning.methods.xprompt import driver as xprompt_driver
 from tests.train_helpers import REPO, TOY_BINDINGS
 
-STEPS = 3
+STEPS = 2
 TOLERANCE = dict(rtol=2e-5, atol=1e-6)  # f32 sums over devices/processes in another order
 
 
@@ -42,9 +42,13 @@ def _argv(model_dir):
           *[f"--gin.{b}" for b in bindings]]
 
 
-def _env(devices: int):
+def _env(devices: int, cache_dir):
+  # One compilation cache for the launches: the restarted pair reuses the killed pair's programs.
   return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-          "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
+          "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO),
+          "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
 def _launch_pair(model_dir, log_dir, tag):
@@ -52,7 +56,7 @@ def _launch_pair(model_dir, log_dir, tag):
   port = _free_port()
   procs = []
   for i in range(2):
-    argv, env = _argv(model_dir), _env(2)
+    argv, env = _argv(model_dir), _env(2, os.path.join(log_dir, "cache"))
     if i == 0:
       argv += [f"--coordinator_address=127.0.0.1:{port}", "--process_count=2", "--process_index=0"]
     else:
@@ -94,7 +98,8 @@ def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("multihost")
   single_dir, multi_dir = str(root / "single"), str(root / "multi")
   with open(root / "single.log", "w") as log:
-    single = subprocess.Popen(_argv(single_dir), env=_env(4), stdout=log, stderr=subprocess.STDOUT)
+    single = subprocess.Popen(_argv(single_dir), env=_env(4, root / "cache"), stdout=log,
+                              stderr=subprocess.STDOUT)
   killed = _launch_pair(multi_dir, str(root), "killed")
   try:
     deadline = time.monotonic() + 600

@@ -56,7 +56,10 @@ def test_bad_combinations_are_one_line_errors(argv, environ, needles):
     assert needle in message, message
 
 
-def test_the_cli_refuses_an_incomplete_host_list_before_reading_gin(tmp_path, capsys):
+def test_the_cli_refuses_an_incomplete_host_list_before_reading_gin(tmp_path, capsys,
+                                                                     monkeypatch):
+  for name in ENVIRONMENT:
+    monkeypatch.delenv(name, raising=False)
   with pytest.raises(SystemExit) as exit_info:
     cli.main(["train", *[f"--gin_file={f}" for f in TOY_FILES], "--process_count=2",
               f"--gin.MODEL_DIR='{tmp_path}/run'"])

@@ -106,7 +106,14 @@ def initialize(args: Any, environ: Optional[Dict[str, str]] = None) -> bool:
   import jax
   # Collectives between CPU processes (tests, CPU clusters); accelerators use their own.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(**kwargs)
+  try:
+    jax.distributed.initialize(**kwargs)
+  except (RuntimeError, ValueError) as e:  # unreachable coordinator, timeout, already joined
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    where = ", ".join(f"{k}={v}" for k, v in kwargs.items()) or "hosts detected by JAX"
+    raise UserError(f"cannot join the multi-host run ({where}): {first}; start the same command "
+                    "on every host with the same --coordinator_address and --process_count and "
+                    "a distinct --process_index (docs/multihost.md)") from None
   return True
 
 

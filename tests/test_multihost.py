@@ -108,3 +108,18 @@ def test_hosts_that_disagree_are_named(monkeypatch):
     multihost.check_same_on_hosts("XPrompt's masks", masks)
   monkeypatch.setattr(multihost_utils, "process_allgather", lambda local: np.stack([local] * 3))
   multihost.check_same_on_hosts("XPrompt's masks", masks)  # agreeing hosts pass
+
+
+def test_a_failed_join_is_one_line_naming_the_settings(monkeypatch):
+  def unreachable(**kwargs):
+    raise RuntimeError("DEADLINE_EXCEEDED: Barrier timed out\n  (a long C++ trace)")
+
+  monkeypatch.setattr(jax.distributed, "initialize", unreachable)
+  monkeypatch.setattr(jax.config, "update", lambda *args: None)  # leave gloo unset here
+  parser = argparse.ArgumentParser()
+  multihost.add_arguments(parser)
+  with pytest.raises(UserError) as error:
+    multihost.initialize(parser.parse_args(EXPLICIT), {})
+  message = str(error.value)
+  assert "\n" not in message and "DEADLINE_EXCEEDED" in message
+  assert "coordinator_address=10.0.0.2:8476" in message and "process_id=1" in message

@@ -107,7 +107,10 @@ def main() -> None:
   record("ours_small_frozen_bf16",
          ours("--size", "small", *SHAPES, "--frozen_dtype", "bfloat16", steps=steps))
   record("ours_base_compile", ours("--size", "base", *SHAPES, steps=1))
-  record("eval_throughput", _json_line([sys.executable, "bench/eval_throughput.py", *SHAPES]))
+  for classes in (2, 5):
+    record(f"eval_throughput_{classes}_classes",
+           _json_line([sys.executable, "bench/eval_throughput.py", *SHAPES, "--classes",
+                       str(classes), "--repeats", "3" if args.quick else "5"]))
   prompt_lengths = (1, 100) if args.quick else (1, 20, 100, 150)
   record("prompt_length_sweep", [
       ours("--size", "small", *SHAPES[:-4], "--prompt_length", str(p), "--targets_length", "8",

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from prompt_tuning.errors import UserError
-from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.config import REMAT_POLICIES, T5Config, remat_policy
 from prompt_tuning.models.deltas import NO_DELTAS, DeltaPlan, SiteInfo, path_matches
 from prompt_tuning.models.layers import (Dense, Embed, GatedMlp, MultiHeadAttention,
                                          RMSNorm, RelativePositionBiases,
@@ -90,11 +90,14 @@ class DecoderLayer(nn.Module):
 
 
 def _layer_class(cls, config: T5Config):
-  if not config.remat:
+  policy = REMAT_POLICIES[remat_policy(config)]
+  if policy is None:
     return cls
   # Argument indices count `self`; the booleans select Python control flow.
   static = (3,) if cls is EncoderLayer else (5, 6)
-  return nn.remat(cls, static_argnums=static)
+  # 'full' keeps nothing: nn.remat's default (policy None), as before policies existed.
+  kept = None if policy == "nothing_saveable" else getattr(jax.checkpoint_policies, policy)
+  return nn.remat(cls, static_argnums=static, policy=kept)
 
 
 class Encoder(nn.Module):

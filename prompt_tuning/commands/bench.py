@@ -7,6 +7,7 @@ step's cost does not depend on the weights), float32 unless `--frozen_dtype`.
 import json
 import resource
 import statistics
+import sys
 import time
 from typing import Any, Dict, Optional
 
@@ -99,10 +100,11 @@ def bench_train_step(size: str = "small", batch_size: int = 8, inputs_length: in
                      remat: Any = "none", seed: int = 0) -> Dict[str, Any]:
   """Compiles and times the trainer's own jitted train step; returns the measurements.
 
-  Also where the memory goes: resident memory after the imports (JAX, and the
-  trainer's modules, which bring TensorFlow and SeqIO for the data pipeline)
-  and after the setup (backbone built), the parameters' bytes, and XLA's
-  buffer sizes of the compiled step (`xla_temp_mb`: activations and scratch).
+  Also where the memory goes: resident memory after the imports (JAX and the
+  trainer's modules; TensorFlow and SeqIO are not imported here, see
+  `tensorflow_imported`) and after the setup (backbone built), the parameters'
+  bytes, and XLA's buffer sizes of the compiled step (`xla_temp_mb`:
+  activations and scratch).
   """
   rss_start = rss_mb()
   from prompt_tuning.models.config import t5_1_1_config
@@ -110,7 +112,6 @@ def bench_train_step(size: str = "small", batch_size: int = 8, inputs_length: in
   from prompt_tuning.prompts import initializers
   from prompt_tuning.prompts.prompt import Prompt
   from prompt_tuning.train import optim
-  from prompt_tuning.train.data import with_example_index
   from prompt_tuning.train.run_setup import build_run, compile_train_step
 
   if min(batch_size, inputs_length, targets_length, steps) < 1 or prompt_length < 1:
@@ -125,9 +126,10 @@ def bench_train_step(size: str = "small", batch_size: int = 8, inputs_length: in
   train_step = compile_train_step(ctx, split, optim.adafactor())
   partitioner, frozen = ctx.partitioner, split.frozen
   trainable, opt_state, step_fn = split.trainable, train_step.opt_state, train_step.step
-  batch = partitioner.shard_batch(with_example_index(
-      random_batch(np.random.default_rng(seed), batch_size, inputs_length, targets_length,
-                   config.vocab_size), step=0, global_batch_size=batch_size))
+  batch = random_batch(np.random.default_rng(seed), batch_size, inputs_length, targets_length,
+                       config.vocab_size)
+  # What `data.with_example_index` adds at step 0 (not imported: it brings TensorFlow).
+  batch = partitioner.shard_batch({**batch, "example_index": np.arange(batch_size, dtype=np.int32)})
   rng = jax.random.PRNGKey(seed + 1)
   rss_setup, params_mb = rss_mb(), _tree_mb(frozen) + _tree_mb(trainable)
   with partitioner.context():
@@ -153,7 +155,8 @@ def bench_train_step(size: str = "small", batch_size: int = 8, inputs_length: in
       "remat": remat, "steps": steps, "median_step_s": median, "min_step_s": min(times),
       "compile_s": compile_s, "peak_rss_mb": peak_rss_mb(), "rss_at_start_mb": rss_start,
       "rss_after_imports_mb": rss_imports, "rss_after_setup_mb": rss_setup,
-      "params_mb": params_mb, **memory, "flops_per_step": flops,
+      "params_mb": params_mb, **memory, "tensorflow_imported": "tensorflow" in sys.modules,
+      "flops_per_step": flops,
       "flops_per_s": flops / median if flops else None,
       "loss": float(jax.device_get(metrics["loss"])),
       "jax_devices": jax.device_count(), "backend": jax.default_backend(),

@@ -55,6 +55,9 @@ def candidate_batches(rows: Iterable[Row], inputs_per_batch: int
                       ) -> Iterator[Tuple[List[List[int]], Dict[str, np.ndarray], int]]:
   """Packs rows into fixed-shape batches of `inputs_per_batch` groups.
 
+  Reads all rows first (an evaluation split, which seqio holds in memory
+  anyway) so that one shape, hence one compile, serves the whole dataset.
+
   Yields `(indices, batch, n_real)`: `indices[g]` are the row indices of group
   `g` (its candidates, in order), `batch` holds `encoder_input_tokens`
   `[G, L]` and each decoder feature as `[G, C, T]` (C: the largest group of

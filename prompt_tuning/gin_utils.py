@@ -72,7 +72,7 @@ def register_configurables() -> None:
   from prompt_tuning.train import (eval_run, evaluation, initialize, optim, partitioning,  # noqa: F401
                                    step, trainable, trainer)
   from prompt_tuning.methods import residual  # noqa: F401
-  from prompt_tuning.methods.infoprompt import term  # noqa: F401
+  from prompt_tuning.methods.infoprompt import generated_prompt, term  # noqa: F401
   from prompt_tuning.methods.xprompt import driver, masks  # noqa: F401
   from prompt_tuning.demo import experiment  # noqa: F401
   from prompt_tuning.tasks import sources  # noqa: F401  (local_data_dir for DATA_DIR)

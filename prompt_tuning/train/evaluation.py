@@ -17,8 +17,9 @@ import jax
 import numpy as np
 import seqio
 
-from prompt_tuning.models import decoding, losses
+from prompt_tuning.models import decoding
 from prompt_tuning.prompts import ensemble
+from prompt_tuning.train import rank_scoring
 from prompt_tuning.train.partitioning import Partitioner, to_host
 
 Variables = Dict[str, Any]
@@ -71,9 +72,7 @@ class EvalModelFns:
       return tokens
 
     def score(variables, batch):
-      logits = model.apply(variables, batch["encoder_input_tokens"], batch["decoder_input_tokens"])
-      return losses.sequence_log_likelihood(logits, batch["decoder_target_tokens"],
-                                            batch["decoder_loss_weights"])
+      return rank_scoring.packed_scores(model, variables, batch)
 
     self._predict = jax.jit(predict, static_argnums=2,
                             in_shardings=(variable_shardings, data), out_shardings=data)
@@ -99,14 +98,15 @@ class EvalModelFns:
 
   def score_fn(self, dataset, model_feature_shapes: Optional[Mapping[str, int]] = None
                ) -> List[Tuple[int, float]]:
+    """Rank classification: each distinct input is encoded once (`rank_scoring`);
+    `batch_size` counts inputs, each with all of its candidate targets."""
     out = []
-    keys = ["encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
-            "decoder_loss_weights"]
-    for indices, batch, n in _fixed_batches(dataset, self.batch_size, keys):
+    for indices, batch, n in rank_scoring.candidate_batches(dataset.as_numpy_iterator(),
+                                                            self.batch_size):
       with self.partitioner.context():
         scores = self._score(self.variables, self._global(batch))
       scores = ensemble.combine_scores(to_host(scores), self.copies)[:n]
-      out.extend((i, float(s)) for i, s in zip(indices, scores))
+      out.extend(rank_scoring.scores_of_rows(indices, scores))
     return out
 
 

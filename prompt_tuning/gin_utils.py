@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import gin
 
-from prompt_tuning import gin_checks
+from prompt_tuning import gin_checks, multihost
 from prompt_tuning.errors import UserError
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -204,8 +204,7 @@ def add_gin_arguments(parser) -> None:
   parser.add_argument("--tfds_data_dir", default=None,
                       help="TFDS data directory (local or gs://), as T5X's flag; default: "
                       "$TFDS_DATA_DIR, else ~/tensorflow_datasets")
-  parser.add_argument("--distributed", action="store_true",
-                      help="call jax.distributed.initialize() first (multi-host TPU/GPU)")
+  multihost.add_arguments(parser)  # --distributed, --coordinator_address, ...
 
 
 def set_tfds_data_dir(path: Optional[str]) -> None:
@@ -220,9 +219,7 @@ def set_tfds_data_dir(path: Optional[str]) -> None:
 
 def setup_from_args(args) -> None:
   """Parses gin flags from an argparse namespace (after `add_gin_arguments`)."""
-  if getattr(args, "distributed", False):
-    import jax
-    jax.distributed.initialize()
+  multihost.initialize(args)
   set_tfds_data_dir(getattr(args, "tfds_data_dir", None))
   paths = [p for p in args.gin_search_paths.split(",") if p]
   parse(args.gin_file, getattr(args, "gin_bindings", []), paths)

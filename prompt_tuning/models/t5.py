@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from prompt_tuning.errors import UserError
-from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.config import REMAT_POLICIES, T5Config, remat_policy
 from prompt_tuning.models.deltas import NO_DELTAS, DeltaPlan, SiteInfo, path_matches
 from prompt_tuning.models.layers import (Dense, Embed, GatedMlp, MultiHeadAttention,
                                          RMSNorm, RelativePositionBiases,
@@ -90,11 +90,14 @@ class DecoderLayer(nn.Module):
 
 
 def _layer_class(cls, config: T5Config):
-  if not config.remat:
+  policy = REMAT_POLICIES[remat_policy(config)]
+  if policy is None:
     return cls
   # Argument indices count `self`; the booleans select Python control flow.
   static = (3,) if cls is EncoderLayer else (5, 6)
-  return nn.remat(cls, static_argnums=static)
+  # 'full' keeps nothing: nn.remat's default (policy None), as before policies existed.
+  kept = None if policy == "nothing_saveable" else getattr(jax.checkpoint_policies, policy)
+  return nn.remat(cls, static_argnums=static, policy=kept)
 
 
 class Encoder(nn.Module):
@@ -136,8 +139,15 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, y: Array, encoded: Array, encoder_valid: Array,
-               deterministic: bool = True, decode: bool = False) -> Tuple[Array, Array]:
+               deterministic: bool = True, decode: bool = False,
+               segments: int = 1) -> Tuple[Array, Array]:
     """y: `[B, Lt, E]` embedded decoder inputs (`[B, 1, E]` when decoding).
+
+    `segments` > 1 packs that many independent target sequences of `Lt / segments`
+    tokens into each row (rank classification's candidates): each attends
+    causally to itself only and its positions restart at 0, so every segment
+    gets the logits it would get alone, while the encoder output (and each
+    layer's cross-attention keys and values) is shared by all of them.
 
     Returns:
       (logits `[B, Lt, V]` float32, final hidden state `[B, Lt, E]`: what the
@@ -157,11 +167,17 @@ class Decoder(nn.Module):
       self_bias = self_bias + attention_bias_from_mask(key_positions <= position.value)[None, None, None]
       position.value = position.value + 1
     else:
+      if y.shape[1] % segments or (decode and segments != 1):
+        raise ValueError(f"decoder length {y.shape[1]} does not split into {segments} segments"
+                         " (or segments with decode=True)")
       positions = jnp.arange(y.shape[1], dtype=jnp.int32)
       if decode:  # init call: size the position state beside the layer caches
         self.variable("cache", "decode_position", lambda: jnp.array(0, jnp.int32))
         self.variable("cache", "key_positions", lambda: positions)
       causal = positions[None, :] <= positions[:, None]
+      if segments > 1:
+        segment, positions = jnp.divmod(positions, y.shape[1] // segments)
+        causal = causal & (segment[None, :] == segment[:, None])
       self_bias = relpos(positions, positions, False) + attention_bias_from_mask(causal)[None, None]
     cross_bias = attention_bias_from_mask(encoder_valid[:, None, None, :])
 
@@ -243,11 +259,12 @@ class T5(nn.Module):
                         layer_prompt=layer_prompt), valid
 
   def decode(self, encoded: Array, encoder_valid: Array, decoder_input_tokens: Array,
-             enable_dropout: bool = False, decode: bool = False) -> Array:
-    """Decoder logits `[B, Lt, V]` (float32) for `[B, Lt]` decoder input tokens."""
+             enable_dropout: bool = False, decode: bool = False, segments: int = 1) -> Array:
+    """Decoder logits `[B, Lt, V]` (float32) for `[B, Lt]` decoder input tokens
+    (`segments` equal-length independent sequences per row; see `Decoder`)."""
     y = self.token_embedder(decoder_input_tokens)
     logits, _ = self.decoder(y, encoded, encoder_valid, deterministic=not enable_dropout,
-                             decode=decode)
+                             decode=decode, segments=segments)
     return logits
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,

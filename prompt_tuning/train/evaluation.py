@@ -3,7 +3,11 @@
 seqio hands us enumerated datasets of `(index, model features)`; we batch
 them to a fixed size (padding the last batch, so jit compiles once), run the
 jitted model function over the mesh, and return `(index, output)` pairs.
-Every host runs the same global computation on the full evaluation set.
+Every host iterates the same global batches, but puts only the rows of its own
+devices into the global arrays (`make_array_from_callback`), so each host
+computes its shard of the evaluation set; the outputs are gathered across
+hosts (`to_host`) so every host scores the same full set of predictions and
+the metrics equal the single-host ones.
 """
 import logging
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -13,9 +17,10 @@ import jax
 import numpy as np
 import seqio
 
-from prompt_tuning.models import decoding, losses
+from prompt_tuning.models import decoding
 from prompt_tuning.prompts import ensemble
-from prompt_tuning.train.partitioning import Partitioner
+from prompt_tuning.train import rank_scoring
+from prompt_tuning.train.partitioning import Partitioner, to_host
 
 Variables = Dict[str, Any]
 
@@ -67,9 +72,7 @@ class EvalModelFns:
       return tokens
 
     def score(variables, batch):
-      logits = model.apply(variables, batch["encoder_input_tokens"], batch["decoder_input_tokens"])
-      return losses.sequence_log_likelihood(logits, batch["decoder_target_tokens"],
-                                            batch["decoder_loss_weights"])
+      return rank_scoring.packed_scores(model, variables, batch)
 
     self._predict = jax.jit(predict, static_argnums=2,
                             in_shardings=(variable_shardings, data), out_shardings=data)
@@ -89,20 +92,21 @@ class EvalModelFns:
       max_len = self.max_decode_length or batch["decoder_target_tokens"].shape[1]
       with self.partitioner.context():
         tokens = self._predict(self.variables, self._global(batch)["encoder_input_tokens"], max_len)
-      tokens = ensemble.combine_predictions(np.asarray(jax.device_get(tokens)), self.copies)[:n]
+      tokens = ensemble.combine_predictions(to_host(tokens), self.copies)[:n]
       out.extend(zip(indices, tokens))
     return out
 
   def score_fn(self, dataset, model_feature_shapes: Optional[Mapping[str, int]] = None
                ) -> List[Tuple[int, float]]:
+    """Rank classification: each distinct input is encoded once (`rank_scoring`);
+    `batch_size` counts inputs, each with all of its candidate targets."""
     out = []
-    keys = ["encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
-            "decoder_loss_weights"]
-    for indices, batch, n in _fixed_batches(dataset, self.batch_size, keys):
+    for indices, batch, n in rank_scoring.candidate_batches(dataset.as_numpy_iterator(),
+                                                            self.batch_size):
       with self.partitioner.context():
         scores = self._score(self.variables, self._global(batch))
-      scores = ensemble.combine_scores(np.asarray(jax.device_get(scores)), self.copies)[:n]
-      out.extend((i, float(s)) for i, s in zip(indices, scores))
+      scores = ensemble.combine_scores(to_host(scores), self.copies)[:n]
+      out.extend(rank_scoring.scores_of_rows(indices, scores))
     return out
 
 

@@ -20,7 +20,6 @@ import optax
 from prompt_tuning import checks
 from prompt_tuning.models.t5 import T5
 from prompt_tuning.prompts.prompt import encoder_prompt
-from prompt_tuning.train import data as data_lib
 from prompt_tuning.train.initialize import build_model, initialize_variables
 from prompt_tuning.train.partitioning import Partitioner, to_host
 from prompt_tuning.train.step import LossConfig, make_train_step
@@ -127,11 +126,16 @@ def build_run(*, initial_checkpoint_path: Optional[str] = None, seed: int = 0,
     data_splits: task or mixture -> the splits the run reads; each must have
       data (`data.check_data_available`) before the backbone loads.
   """
-  data_lib.import_task_modules(mixture_or_task_module)
-  for name in mixture_or_task_names:
-    data_lib.get_mixture_or_task(name)
-  for name, splits in (data_splits or {}).items():
-    data_lib.check_data_available(name, splits)
+  if (mixture_or_task_module or mixture_or_task_names or data_splits
+      or task_feature_lengths is not None):
+    # Imported only here: it brings TensorFlow and SeqIO (~750 MB resident), which a
+    # run without tasks (`prompt-tuning bench`) does not need.
+    from prompt_tuning.train import data as data_lib  # pylint: disable=g-import-not-at-top
+    data_lib.import_task_modules(mixture_or_task_module)
+    for name in mixture_or_task_names:
+      data_lib.get_mixture_or_task(name)
+    for name, splits in (data_splits or {}).items():
+      data_lib.check_data_available(name, splits)
   model = model if model is not None else build_model()
   length = prompt_length(model)  # checked before any variable exists
   if task_feature_lengths is not None:

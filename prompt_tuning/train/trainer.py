@@ -25,7 +25,7 @@ import gin
 import jax
 import optax
 
-from prompt_tuning import checks, fs
+from prompt_tuning import checks, fs, multihost
 from prompt_tuning.data.task_tokens import task_tokens_of
 from prompt_tuning.errors import UserError
 from prompt_tuning.train import data as data_lib
@@ -35,7 +35,8 @@ from prompt_tuning.train.checkpoints import (RunCheckpoints, export_prompt, expo
 from prompt_tuning.train.initialize import checkpoint_step
 from prompt_tuning.train.partitioning import check_batch_size
 from prompt_tuning.train.run_setup import abstract_arrays, build_run, compile_train_step
-from prompt_tuning.train.trainable import count_parameters, trainable_patterns
+from prompt_tuning.train.trainable import (check_extras_train, count_parameters,
+                                           trainable_patterns)
 
 
 # The best evaluation so far (train.early_stopping_metric): its step and value, and the
@@ -218,6 +219,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     raise UserError(f"BATCH_SIZE={batch_size} does not split into {num_microbatches} microbatches "
                     f"over {partitioner.data_parallel_size} data shards")
   split = ctx.split(trainable_patterns())
+  check_extras_train(ctx.model, split.trainable, split.patterns)
   ctx.variables = None  # the split holds them; the backbone is not kept twice
   compiled = compile_train_step(ctx, split, optimizer, num_microbatches)
   trainable, opt_state, frozen = split.trainable, compiled.opt_state, split.frozen
@@ -360,6 +362,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       break
   writer.close()
   checkpoints.close()
+  multihost.sync("train finished")  # process 0's best-record files are written
   best = fs.read_json(fs.join(model_dir, BEST_RECORD)) if early.best is not None else None
   summary = {"model_dir": model_dir, "initial_step": first_step, "final_step": step,
              "trainable_parameters": n_trainable,

@@ -35,6 +35,7 @@ import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import gin
+import jax
 import numpy as np
 
 from prompt_tuning import fs, gin_utils
@@ -356,7 +357,8 @@ def run_sweep(model_dir: str = gin.REQUIRED, budgets: Sequence[float] = gin.REQU
                               low_margin, high_gap),
   }
   figure = os.path.join(model_dir, FIGURE_FILE)
-  plot(figure, summary)
+  if jax.process_index() == 0:  # the figure, like the JSON, from the first host only
+    plot(figure, summary)
   summary["figure"] = figure
   fs.write_json(os.path.join(model_dir, SUMMARY_FILE), summary)
   print("\n" + format_table(summary))

@@ -22,8 +22,12 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/prompt-tuning demo $(DEMO_ARGS)
 
+# Two pytest workers (pytest-xdist, work stealing): most test time is single-threaded tracing,
+# compiling and subprocess start-up, so two workers use both cores of a 2-core machine.
+# TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

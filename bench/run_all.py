@@ -107,10 +107,16 @@ def main() -> None:
            _json_line([python, "bench/peft_step.py", *SHAPES, "--steps", str(steps),
                        "--threads", str(threads)], env={}))
   record("ours_small_default_malloc", ours("--size", "small", *SHAPES, steps=steps, env={}))
+  for policy in ("full", "dots"):
+    record(f"ours_small_remat_{policy}",
+           ours("--size", "small", *SHAPES, "--remat", policy, steps=steps))
   record("ours_small_frozen_bf16",
          ours("--size", "small", *SHAPES, "--frozen_dtype", "bfloat16", steps=steps))
   record("ours_base_compile", ours("--size", "base", *SHAPES, steps=1))
-  record("eval_throughput", _json_line([sys.executable, "bench/eval_throughput.py", *SHAPES]))
+  for classes in (2, 5):
+    record(f"eval_throughput_{classes}_classes",
+           _json_line([sys.executable, "bench/eval_throughput.py", *SHAPES, "--classes",
+                       str(classes), "--repeats", "3" if args.quick else "5"]))
   # Realistic (BoolQ) lengths: bucketed vs padded to 512 vs PEFT's dynamic padding, same batches.
   record("bucketing_throughput", _json_line(
       [sys.executable, "bench/bucketing_throughput.py",
@@ -155,7 +161,8 @@ def derived(results: Dict[str, Any]) -> Dict[str, Any]:
 def table(results: Dict[str, Any]) -> str:
   rows = ["| run | median step s | min step s | compile s | peak RSS MB |", "|---|---|---|---|---|"]
   for key in ("ours_small", "peft_small", "ours_small_default_malloc", "peft_small_default_malloc",
-              "ours_small_frozen_bf16", "ours_base_compile"):
+              "ours_small_remat_full", "ours_small_remat_dots", "ours_small_frozen_bf16",
+              "ours_base_compile"):
     r = results.get(key, {})
     if "median_step_s" in r:
       rows.append(f"| {key} | {r['median_step_s']:.3f} | {r['min_step_s']:.3f} | "

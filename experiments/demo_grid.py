@@ -94,3 +94,34 @@ def write_outputs(out: str, results: List[Dict[str, Any]], table: str) -> None:
   with open(os.path.join(out, "table.md"), "w") as f:
     f.write(table + "\n")
   print(table)
+
+
+def methods_by_length(out: str, backbone_dir: str, task: str,
+                      methods: Dict[str, Tuple[Sequence[str], Sequence[str]]],
+                      lengths: Sequence[int], seeds: Sequence[int], steps: int,
+                      eval_period: int) -> Tuple[List[Dict[str, Any]], str]:
+  """Every (method, prompt length, seed) cell in `OUT/<method>_p<length>_seed<seed>`.
+
+  Args:
+    methods: name -> (gin files, bindings).
+
+  Returns:
+    (the results, a markdown table of test exact match per length and method).
+  """
+  def cell(method, length, seed):
+    files, bindings = methods[method]
+    run_dir = os.path.join(out, f"{method}_p{length}_seed{seed}")
+    return ({"method": method, "prompt_length": length, "seed": seed},
+            lambda: run_cell(run_dir, backbone_dir, task, files, bindings, seed=seed,
+                             steps=steps, eval_period=eval_period, prompt_length=length,
+                             # The trainer wants the prompt within the input length.
+                             feature_lengths={"inputs": max(16, length), "targets": 8}))
+
+  results = run_grid([cell(m, p, s) for p in lengths for s in seeds for m in methods])
+  lines = ["| prompt length | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+  for length in lengths:
+    row = [mean_sd([r["test_exact_match"] for r in results
+                    if r["method"] == m and r["prompt_length"] == length]) for m in methods]
+    lines.append(f"| {length} | " + " | ".join(row) + " |")
+  return results, "\n".join(lines)
+

@@ -30,16 +30,6 @@ METHODS = {
 }
 
 
-def table(results, lengths) -> str:
-  lines = ["| prompt length | " + " | ".join(METHODS) + " |", "|---" * (len(METHODS) + 1) + "|"]
-  for length in lengths:
-    row = [demo_grid.mean_sd([r["test_exact_match"] for r in results
-                              if r["method"] == m and r["prompt_length"] == length])
-           for m in METHODS]
-    lines.append(f"| {length} | " + " | ".join(row) + " |")
-  return "\n".join(lines)
-
-
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", default="/tmp/residual_lengths")
@@ -52,20 +42,10 @@ def main(argv=None) -> int:
   backbone_dir = demo_grid.backbone(args.out)
   task = tasks.few_shot_task_name("reverse", args.train_examples)
 
-  def cell(method, length, seed):
-    files, bindings = METHODS[method]
-    run_dir = os.path.join(args.out, f"{method}_p{length}_seed{seed}")
-    return ({"method": method, "prompt_length": length, "seed": seed},
-            lambda: demo_grid.run_cell(run_dir, backbone_dir, task, files, bindings, seed=seed,
-                                       steps=args.steps, eval_period=args.eval_period,
-                                       prompt_length=length,
-                                       # The trainer wants the prompt within the input length.
-                                       feature_lengths={"inputs": max(16, length),
-                                                        "targets": 8}))
-
-  results = demo_grid.run_grid([cell(m, p, s) for p in args.lengths for s in args.seeds
-                                for m in METHODS])
-  demo_grid.write_outputs(args.out, results, table(results, args.lengths))
+  results, table = demo_grid.methods_by_length(args.out, backbone_dir, task, METHODS,
+                                                args.lengths, args.seeds, args.steps,
+                                                args.eval_period)
+  demo_grid.write_outputs(args.out, results, table)
   return 0
 
 

@@ -136,7 +136,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
           f"Run 'prompt-tuning --help' for the list.", file=sys.stderr)
     sys.exit(2)
   # Most command modules import TensorFlow (data), `--help` included: quietly, first.
-  _import_tensorflow_quietly()
+  # `bench` reads no data and measures the step's memory: no TensorFlow there.
+  if name != "bench":
+    _import_tensorflow_quietly()
   module = command_module(name)
   cmd_parser = _Parser(prog=f"prompt-tuning {name}", description=COMMANDS[name])
   module.add_arguments(cmd_parser)

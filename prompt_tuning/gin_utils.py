@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import gin
 
-from prompt_tuning import gin_checks
+from prompt_tuning import gin_checks, multihost
 from prompt_tuning.errors import UserError
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -68,11 +68,12 @@ def register_configurables() -> None:
   """Imports every module that defines gin configurables (an import error is an error)."""
   # pylint: disable=unused-import,g-import-not-at-top
   from prompt_tuning.models import config  # noqa: F401
-  from prompt_tuning.prompts import ensemble, initializers, prompt  # noqa: F401
+  from prompt_tuning.data import task_tokens  # noqa: F401
+  from prompt_tuning.prompts import ensemble, initializers, multitask, prompt  # noqa: F401
   from prompt_tuning.train import (eval_run, evaluation, initialize, optim, partitioning,  # noqa: F401
                                    step, trainable, trainer)
   from prompt_tuning.methods import residual  # noqa: F401
-  from prompt_tuning.methods.infoprompt import term  # noqa: F401
+  from prompt_tuning.methods.infoprompt import generated_prompt, term  # noqa: F401
   from prompt_tuning.methods.xprompt import driver, masks  # noqa: F401
   from prompt_tuning.demo import experiment  # noqa: F401
   from prompt_tuning.tasks import sources  # noqa: F401  (local_data_dir for DATA_DIR)
@@ -203,8 +204,7 @@ def add_gin_arguments(parser) -> None:
   parser.add_argument("--tfds_data_dir", default=None,
                       help="TFDS data directory (local or gs://), as T5X's flag; default: "
                       "$TFDS_DATA_DIR, else ~/tensorflow_datasets")
-  parser.add_argument("--distributed", action="store_true",
-                      help="call jax.distributed.initialize() first (multi-host TPU/GPU)")
+  multihost.add_arguments(parser)  # --distributed, --coordinator_address, ...
 
 
 def set_tfds_data_dir(path: Optional[str]) -> None:
@@ -219,9 +219,7 @@ def set_tfds_data_dir(path: Optional[str]) -> None:
 
 def setup_from_args(args) -> None:
   """Parses gin flags from an argparse namespace (after `add_gin_arguments`)."""
-  if getattr(args, "distributed", False):
-    import jax
-    jax.distributed.initialize()
+  multihost.initialize(args)
   set_tfds_data_dir(getattr(args, "tfds_data_dir", None))
   paths = [p for p in args.gin_search_paths.split(",") if p]
   parse(args.gin_file, getattr(args, "gin_bindings", []), paths)

@@ -89,7 +89,7 @@ class ActivationShape:
   encoder_length: int   # inputs + prompt
   decoder_length: int   # targets
   dtype_bytes: int = 4
-  remat: bool = False
+  remat: Any = False    # a T5Config.remat value: False/'none', True/'full', 'dots', 'dots_saveable'
 
 
 def activation_bytes(a: ActivationShape, data_shards: int, model_shards: int) -> int:
@@ -103,7 +103,8 @@ def activation_bytes(a: ActivationShape, data_shards: int, model_shards: int) ->
   projections and activation (`mlp`, split over `model`), and attention
   probabilities plus logits (`heads * keys`, split over `model`). The final
   logits and their softmax (`vocab`, split over `model`) are added once. With
-  `remat`, only each layer's input is kept plus one layer's working set.
+  `remat`, each layer keeps its input and what the remat policy saves, plus one
+  layer's working set for the recomputation.
   """
   b = math.ceil(a.batch / data_shards)
   hd = math.ceil(a.num_heads * a.head_dim / model_shards)
@@ -114,8 +115,19 @@ def activation_bytes(a: ActivationShape, data_shards: int, model_shards: int) ->
   dec_layer = (b * ld * (6 * e + 8 * hd + 3 * mlp)
                + 2 * b * heads * ld * ld + 2 * b * heads * ld * le)
   logits = 2 * b * ld * math.ceil(a.vocab_size / model_shards)
-  if a.remat:
-    kept = a.num_encoder_layers * b * le * e + a.num_decoder_layers * b * ld * e
+  policy = a.remat if isinstance(a.remat, str) else ("full" if a.remat else "none")
+  if policy != "none":
+    # Each layer's input, plus what the policy saves: 'dots' the weight matmuls'
+    # outputs (q/k/v, attention out, MLP in x2 and out; cross-attention k/v over the
+    # encoder), 'dots_saveable' also the attention scores and their value product.
+    enc_kept, dec_kept = b * le * e, b * ld * e
+    if policy in ("dots", "dots_saveable"):
+      enc_kept += b * le * (3 * hd + 2 * e + 2 * mlp)
+      dec_kept += b * ld * (4 * hd + 3 * e + 2 * mlp) + 2 * b * le * hd
+    if policy == "dots_saveable":
+      enc_kept += b * heads * le * le + b * le * hd
+      dec_kept += b * heads * ld * (ld + le) + 2 * b * ld * hd
+    kept = a.num_encoder_layers * enc_kept + a.num_decoder_layers * dec_kept
     values = kept + max(enc_layer, dec_layer) + logits
   else:
     values = a.num_encoder_layers * enc_layer + a.num_decoder_layers * dec_layer + logits

@@ -5,8 +5,10 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from prompt_tuning import gin_utils
+from prompt_tuning.errors import UserError
 from prompt_tuning.methods.infoprompt.term import prompt_free_representation
 from prompt_tuning.train.run_setup import build_run
 from tests.train_helpers import TOY_BINDINGS, TOY_FILES, losses, run_on_eight_devices, toy_train
@@ -98,3 +100,11 @@ def test_the_prompt_free_representation_has_no_gradient_to_the_prompt():
   prompt = ctx.variables["params"]["prompt"]["prompt"]
   assert float(z_prime_sum(prompt)) != 0.0
   np.testing.assert_array_equal(np.asarray(jax.grad(z_prime_sum)(prompt)), 0.0)
+
+
+def test_a_later_file_that_freezes_the_critics_is_refused(tmp_path):
+  # runs/prompt_finetune.gin read after the method file rebinds the patterns to prompt/.*.
+  with pytest.raises(UserError, match=r"the method's info/ parameters match no trainable"):
+    toy_train(tmp_path / "run", steps=1, files=(*INFO_FILES, "runs/prompt_finetune.gin"),
+              extra=list(INFO))
+  assert not (tmp_path / "run" / "checkpoints").exists()

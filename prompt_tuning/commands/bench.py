@@ -7,6 +7,7 @@ step's cost does not depend on the weights), float32 unless `--frozen_dtype`.
 import json
 import resource
 import statistics
+import sys
 import time
 from typing import Any, Dict, Optional
 
@@ -35,8 +36,10 @@ def add_arguments(parser) -> None:
                       "float32)")
   parser.add_argument("--dtype", default="float32",
                       help="activation dtype: float32 or bfloat16 (default: float32)")
-  parser.add_argument("--remat", action="store_true",
-                      help="rematerialize each layer's activations in the backward pass")
+  parser.add_argument("--remat", nargs="?", const="full", default="none",
+                      help="rematerialize each layer's activations in the backward pass with "
+                      "this policy: none, full (the default of a bare --remat), dots, "
+                      "dots_saveable (T5Config.remat)")
   parser.add_argument("--seed", type=int, default=0,
                       help="seed of the random backbone, prompt and batch (default: 0)")
 
@@ -44,6 +47,30 @@ def add_arguments(parser) -> None:
 def peak_rss_mb() -> float:
   """Peak resident memory of this process (Linux reports KiB)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def rss_mb() -> Optional[float]:
+  """Resident memory now (Linux `/proc/self/statm`; None elsewhere)."""
+  try:
+    with open("/proc/self/statm") as f:
+      return int(f.read().split()[1]) * resource.getpagesize() / 2 ** 20
+  except OSError:
+    return None
+
+
+def _memory_mb(compiled) -> Dict[str, Optional[float]]:
+  """XLA's buffer sizes of the compiled step (`memory_analysis`), in MiB."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # some backends have none
+    m = None
+  fields = ("argument", "output", "alias", "temp", "generated_code")
+  return {f"xla_{f}_mb": (getattr(m, f"{f}_size_in_bytes") / 2 ** 20 if m is not None else None)
+          for f in fields}
+
+
+def _tree_mb(tree) -> float:
+  return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree)) / 2 ** 20
 
 
 def _flops(compiled) -> Optional[float]:
@@ -70,18 +97,26 @@ def random_batch(rng: np.random.Generator, batch: int, inputs: int, targets: int
 def bench_train_step(size: str = "small", batch_size: int = 8, inputs_length: int = 128,
                      prompt_length: int = 100, targets_length: int = 8, steps: int = 10,
                      frozen_dtype: Optional[str] = None, dtype: str = "float32",
-                     remat: bool = False, seed: int = 0) -> Dict[str, Any]:
-  """Compiles and times the trainer's own jitted train step; returns the measurements."""
+                     remat: Any = "none", seed: int = 0) -> Dict[str, Any]:
+  """Compiles and times the trainer's own jitted train step; returns the measurements.
+
+  Also where the memory goes: resident memory after the imports (JAX and the
+  trainer's modules; TensorFlow and SeqIO are not imported here, see
+  `tensorflow_imported`) and after the setup (backbone built), the parameters'
+  bytes, and XLA's buffer sizes of the compiled step (`xla_temp_mb`:
+  activations and scratch).
+  """
+  rss_start = rss_mb()
   from prompt_tuning.models.config import t5_1_1_config
   from prompt_tuning.models.t5 import T5
   from prompt_tuning.prompts import initializers
   from prompt_tuning.prompts.prompt import Prompt
   from prompt_tuning.train import optim
-  from prompt_tuning.train.data import with_example_index
   from prompt_tuning.train.run_setup import build_run, compile_train_step
 
   if min(batch_size, inputs_length, targets_length, steps) < 1 or prompt_length < 1:
     raise UserError("bench sizes and --steps must be positive integers")
+  rss_imports = rss_mb()
   config = t5_1_1_config(size, dtype=dtype, remat=remat)
   model = T5(config, prompt=Prompt(length=prompt_length, initializer=initializers.uniform()))
   # The same setup and the same jitted, sharded, donating step as `trainer.train`.
@@ -91,16 +126,18 @@ def bench_train_step(size: str = "small", batch_size: int = 8, inputs_length: in
   train_step = compile_train_step(ctx, split, optim.adafactor())
   partitioner, frozen = ctx.partitioner, split.frozen
   trainable, opt_state, step_fn = split.trainable, train_step.opt_state, train_step.step
-  batch = partitioner.shard_batch(with_example_index(
-      random_batch(np.random.default_rng(seed), batch_size, inputs_length, targets_length,
-                   config.vocab_size), step=0, global_batch_size=batch_size))
+  batch = random_batch(np.random.default_rng(seed), batch_size, inputs_length, targets_length,
+                       config.vocab_size)
+  # What `data.with_example_index` adds at step 0 (not imported: it brings TensorFlow).
+  batch = partitioner.shard_batch({**batch, "example_index": np.arange(batch_size, dtype=np.int32)})
   rng = jax.random.PRNGKey(seed + 1)
+  rss_setup, params_mb = rss_mb(), _tree_mb(frozen) + _tree_mb(trainable)
   with partitioner.context():
     start = time.perf_counter()
     lowered = step_fn.lower(trainable, opt_state, frozen, batch, rng)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
-    flops = _flops(compiled)
+    flops, memory = _flops(compiled), _memory_mb(compiled)
     trainable, opt_state, metrics = compiled(trainable, opt_state, frozen, batch, rng)  # warm-up
     jax.block_until_ready(metrics)
     times = []
@@ -116,7 +153,10 @@ def bench_train_step(size: str = "small", batch_size: int = 8, inputs_length: in
       "inputs_length": inputs_length, "prompt_length": prompt_length,
       "targets_length": targets_length, "dtype": dtype, "frozen_dtype": frozen_dtype or "float32",
       "remat": remat, "steps": steps, "median_step_s": median, "min_step_s": min(times),
-      "compile_s": compile_s, "peak_rss_mb": peak_rss_mb(), "flops_per_step": flops,
+      "compile_s": compile_s, "peak_rss_mb": peak_rss_mb(), "rss_at_start_mb": rss_start,
+      "rss_after_imports_mb": rss_imports, "rss_after_setup_mb": rss_setup,
+      "params_mb": params_mb, **memory, "tensorflow_imported": "tensorflow" in sys.modules,
+      "flops_per_step": flops,
       "flops_per_s": flops / median if flops else None,
       "loss": float(jax.device_get(metrics["loss"])),
       "jax_devices": jax.device_count(), "backend": jax.default_backend(),

@@ -95,6 +95,9 @@ def run(args) -> int:
       write = lambda: peft.save_peft_prompt(args.output, prompt, config,
                                             base_model_name_or_path=hf_output)
       what = f"{prompt.shape[0]} virtual tokens"
+    elif "params/prompt/shared/prompt" in tensors:
+      raise UserError(f"{args.deltas} holds a multi-task prompt; PEFT takes one prompt per "
+                      "adapter: export each task's with --prompt MODEL_DIR/prompts/step_N/<task>.npy")
     else:
       pairs, rank, alpha = lora_pairs(tensors, description, args.deltas)
       write = lambda: peft.save_peft_lora(args.output, pairs, rank, alpha, config,

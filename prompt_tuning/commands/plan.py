@@ -18,6 +18,7 @@ from jax.sharding import PartitionSpec
 from prompt_tuning import checks, gin_utils
 from prompt_tuning import plan as plan_lib
 from prompt_tuning.errors import UserError
+from prompt_tuning.models.config import remat_policy
 
 
 def add_arguments(parser) -> None:
@@ -107,7 +108,7 @@ def plan_run(num_devices: Optional[int] = None) -> Dict[str, Any]:
       num_encoder_layers=config.num_encoder_layers, num_decoder_layers=config.num_decoder_layers,
       batch=max(1, batch // microbatches), encoder_length=int(lengths["inputs"]) + prompt_length,
       decoder_length=int(lengths["targets"]), dtype_bytes=np.dtype(config.dtype).itemsize,
-      remat=config.remat)
+      remat=remat_policy(config))
   activations = plan_lib.activation_bytes(shape, axis_sizes["data"], axis_sizes["model"])
   per_device = frozen_fp.device_bytes + trainable_fp.device_bytes + opt_fp.device_bytes + activations
   return {
@@ -121,7 +122,7 @@ def plan_run(num_devices: Optional[int] = None) -> Dict[str, Any]:
       "optimizer_state": dataclass_dict(opt_fp),
       "activations": {"device_bytes": activations, "batch": batch, "num_microbatches": microbatches,
                       "encoder_length": shape.encoder_length, "decoder_length": shape.decoder_length,
-                      "remat": config.remat},
+                      "remat": remat_policy(config)},
       "device_bytes": per_device,
   }
 
@@ -162,6 +163,6 @@ def run(args) -> int:
       raise UserError(
           f"the run needs {plan_lib.human_bytes(result['device_bytes'])} per device, more than "
           f"the {args.device_memory_gib:g} GiB of one device; raise make_mesh.model_parallel_size "
-          f"(now {result['mesh']['model']}) or train.num_microbatches, or set T5Config.remat=True "
-          "or train.frozen_dtype='bfloat16'")
+          f"(now {result['mesh']['model']}) or train.num_microbatches, or set "
+          "T5Config.remat='full' (or 'dots') or train.frozen_dtype='bfloat16'")
   return 0

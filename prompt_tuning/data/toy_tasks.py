@@ -2,6 +2,8 @@
 
 `toy_parity`: inputs are digit strings, the target is `even` or `odd` (of the
 last digit). Learnable, deterministic, and small enough for a CPU test.
+`toy_first_parity` asks the same of the first digit, and `toy_mixture` mixes
+the two (multi-task prompts: the same inputs, so only the prompt tells the task).
 """
 import numpy as np
 import seqio
@@ -15,18 +17,23 @@ OUTPUT_FEATURES = {
 SPLIT_SIZES = {"train": 512, "validation": 32, "test": 32}
 
 
-def parity_examples(split: str, seed: int = 0):
-  """(inputs, targets) strings of one split, fixed by `split` and `seed`."""
+def parity_examples(split: str, seed: int = 0, position: int = -1):
+  """(inputs, targets) strings of one split, fixed by `split` and `seed`; the parity of
+  the digit at `position`."""
   rng = np.random.default_rng([seed, list(SPLIT_SIZES).index(split)])
   for _ in range(SPLIT_SIZES[split]):
     digits = "".join(str(d) for d in rng.integers(0, 10, size=rng.integers(2, 7)))
-    yield digits, ("even" if int(digits[-1]) % 2 == 0 else "odd")
+    yield digits, ("even" if int(digits[position]) % 2 == 0 else "odd")
 
 
-def _dataset_fn(split: str, shuffle_files: bool, seed=None) -> tf.data.Dataset:
+def _dataset_fn(split: str, shuffle_files: bool, seed=None, position: int = -1) -> tf.data.Dataset:
   del shuffle_files, seed
-  inputs, targets = zip(*parity_examples(split))
+  inputs, targets = zip(*parity_examples(split, position=position))
   return tf.data.Dataset.from_tensor_slices({"inputs": list(inputs), "targets": list(targets)})
+
+
+def _first_digit_dataset_fn(split: str, shuffle_files: bool, seed=None) -> tf.data.Dataset:
+  return _dataset_fn(split, shuffle_files, seed, position=0)
 
 
 def accuracy(targets, predictions):
@@ -54,3 +61,15 @@ if "toy_parity" not in seqio.TaskRegistry.names():
       preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
       output_features=OUTPUT_FEATURES,
       metric_fns=[accuracy])
+
+if "toy_first_parity" not in seqio.TaskRegistry.names():
+  seqio.TaskRegistry.add(
+      "toy_first_parity",
+      source=seqio.FunctionDataSource(_first_digit_dataset_fn, splits=tuple(SPLIT_SIZES),
+                                      num_input_examples=SPLIT_SIZES),
+      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
+      output_features=OUTPUT_FEATURES,
+      metric_fns=[accuracy])
+
+if "toy_mixture" not in seqio.MixtureRegistry.names():
+  seqio.MixtureRegistry.add("toy_mixture", ["toy_parity", "toy_first_parity"], default_rate=1.0)

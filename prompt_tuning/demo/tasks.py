@@ -9,7 +9,9 @@ Held-out digit strings are chosen by a hash of the string, so no validation
 or test input of any task is ever seen in training, pretraining included; the
 test split is disjoint from the validation split, so a number chosen on
 validation can be reported on test. `demo_bare_<task>_train<N>` keeps only the
-first N training examples (the few-shot experiments).
+first N training examples (the few-shot experiments). `demo_bare_max` (the
+largest digit; never pretrained) is a classification whose label words are the
+digits, for the class-label prompt initializer.
 """
 import zlib
 from typing import Callable, Dict, Iterator, List, Sequence, Tuple
@@ -35,6 +37,12 @@ NOVEL_OPERATIONS: Dict[str, Callable[[str], str]] = {
     "increment": lambda s: "".join(str((int(c) + 1) % 10) for c in s),
     "rotate": lambda s: s[1:] + s[:1],
 }
+# Classification with label words (the digits): the prompt initializer comparison needs a task
+# whose class labels the backbone's vocabulary has pretrained embeddings for (class-label init).
+CLASSIFICATION_OPERATIONS: Dict[str, Callable[[str], str]] = {
+    "max": max,
+}
+LABEL_WORDS = tuple("0123456789")
 MIN_DIGITS, MAX_DIGITS = 3, 6
 HELD_OUT_BUCKETS = 8  # 1 in HELD_OUT_BUCKETS digit strings is reserved for validation
 SPLIT_SIZES = {"train": 20000, "validation": 256, "test": 256}
@@ -62,9 +70,10 @@ def digit_strings(split: str, count: int, seed: int) -> Iterator[str]:
 def examples(operation: str, split: str, instruction: bool, seed: int = 0
              ) -> List[Tuple[str, str]]:
   """(inputs, targets) of one task split, e.g. ('reverse:314', '413')."""
-  op = {**OPERATIONS, **NOVEL_OPERATIONS}[operation]
-  # A different stream per operation, so tasks do not share their inputs one to one.
-  order = sorted(OPERATIONS) + sorted(NOVEL_OPERATIONS)
+  op = {**OPERATIONS, **NOVEL_OPERATIONS, **CLASSIFICATION_OPERATIONS}[operation]
+  # A different stream per operation, so tasks do not share their inputs one to one (new
+  # operations go at the end: the earlier tasks keep their data).
+  order = sorted(OPERATIONS) + sorted(NOVEL_OPERATIONS) + sorted(CLASSIFICATION_OPERATIONS)
   stream = seed * 1000 + order.index(operation)
   prefix = f"{operation}:" if instruction else ""
   if split == "test":  # held-out strings that the validation split does not contain
@@ -120,6 +129,11 @@ def register() -> None:
     name = task_name(operation, instruction=False)
     if name not in seqio.TaskRegistry.names():
       _register(name, operation, instruction=False)
+  for operation in CLASSIFICATION_OPERATIONS:
+    for size in (None, *FEW_SHOT_SIZES):
+      name = few_shot_task_name(operation, size) if size else task_name(operation, False)
+      if name not in seqio.TaskRegistry.names():
+        _register(name, operation, False, train_examples=size)
   if PRETRAIN_MIXTURE not in seqio.MixtureRegistry.names():
     seqio.MixtureRegistry.add(PRETRAIN_MIXTURE, [task_name(op) for op in OPERATIONS],
                               default_rate=1.0)

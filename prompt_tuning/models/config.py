@@ -32,8 +32,12 @@ class T5Config:
   dtype: str = "float32"
   param_dtype: str = "float32"
   # Rematerialize each layer in the backward pass (saves activation memory on
-  # big models; gradients still flow only to trainable parameters).
-  remat: bool = False
+  # big models; gradients still flow only to trainable parameters): one of
+  # REMAT_POLICIES, or False ('none') / True ('full').
+  remat: Any = False
+
+  def __post_init__(self):
+    remat_policy(self)  # a bad name fails where it is bound, not at the first step
 
   def to_dict(self) -> Dict[str, Any]:
     d = dataclasses.asdict(self)
@@ -64,6 +68,28 @@ class T5Config:
     except json.JSONDecodeError as e:
       raise UserError(f"model config {source or ''} is not valid JSON ({e}); "
                       "re-run `prompt-tuning convert` to rewrite it") from None
+
+
+# What each layer keeps for the backward pass (`jax.checkpoint_policies`); the rest of its
+# activations are recomputed there. 'dots' keeps the weight matmuls' outputs
+# (q/k/v/out, MLP in/out) and recomputes the attention products, norms and activations.
+REMAT_POLICIES = {
+    "none": None,  # no remat: keep everything (fastest, most memory)
+    "full": "nothing_saveable",  # keep only each layer's input
+    "dots": "dots_with_no_batch_dims_saveable",
+    "dots_saveable": "dots_saveable",  # also keep the attention products
+}
+
+
+def remat_policy(config: "T5Config") -> str:
+  """The name (a key of `REMAT_POLICIES`) of `config.remat`; `UserError` if unknown."""
+  value = config.remat
+  if isinstance(value, bool) or value is None:
+    return "full" if value else "none"
+  if value not in REMAT_POLICIES:
+    raise UserError(f"T5Config.remat = {value!r} is not a remat policy; use one of "
+                    f"{sorted(REMAT_POLICIES)} (or True = 'full', False = 'none')")
+  return value
 
 
 # Published T5 1.1 dimensions (the LM-adapted checkpoints use the same shapes).

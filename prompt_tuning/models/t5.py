@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from prompt_tuning.errors import UserError
-from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.config import REMAT_POLICIES, T5Config, remat_policy
 from prompt_tuning.models.deltas import NO_DELTAS, DeltaPlan, SiteInfo, path_matches
 from prompt_tuning.models.layers import (Dense, Embed, GatedMlp, MultiHeadAttention,
                                          RMSNorm, RelativePositionBiases,
@@ -90,11 +90,14 @@ class DecoderLayer(nn.Module):
 
 
 def _layer_class(cls, config: T5Config):
-  if not config.remat:
+  policy = REMAT_POLICIES[remat_policy(config)]
+  if policy is None:
     return cls
   # Argument indices count `self`; the booleans select Python control flow.
   static = (3,) if cls is EncoderLayer else (5, 6)
-  return nn.remat(cls, static_argnums=static)
+  # 'full' keeps nothing: nn.remat's default (policy None), as before policies existed.
+  kept = None if policy == "nothing_saveable" else getattr(jax.checkpoint_policies, policy)
+  return nn.remat(cls, static_argnums=static, policy=kept)
 
 
 class Encoder(nn.Module):
@@ -103,17 +106,27 @@ class Encoder(nn.Module):
   deltas: DeltaPlan = NO_DELTAS
 
   @nn.compact
-  def __call__(self, x: Array, valid: Array, deterministic: bool = True) -> Array:
-    """x: `[B, L, E]` embedded inputs, valid: `[B, L]` bool -> `[B, L, E]`."""
+  def __call__(self, x: Array, valid: Array, deterministic: bool = True,
+               mask: Optional[Array] = None,
+               layer_prompt: Optional[Callable[[int, Array], Array]] = None) -> Array:
+    """x: `[B, L, E]` embedded inputs, valid: `[B, L]` bool -> `[B, L, E]`.
+
+    `mask`: `[B, L, L]` bool self-attention mask (a prompt's visibility setting);
+    None: every position sees every valid one. `layer_prompt(i, x)`: edits the
+    input of each layer i >= 1 (per-layer prompts).
+    """
     c = self.config
     positions = jnp.arange(x.shape[1], dtype=jnp.int32)
     bias = RelativePositionBiases(c.relative_attention_num_buckets,
                                   c.relative_attention_max_distance, c.num_heads,
                                   **_kw(c), name="relpos_bias")(positions, positions, True)
-    bias = bias + attention_bias_from_mask(valid[:, None, None, :])
+    bias = bias + attention_bias_from_mask(valid[:, None, None, :] if mask is None
+                                           else mask[:, None])
     x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
     layer = _layer_class(EncoderLayer, c)
     for i in range(c.num_encoder_layers):
+      if layer_prompt is not None and i > 0:
+        x = layer_prompt(i, x)
       x = layer(c, self.deltas, name=f"layers_{i}")(x, bias, deterministic)
     x = RMSNorm(c.layer_norm_epsilon, **_kw(c), deltas=self.deltas, name="encoder_norm")(x)
     return nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
@@ -126,8 +139,15 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, y: Array, encoded: Array, encoder_valid: Array,
-               deterministic: bool = True, decode: bool = False) -> Tuple[Array, Array]:
+               deterministic: bool = True, decode: bool = False,
+               segments: int = 1) -> Tuple[Array, Array]:
     """y: `[B, Lt, E]` embedded decoder inputs (`[B, 1, E]` when decoding).
+
+    `segments` > 1 packs that many independent target sequences of `Lt / segments`
+    tokens into each row (rank classification's candidates): each attends
+    causally to itself only and its positions restart at 0, so every segment
+    gets the logits it would get alone, while the encoder output (and each
+    layer's cross-attention keys and values) is shared by all of them.
 
     Returns:
       (logits `[B, Lt, V]` float32, final hidden state `[B, Lt, E]`: what the
@@ -147,11 +167,17 @@ class Decoder(nn.Module):
       self_bias = self_bias + attention_bias_from_mask(key_positions <= position.value)[None, None, None]
       position.value = position.value + 1
     else:
+      if y.shape[1] % segments or (decode and segments != 1):
+        raise ValueError(f"decoder length {y.shape[1]} does not split into {segments} segments"
+                         " (or segments with decode=True)")
       positions = jnp.arange(y.shape[1], dtype=jnp.int32)
       if decode:  # init call: size the position state beside the layer caches
         self.variable("cache", "decode_position", lambda: jnp.array(0, jnp.int32))
         self.variable("cache", "key_positions", lambda: positions)
       causal = positions[None, :] <= positions[:, None]
+      if segments > 1:
+        segment, positions = jnp.divmod(positions, y.shape[1] // segments)
+        causal = causal & (segment[None, :] == segment[:, None])
       self_bias = relpos(positions, positions, False) + attention_bias_from_mask(causal)[None, None]
     cross_bias = attention_bias_from_mask(encoder_valid[:, None, None, :])
 
@@ -209,21 +235,36 @@ class T5(nn.Module):
     x = self.token_embedder(encoder_input_tokens)
     valid = encoder_input_tokens > 0
     if self.prompt is not None:
+      extra = {}
+      if getattr(self.prompt, "needs_prompt_free_encoding", False):
+        extra["prompt_free"] = self.prompt_free_encoding(x, valid)
       x, valid = self.prompt(encoder_input_tokens, x, self.token_embedder.embedding,
-                             deterministic=not enable_dropout)
+                             deterministic=not enable_dropout, **extra)
     return nn.with_logical_constraint(x, ("batch", "length", "embed")), valid
+
+  def prompt_free_encoding(self, embedded: Array, valid: Array) -> Tuple[Array, Array]:
+    """(`[B, L, E]` encoder outputs, `[B, L]` valid) of the bare input, for a prompt
+    generated from the input (InfoPrompt §4.2): dropout off, no gradient."""
+    encoded = self.encoder(embedded, valid, deterministic=True)
+    return jax.lax.stop_gradient(encoded), valid
 
   def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False) -> Tuple[Array, Array]:
     """`[B, L]` tokens -> (encoded `[B, L', E]`, valid `[B, L']`); L' = L + prompt length."""
     x, valid = self.embed_encoder_inputs(encoder_input_tokens, enable_dropout)
-    return self.encoder(x, valid, deterministic=not enable_dropout), valid
+    mask = self.prompt.attention_mask(valid) if hasattr(self.prompt, "attention_mask") else None
+    layer_prompt = None
+    if hasattr(self.prompt, "layer"):  # per-layer prompts
+      layer_prompt = lambda i, h: self.prompt.layer(i, h, self.token_embedder.embedding)
+    return self.encoder(x, valid, deterministic=not enable_dropout, mask=mask,
+                        layer_prompt=layer_prompt), valid
 
   def decode(self, encoded: Array, encoder_valid: Array, decoder_input_tokens: Array,
-             enable_dropout: bool = False, decode: bool = False) -> Array:
-    """Decoder logits `[B, Lt, V]` (float32) for `[B, Lt]` decoder input tokens."""
+             enable_dropout: bool = False, decode: bool = False, segments: int = 1) -> Array:
+    """Decoder logits `[B, Lt, V]` (float32) for `[B, Lt]` decoder input tokens
+    (`segments` equal-length independent sequences per row; see `Decoder`)."""
     y = self.token_embedder(decoder_input_tokens)
     logits, _ = self.decoder(y, encoded, encoder_valid, deterministic=not enable_dropout,
-                             decode=decode)
+                             decode=decode, segments=segments)
     return logits
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
@@ -247,11 +288,20 @@ class T5(nn.Module):
 
   def input_features(self, encoder_input_tokens: Array) -> Features:
     """`input_embeddings` `[B, L, E]` and `input_valid` `[B, L]` of the bare input,
-    plus `prompt` `[P, E]` (what the encoder sees as the prompt) when there is one."""
+    plus `prompt` (what the encoder sees as the prompt) when there is one: `[P, E]`, or
+    `[B, P, E]` for a prompt generated from each input."""
     out = {"input_embeddings": self.token_embedder(encoder_input_tokens),
            "input_valid": encoder_input_tokens > 0}
     if self.prompt is not None and hasattr(self.prompt, "value"):
       out["prompt"] = self.prompt.value(self.token_embedder.embedding, deterministic=True)
+    elif self.prompt is not None and hasattr(self.prompt, "generate"):  # [B, P, E] per example
+      embedded, valid = out["input_embeddings"], out["input_valid"]
+      prompt_free = (self.prompt_free_encoding(embedded, valid)
+                     if self.prompt.needs_prompt_free_encoding else None)
+      out["prompt"] = self.prompt.generate(encoder_input_tokens, embedded, prompt_free)
+    elif self.prompt is not None and hasattr(self.prompt, "task_prompts"):
+      raise UserError("a multi-task prompt has no single prompt for a method's own modules "
+                      "(InfoPrompt); drop methods/infoprompt.gin or prompts/multitask.gin")
     return out
 
 

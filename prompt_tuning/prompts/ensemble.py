@@ -73,5 +73,5 @@ def combine_predictions(tokens: np.ndarray, n: int) -> List[List[int]]:
 
 
 def combine_scores(scores: np.ndarray, n: int) -> np.ndarray:
-  """`[B * n]` -> `[B]` mean score per example."""
-  return scores.reshape(-1, n).mean(axis=1)
+  """`[B * n, ...]` -> `[B, ...]` mean score per example (over its n prompts)."""
+  return scores.reshape((-1, n) + scores.shape[1:]).mean(axis=1)

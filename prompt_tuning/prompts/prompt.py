@@ -7,7 +7,7 @@ Tuning's MLP under `prompt/residual/`, XPrompt's masks under
 chain; `encoder_prompt` computes it, which is also what gets exported as `.npy`.
 """
 import functools
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import gin
@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from prompt_tuning.prompts import initializers
+from prompt_tuning.prompts.attention import check_visibility, prompt_attention_mask
 
 Array = jax.Array
 # Logical axes of the prompt: replicated by default (see the partitioning rules).
@@ -103,11 +104,14 @@ class Prompt(nn.Module):
     placement: `prefix` (Lester et al.) or `suffix` (before EOS).
     reparameterizations: `(name, module factory)` pairs applied in order to the
       raw `[P, E]` prompt (see `prompt_reparameterizations`).
+    attention: which encoder positions see which (`prompts.attention.KINDS`,
+      e.g. `['input->input', 'input->prompt']`); None: all see all, as without a prompt.
   """
   length: int = gin.REQUIRED
   initializer: Callable = initializers.uniform()
   placement: str = "prefix"
   reparameterizations: Reparameterizations = ()
+  attention: Optional[Sequence[str]] = None
 
   def setup(self):
     if self.placement not in PLACEMENTS:
@@ -130,6 +134,14 @@ class Prompt(nn.Module):
       value = make(name=name)(value, deterministic=deterministic)
     return value
 
+  def attention_mask(self, valid: Array, prompt_length: Optional[int] = None) -> Optional[Array]:
+    """`[B, L', L']` bool encoder self-attention mask for `[B, L']` valid positions of the
+    prompted input, or None (full visibility) without `attention`."""
+    if self.attention is None:
+      return None
+    check_visibility(self.attention, self.placement)
+    return prompt_attention_mask(valid, prompt_length or self.length, self.attention)
+
   def __call__(self, tokens: Array, embedded: Array, embedding_table: Array,
                deterministic: bool = True) -> Tuple[Array, Array]:
     prompt = self.value(embedding_table, deterministic)
@@ -140,13 +152,16 @@ class Prompt(nn.Module):
 def encoder_prompt(model: nn.Module, variables) -> Array:
   """What `model`'s encoder sees as the prompt, `[P, E]`: every reparameterization
   applied deterministically (residual MLP folded, masks applied). This is what
-  gets exported as `.npy` and what `initializers.from_file` loads.
+  gets exported as `.npy` and what `initializers.from_file` loads. A multi-task
+  prompt (`prompts.multitask`) gives `[T, P, E]`, task t's combined prompt at t.
 
   Args:
     model: a `T5` built with a prompt module.
     variables: its variables (`params` plus e.g. `prompt_masks`).
   """
   def value(module):
+    if hasattr(module.prompt, "task_prompts"):
+      return module.prompt.task_prompts(module.token_embedder.embedding, deterministic=True)
     return module.prompt.value(module.token_embedder.embedding, deterministic=True)
   return model.apply(variables, method=value)
 

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import flax
 import jax
@@ -229,20 +229,35 @@ def _damaged_files(step_dir: str) -> Optional[str]:
   return f"state/{problem}" if problem else None
 
 
-def export_prompt(model_dir: str, name: str, prompt: np.ndarray) -> str:
-  """Writes `MODEL_DIR/prompts/<name>.npy` (float32, `[P, E]`) on the first host."""
+def export_prompt(model_dir: str, name: str, prompt) -> str:
+  """Writes `MODEL_DIR/prompts/<name>.npy` (float32, `[P, E]`) on the first host.
+
+  A multi-task prompt's `{task: [P, E]}` is written as `prompts/<name>/<task>.npy`,
+  each file a plain prompt that `PROMPT_FILE` and `export --prompt` take. Returns
+  the file (or folder) written.
+  """
+  if isinstance(prompt, Mapping):
+    for task, value in prompt.items():
+      export_prompt(model_dir, fs.join(name, task), value)
+    return fs.join(model_dir, PROMPTS_DIR, name)
   path = fs.join(model_dir, PROMPTS_DIR, f"{name}.npy")
   fs.write_on_first_host(
       path, lambda f: np.save(f, np.asarray(prompt, np.float32), allow_pickle=False))
   return path
 
 
-def export_prompt_if_missing(model_dir: str, name: str,
-                             prompt: Optional[np.ndarray]) -> Optional[str]:
-  """Writes `MODEL_DIR/prompts/<name>.npy` unless it exists (e.g. after a kill between a
-  checkpoint save and its prompt export); the path written, else None."""
+def export_prompt_if_missing(model_dir: str, name: str, prompt) -> Optional[str]:
+  """Writes `MODEL_DIR/prompts/<name>.npy` (a multi-task prompt's folder) unless it exists
+  (e.g. after a kill between a checkpoint save and its prompt export); what was written, else None."""
+  if prompt is None:
+    return None
+  if isinstance(prompt, Mapping):
+    folder = fs.join(model_dir, PROMPTS_DIR, name)
+    if all(fs.exists(fs.join(folder, f"{task}.npy")) for task in prompt):
+      return None
+    return export_prompt(model_dir, name, prompt)
   path = fs.join(model_dir, PROMPTS_DIR, f"{name}.npy")
-  if prompt is None or fs.exists(path):
+  if fs.exists(path):
     return None
   return export_prompt(model_dir, name, prompt)
 

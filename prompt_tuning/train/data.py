@@ -1,9 +1,11 @@
 """SeqIO task/mixture -> per-host numpy batches for the trainer.
 
-Each host reads its own shard (`seqio.ShardInfo`), so the global batch is the
-concatenation of host batches; the partitioner turns them into global arrays.
-The order is deterministic for a seed, so a resumed run skips the batches it
-already consumed and sees exactly what an uninterrupted run would.
+Every host reads the same global example stream (same seed, no per-host
+shard), forms the same global batches and keeps its contiguous block of rows
+(`host_rows`); the partitioner turns the blocks back into global arrays. So
+the order of examples, and every global batch, does not depend on the number
+of hosts. The order is deterministic for a seed, so a resumed run skips the
+batches it already consumed and sees exactly what an uninterrupted run would.
 """
 import contextlib
 import importlib
@@ -146,56 +148,85 @@ def validate_feature_lengths(task_feature_lengths: Mapping[str, int], prompt_len
 
 def converted_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                       split: str, shuffle: bool, seed: Optional[int], num_epochs: Optional[int],
-                      use_cached: bool = False):
-  """The host's shard of a task, feature-converted for an encoder-decoder (no packing)."""
+                      use_cached: bool = False, task_tokens: Optional[Mapping[str, int]] = None):
+  """The whole split of a task (every host the same), feature-converted for an encoder-decoder
+  (no packing).
+
+  `task_tokens`: `{task: token}` to start each input with (multi-task prompts,
+  `data.task_tokens`), or None.
+  """
   task = get_mixture_or_task(mixture_or_task_name)
   if split not in task.splits:
     raise UserError(f"{mixture_or_task_name} has no split {split!r}; it has {sorted(task.splits)}")
-  shard = seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+  source = mixture_or_task_name
+  if task_tokens:
+    from prompt_tuning.data.task_tokens import marked_provider
+    source = marked_provider(task, task_tokens)
+  # One shard: the example order must not depend on the number of hosts (`host_rows`).
   ds = seqio.get_dataset(
-      mixture_or_task_name, task_feature_lengths=dict(task_feature_lengths),
+      source, task_feature_lengths=dict(task_feature_lengths),
       dataset_split=split, shuffle=shuffle, num_epochs=num_epochs, seed=seed,
-      use_cached=use_cached, shard_info=shard,
+      use_cached=use_cached, shard_info=seqio.ShardInfo(index=0, num_shards=1),
       feature_converter=seqio.EncDecFeatureConverter(pack=False))
   return ds
+
+
+def host_rows(global_batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """This host's contiguous block of a global batch: `[B, ...] -> [B / hosts, ...]`.
+
+  Host `i` of `n` keeps rows `[i * B/n, (i + 1) * B/n)`, the block that
+  `jax.make_array_from_process_local_data` places on its devices and that
+  `with_example_index` numbers.
+  """
+  count, index = jax.process_count(), jax.process_index()
+  if count == 1:
+    return global_batch
+  size = len(next(iter(global_batch.values())))
+  if size % count:
+    raise UserError(f"a global batch of {size} examples does not split over {count} hosts; "
+                    f"choose a batch size divisible by {count}")
+  rows = size // count
+  return {k: v[index * rows:(index + 1) * rows] for k, v in global_batch.items()}
 
 
 def batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], split: str,
             local_batch_size: int, seed: Optional[int], shuffle: bool = True,
             num_epochs: Optional[int] = None, skip_batches: int = 0,
-            use_cached: bool = False,
+            use_cached: bool = False, task_tokens: Optional[Mapping[str, int]] = None,
             length_buckets: Optional[bucketing.LengthBuckets] = None
             ) -> Iterator[Dict[str, np.ndarray]]:
   """Endless (by default) iterator of host-local batches of model features.
 
-  `length_buckets` (checked, `bucketing.check_buckets`): each batch is cut to
-  its length buckets (`prompt_tuning.data.bucketing`) instead of keeping
-  `TASK_FEATURE_LENGTHS`.
+  The global batches (`local_batch_size * jax.process_count()` examples) are
+  the same on every host and for any number of hosts; each host gets its
+  rows of them (`host_rows`). `skip_batches` counts global batches.
+  `task_tokens`: see `converted_dataset`. `length_buckets` (checked,
+  `bucketing.check_buckets`): each global batch is cut to its length buckets
+  (`prompt_tuning.data.bucketing`), so every host cuts its rows alike.
   """
+  global_batch_size = local_batch_size * jax.process_count()
   with readable_data_errors(mixture_or_task_name):
     ds = converted_dataset(mixture_or_task_name, task_feature_lengths, split, shuffle, seed,
-                           num_epochs, use_cached)
+                           num_epochs, use_cached, task_tokens)
     ds = ds.map(lambda ex: {k: ex[k] for k in _MODEL_FEATURES if k in ex})
     if length_buckets is not None:
-      if jax.process_count() > 1:  # hosts read their own shards: buckets would disagree
-        raise UserError("length bucketing (BUCKETS) needs every host to read the global example "
-                        f"stream; this run has {jax.process_count()} hosts reading their own "
-                        "shards: drop runs/length_buckets.gin for multi-host runs")
-      iterator = bucketing.bucketed_batches(ds, local_batch_size, length_buckets, seed,
+      iterator = bucketing.bucketed_batches(ds, global_batch_size, length_buckets, seed,
                                             skip_batches)
     else:
-      ds = ds.batch(local_batch_size, drop_remainder=True)
+      ds = ds.batch(global_batch_size, drop_remainder=True)
       if skip_batches:
         ds = ds.skip(skip_batches)
       iterator = ds.prefetch(2).as_numpy_iterator()
     first = next(iterator, None)
   if first is None:
     raise UserError(f"{mixture_or_task_name} split {split!r} yields no full batch of "
-                    f"{local_batch_size} examples (empty dataset?); check the data or lower BATCH_SIZE")
+                    f"{global_batch_size} examples (empty dataset?); check the data or lower "
+                    "BATCH_SIZE")
 
   def gen():
-    yield first
-    yield from iterator
+    yield host_rows(first)
+    for batch in iterator:
+      yield host_rows(batch)
   return gen()
 
 

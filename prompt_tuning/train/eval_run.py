@@ -22,6 +22,7 @@ import gin
 import numpy as np
 
 from prompt_tuning import checks, fs
+from prompt_tuning.data.task_tokens import task_tokens_of
 from prompt_tuning.errors import UserError
 from prompt_tuning.prompts.ensemble import PromptEnsemble
 from prompt_tuning.prompts.files import step_of
@@ -80,9 +81,16 @@ def prompt_files(model) -> Tuple[str, ...]:
   return (path,) if path else ()
 
 
-def evaluated_step(model, initial_checkpoint_path: Optional[str]) -> int:
+def evaluated_step(model, initial_checkpoint_path: Optional[str],
+                   deltas_file: Optional[str] = None) -> int:
   """The step summaries of an eval are written at: that of a `step_N.npy` PROMPT_FILE
-  (all files of an ensemble when they agree), else the initial checkpoint's step."""
+  (all files of an ensemble when they agree) or of a DELTAS_FILE export, else the initial
+  checkpoint's step."""
+  if deltas_file:
+    from prompt_tuning.train import exports
+    step = exports.read_export(deltas_file)[1].get("step")
+    if isinstance(step, int):
+      return step
   steps = {step_of(path) for path in prompt_files(model)}
   if len(steps) == 1 and None not in steps:
     return steps.pop()
@@ -187,7 +195,7 @@ def _prepare(command, model_dir, t5x_output_dir, mixture_or_task_name, mixture_o
                                 batch_size=batch_size,
                                 max_decode_length=task_feature_lengths["targets"])
   evaluator = evaluation.make_evaluator(mixture_or_task_name, task_feature_lengths, split,
-                                        use_cached, num_examples)
+                                        use_cached, num_examples, task_tokens_of(ctx.model))
   return ctx, fns, evaluator, split, out_dir
 
 
@@ -205,7 +213,7 @@ def evaluate(*, model_dir: Optional[str] = None, mixture_or_task_name: str = gin
 
   Results go to `MODEL_DIR/eval/` or, with T5X's `EVAL_OUTPUT_DIR`, there.
   TensorBoard summaries are written at `step`: by default the step of a
-  `step_N.npy` PROMPT_FILE, else the initial checkpoint's step.
+  `step_N.npy` PROMPT_FILE or DELTAS_FILE export, else the initial checkpoint's step.
   `allow_random_parameters=True` evaluates a prompt (or other new parameters)
   that was not loaded from a file: only ever on purpose, e.g. as a baseline.
   `dataset_cfg` is T5X's `utils.DatasetConfig` (split, batch size, cache use).
@@ -217,7 +225,7 @@ def evaluate(*, model_dir: Optional[str] = None, mixture_or_task_name: str = gin
       task_feature_lengths, initial_checkpoint_path, split, batch_size, use_cached_tasks,
       num_examples, allow_random_parameters, dataset_cfg, deltas_file)
   if step is None:
-    step = evaluated_step(ctx.model, initial_checkpoint_path)
+    step = evaluated_step(ctx.model, initial_checkpoint_path, deltas_file)
   metrics = evaluation.run_evaluation(evaluator, fns, step)
   fs.makedirs(out_dir)
   fs.write_json(fs.join(out_dir, f"metrics_{split}.json"), metrics)

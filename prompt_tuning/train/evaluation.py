@@ -3,7 +3,11 @@
 seqio hands us enumerated datasets of `(index, model features)`; we batch
 them to a fixed size (padding the last batch, so jit compiles once), run the
 jitted model function over the mesh, and return `(index, output)` pairs.
-Every host runs the same global computation on the full evaluation set.
+Every host iterates the same global batches, but puts only the rows of its own
+devices into the global arrays (`make_array_from_callback`), so each host
+computes its shard of the evaluation set; the outputs are gathered across
+hosts (`to_host`) so every host scores the same full set of predictions and
+the metrics equal the single-host ones.
 """
 import dataclasses
 import logging
@@ -15,9 +19,10 @@ import numpy as np
 import seqio
 
 from prompt_tuning.data import bucketing
-from prompt_tuning.models import decoding, losses
+from prompt_tuning.models import decoding
 from prompt_tuning.prompts import ensemble
-from prompt_tuning.train.partitioning import Partitioner
+from prompt_tuning.train import rank_scoring
+from prompt_tuning.train.partitioning import Partitioner, to_host
 
 Variables = Dict[str, Any]
 
@@ -52,9 +57,10 @@ class EvalModelFns:
   Attributes:
     batch_size: global evaluation batch (a multiple of the data-parallel size).
     beam_size, alpha: decoding settings (`beam_size=1` is greedy).
-    length_buckets: cut each batch's inputs (and, for scoring, targets) to
-      its buckets; the functions compile once per bucket
-      (`runs/length_buckets.gin`). Decoding keeps `max_decode_length`.
+    length_buckets: cut each batch's encoder inputs to their bucket; the
+      functions compile once per bucket (`runs/length_buckets.gin`). Targets
+      are a training setting: decoding keeps `max_decode_length`, and rank
+      classification already cuts candidates to the longest one.
   """
 
   def __init__(self, model, partitioner: Partitioner, variables: Variables,
@@ -62,7 +68,8 @@ class EvalModelFns:
                alpha: float = 0.6, max_decode_length: Optional[int] = None,
                length_buckets: Optional[bucketing.LengthBuckets] = None):
     self.model = model
-    self.buckets = bucketing.check_buckets(length_buckets, None)
+    buckets = bucketing.check_buckets(length_buckets, None)
+    self.inputs_buckets = buckets and dataclasses.replace(buckets, targets=None)
     self.partitioner = partitioner
     self.variables = variables
     # With a prompt ensemble every example is repeated once per prompt.
@@ -78,9 +85,7 @@ class EvalModelFns:
       return tokens
 
     def score(variables, batch):
-      logits = model.apply(variables, batch["encoder_input_tokens"], batch["decoder_input_tokens"])
-      return losses.sequence_log_likelihood(logits, batch["decoder_target_tokens"],
-                                            batch["decoder_loss_weights"])
+      return rank_scoring.packed_scores(model, variables, batch)
 
     self._predict = jax.jit(predict, static_argnums=2,
                             in_shardings=(variable_shardings, data), out_shardings=data)
@@ -95,28 +100,29 @@ class EvalModelFns:
   def predict_fn(self, dataset, model_feature_shapes: Optional[Mapping[str, int]] = None
                  ) -> List[Tuple[int, List[int]]]:
     out = []
-    # Decoding length is a setting, not the targets' bucket: only the inputs are cut.
-    buckets = self.buckets and dataclasses.replace(self.buckets, targets=None)
     for indices, batch, n in _fixed_batches(dataset, self.batch_size, ["encoder_input_tokens",
                                                                         "decoder_target_tokens"],
-                                            buckets):
+                                            self.inputs_buckets):
       max_len = self.max_decode_length or batch["decoder_target_tokens"].shape[1]
       with self.partitioner.context():
         tokens = self._predict(self.variables, self._global(batch)["encoder_input_tokens"], max_len)
-      tokens = ensemble.combine_predictions(np.asarray(jax.device_get(tokens)), self.copies)[:n]
+      tokens = ensemble.combine_predictions(to_host(tokens), self.copies)[:n]
       out.extend(zip(indices, tokens))
     return out
 
   def score_fn(self, dataset, model_feature_shapes: Optional[Mapping[str, int]] = None
                ) -> List[Tuple[int, float]]:
+    """Rank classification: each distinct input is encoded once (`rank_scoring`);
+    `batch_size` counts inputs, each with all of its candidate targets."""
     out = []
-    keys = ["encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
-            "decoder_loss_weights"]
-    for indices, batch, n in _fixed_batches(dataset, self.batch_size, keys, self.buckets):
+    for indices, batch, n in rank_scoring.candidate_batches(dataset.as_numpy_iterator(),
+                                                            self.batch_size):
+      if self.inputs_buckets is not None:
+        batch = bucketing.pad_to_buckets(batch, self.inputs_buckets)
       with self.partitioner.context():
         scores = self._score(self.variables, self._global(batch))
-      scores = ensemble.combine_scores(np.asarray(jax.device_get(scores)), self.copies)[:n]
-      out.extend((i, float(s)) for i, s in zip(indices, scores))
+      scores = ensemble.combine_scores(to_host(scores), self.copies)[:n]
+      out.extend(rank_scoring.scores_of_rows(indices, scores))
     return out
 
 
@@ -133,17 +139,27 @@ _EMPTY_LOGGER_FILTER = _WithoutEmptyLoggerWarning()
 
 def make_evaluator(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                    split: str = "validation", use_cached: bool = False,
-                   num_examples: Optional[int] = None) -> seqio.Evaluator:
+                   num_examples: Optional[int] = None,
+                   task_tokens: Optional[Mapping[str, int]] = None) -> seqio.Evaluator:
+  """A seqio evaluator of every task of `mixture_or_task_name` (metrics per task).
+
+  `task_tokens`: `{task: token}` to start each input with (multi-task prompts,
+  `data.task_tokens`), or None.
+  """
   from prompt_tuning.train.data import readable_data_errors
   absl_logger = logging.getLogger("absl")
   if _EMPTY_LOGGER_FILTER not in absl_logger.filters:
     absl_logger.addFilter(_EMPTY_LOGGER_FILTER)
   with readable_data_errors(mixture_or_task_name):
-    return seqio.Evaluator(
+    evaluator = seqio.Evaluator(
         mixture_or_task_name=mixture_or_task_name,
         feature_converter=seqio.EncDecFeatureConverter(pack=False),
         eval_split=split, use_cached=use_cached, sequence_length=dict(task_feature_lengths),
         num_examples=num_examples, async_compute_metrics=False)
+  if task_tokens:
+    from prompt_tuning.data.task_tokens import mark_evaluator
+    mark_evaluator(evaluator, task_tokens)
+  return evaluator
 
 
 def run_evaluation(evaluator: seqio.Evaluator, fns: EvalModelFns, step: int) -> Dict[str, float]:

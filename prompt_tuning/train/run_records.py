@@ -10,7 +10,9 @@ seed or backbone): the checkpoint's values would then sit at other positions.
 import json
 from typing import Any, Sequence, Tuple
 
-from prompt_tuning import fs
+import numpy as np
+
+from prompt_tuning import fs, multihost
 from prompt_tuning.errors import UserError
 
 Records = Sequence[Tuple[str, str]]
@@ -57,7 +59,13 @@ def check_records(model_dir: str, records: Records) -> None:
 
 
 def write_records(model_dir: str, records: Records) -> None:
-  """Writes each record to MODEL_DIR on the first host (unless it holds the same JSON)."""
+  """Writes each record to MODEL_DIR on the first host (unless it holds the same JSON).
+
+  Every host builds its model, and so its records, on its own: they must agree
+  (e.g. APET's selection), which is checked here (a UserError naming the hosts).
+  """
+  multihost.check_same_on_hosts("the run's records (" + ", ".join(n for n, _ in records) + ")",
+                                *[np.frombuffer(t.encode(), np.uint8) for _, t in records])
   for name, text in records:
     path = fs.join(model_dir, name)
     if fs.exists(path):

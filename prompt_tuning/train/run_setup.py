@@ -20,7 +20,6 @@ import optax
 from prompt_tuning import checks
 from prompt_tuning.models.t5 import T5
 from prompt_tuning.prompts.prompt import encoder_prompt
-from prompt_tuning.train import data as data_lib
 from prompt_tuning.train.initialize import build_model, initialize_variables
 from prompt_tuning.train.partitioning import Partitioner, to_host
 from prompt_tuning.train.step import LossConfig, make_train_step
@@ -79,12 +78,21 @@ class RunContext:
     """The dropout key of train step `step` (independent of resumption)."""
     return jax.random.fold_in(jax.random.fold_in(self.rng, 1), step)
 
-  def exported_prompt(self, variables: Optional[Variables] = None) -> Optional[np.ndarray]:
-    """The prompt the encoder sees, `[P, E]` float32 numpy, or None without a prompt."""
-    if self.model.prompt is None:
+  def exported_prompt(self, variables: Optional[Variables] = None):
+    """The prompt the encoder sees, `[P, E]` float32 numpy; a multi-task prompt gives
+    `{task name: [P, E]}` (each task's combined prompt). None without a prompt, when it is
+    generated from each input (its generator's parameters are exported instead), or for
+    per-layer prompts (the input prompt alone would evaluate wrongly; their run's
+    `exports/step_N`, DELTAS_FILE, holds every layer's prompt)."""
+    prompt = self.model.prompt
+    if (prompt is None or hasattr(prompt, "layer")
+        or not (hasattr(prompt, "value") or hasattr(prompt, "task_prompts"))):
       return None
     variables = self.variables if variables is None else variables
-    return to_host(encoder_prompt(self.model, variables)).astype(np.float32)
+    value = to_host(encoder_prompt(self.model, variables)).astype(np.float32)
+    if hasattr(self.model.prompt, "task_prompts"):
+      return dict(zip(self.model.prompt.tasks, value))
+    return value
 
 
 def prompt_length(model: T5) -> int:
@@ -118,11 +126,16 @@ def build_run(*, initial_checkpoint_path: Optional[str] = None, seed: int = 0,
     data_splits: task or mixture -> the splits the run reads; each must have
       data (`data.check_data_available`) before the backbone loads.
   """
-  data_lib.import_task_modules(mixture_or_task_module)
-  for name in mixture_or_task_names:
-    data_lib.get_mixture_or_task(name)
-  for name, splits in (data_splits or {}).items():
-    data_lib.check_data_available(name, splits)
+  if (mixture_or_task_module or mixture_or_task_names or data_splits
+      or task_feature_lengths is not None):
+    # Imported only here: it brings TensorFlow and SeqIO (~750 MB resident), which a
+    # run without tasks (`prompt-tuning bench`) does not need.
+    from prompt_tuning.train import data as data_lib  # pylint: disable=g-import-not-at-top
+    data_lib.import_task_modules(mixture_or_task_module)
+    for name in mixture_or_task_names:
+      data_lib.get_mixture_or_task(name)
+    for name, splits in (data_splits or {}).items():
+      data_lib.check_data_available(name, splits)
   model = model if model is not None else build_model()
   length = prompt_length(model)  # checked before any variable exists
   if task_feature_lengths is not None:

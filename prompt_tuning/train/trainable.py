@@ -64,3 +64,25 @@ def merge_variables(trainable: Variables, frozen: Variables) -> Variables:
 def count_parameters(tree: Any) -> int:
   import jax
   return int(sum(x.size for x in jax.tree_util.tree_leaves(tree)))
+
+
+def check_extras_train(model: Any, trainable: Variables, patterns: Sequence[str]) -> None:
+  """Refuses a run whose method extras (e.g. InfoPrompt's `info/` critics) would stay frozen.
+
+  An extra module exists only to be trained with the method; frozen, it keeps
+  its random initialization and its loss terms are meaningless. This happens
+  when a gin file read later rebinds `trainable_patterns.patterns` (files are
+  applied in order, the last binding wins).
+
+  Args:
+    model: the run's `T5`.
+    trainable: the trainable parameter tree (`split_variables`' first part).
+    patterns: the trainable patterns, for the message.
+  """
+  trained = {path.split("/")[0] for path in _flat(trainable)}
+  for name, _ in getattr(model, "extras", ()) or ():
+    if name not in trained:
+      raise UserError(f"the method's {name}/ parameters match no trainable pattern "
+                      f"{list(patterns)}: a gin file read after the method's file rebound "
+                      "trainable_patterns.patterns; put the method file last or add "
+                      f"--gin.trainable_patterns.patterns=\"{[*patterns, name + '/.*']}\"")

@@ -25,8 +25,9 @@ import gin
 import jax
 import optax
 
-from prompt_tuning import checks, fs
+from prompt_tuning import checks, fs, multihost
 from prompt_tuning.data import bucketing
+from prompt_tuning.data.task_tokens import task_tokens_of
 from prompt_tuning.errors import UserError
 from prompt_tuning.train import data as data_lib
 from prompt_tuning.train import config_check, evaluation, exports, run_lock, run_records, summaries
@@ -35,7 +36,8 @@ from prompt_tuning.train.checkpoints import (RunCheckpoints, export_prompt, expo
 from prompt_tuning.train.initialize import checkpoint_step
 from prompt_tuning.train.partitioning import check_batch_size
 from prompt_tuning.train.run_setup import abstract_arrays, build_run, compile_train_step
-from prompt_tuning.train.trainable import count_parameters, trainable_patterns
+from prompt_tuning.train.trainable import (check_extras_train, count_parameters,
+                                           trainable_patterns)
 
 
 # The best evaluation so far (train.early_stopping_metric): its step and value, and the
@@ -223,6 +225,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     raise UserError(f"BATCH_SIZE={batch_size} does not split into {num_microbatches} microbatches "
                     f"over {partitioner.data_parallel_size} data shards")
   split = ctx.split(trainable_patterns())
+  check_extras_train(ctx.model, split.trainable, split.patterns)
   ctx.variables = None  # the split holds them; the backbone is not kept twice
   compiled = compile_train_step(ctx, split, optimizer, num_microbatches)
   trainable, opt_state, frozen = split.trainable, compiled.opt_state, split.frozen
@@ -266,9 +269,11 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   else:
     print(f"step {start_step:,} reached TRAIN_STEPS={train_steps:,}: nothing left to train",
           flush=True)
+  task_tokens = task_tokens_of(ctx.model)  # multi-task prompts: each input's task token
   batches = data_lib.batches(mixture_or_task_name, task_feature_lengths, train_split, local_batch,
                              seed=seed, skip_batches=batches_consumed,
-                             use_cached=use_cached_tasks, length_buckets=length_buckets)
+                             use_cached=use_cached_tasks, task_tokens=task_tokens,
+                             length_buckets=length_buckets)
   fs.makedirs(model_dir)
   run_records.write_records(model_dir, records)
   writer = summaries.Writer(model_dir)
@@ -283,7 +288,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     early.resume(fs.read_json(fs.join(model_dir, BEST_RECORD)), start_step)
   if eval_period:
     evaluator = evaluation.make_evaluator(eval_name, task_feature_lengths, eval_split,
-                                          use_cached_tasks, eval_num_examples)
+                                          use_cached_tasks, eval_num_examples, task_tokens)
 
   def export_all(name, step):
     variables = split.merged(trainable)
@@ -364,6 +369,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       break
   writer.close()
   checkpoints.close()
+  multihost.sync("train finished")  # process 0's best-record files are written
   best = fs.read_json(fs.join(model_dir, BEST_RECORD)) if early.best is not None else None
   summary = {"model_dir": model_dir, "initial_step": first_step, "final_step": step,
              "trainable_parameters": n_trainable,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prompt-tune T5 1.1 LM-adapted on SuperGLUE RTE on every worker of a TPU VM slice made by
-# create_vm.sh. Each host reads its own shard of the data; `--distributed` calls
-# jax.distributed.initialize().
+# create_vm.sh. Every host reads the same global batches and keeps its rows; `--distributed`
+# calls jax.distributed.initialize() (docs/multihost.md).
 #
 #   TPU_NAME=pt-v3-32 ZONE=europe-west4-a ACCELERATOR=v3-32 MODEL_DIR=gs://my-bucket/rte \
 #   TFDS_DATA_DIR=gs://my-bucket/tfds scripts/tpu/train_rte.sh

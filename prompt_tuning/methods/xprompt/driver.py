@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_tuning import checks, fs
+from prompt_tuning import checks, fs, multihost
 from prompt_tuning.errors import UserError
 from prompt_tuning.methods.xprompt import masks as xprompt
 from prompt_tuning.methods.xprompt.report import HEATMAP_NAME, REPORT_NAME
@@ -228,6 +228,7 @@ def run_xprompt(model_dir: Optional[str] = None, importance_batches: Optional[in
   else:
     print(f"xprompt stage 1/3: prompt tuning finished earlier ({_steps(stage1)} steps); "
           "skipping", flush=True)
+  multihost.sync("xprompt stage 1 written")  # process 0 wrote the file every host reads
   stage1_trainable = load_tree(os.path.join(dirs["prompt_tuning"], TRAINABLE_FILE))
 
   # Stage 2: importance scores and the pruning search.
@@ -242,6 +243,7 @@ def run_xprompt(model_dir: Optional[str] = None, importance_batches: Optional[in
   else:
     print(f"xprompt stage 2/3: pruning search finished earlier (chosen {search['chosen']}); "
           "skipping", flush=True)
+  multihost.sync("xprompt stage 2 written")
   token_mask, piece_mask = _load_masks(dirs["pruning"])
 
   # Stage 3: rewinding and retraining with the masks fixed.

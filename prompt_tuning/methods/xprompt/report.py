@@ -23,6 +23,7 @@
 """
 from typing import Dict, List, Tuple
 
+import jax
 import numpy as np
 
 from prompt_tuning import fs
@@ -176,6 +177,7 @@ def write_report(directory: str, result: SearchResult, stages: Dict[str, float],
   fs.write_json(report_path, report)
   heatmap_path = fs.join(directory, HEATMAP_NAME)
   token_scores, piece_scores = decisive_scores(result)
-  plot_heatmap(heatmap_path, token_scores, piece_scores, result.best.token_mask,
-               result.best.piece_mask)
+  if jax.process_index() == 0:  # every host holds the same result; one writes
+    plot_heatmap(heatmap_path, token_scores, piece_scores, result.best.token_mask,
+                 result.best.piece_mask)
   return {"report": report_path, "heatmap": heatmap_path}

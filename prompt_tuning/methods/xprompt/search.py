@@ -10,8 +10,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
-from prompt_tuning import fs
+from prompt_tuning import fs, multihost
 from prompt_tuning.errors import UserError
 from prompt_tuning.methods.xprompt import masks as xprompt
 from prompt_tuning.methods.xprompt.report import write_report
@@ -130,6 +131,17 @@ class SearchContext:
     return [{k: np.stack([b[k] for b in taken[i:i + IMPORTANCE_CHUNK]]) for k in taken[0]}
             for i in range(0, len(taken), IMPORTANCE_CHUNK)]
 
+  def global_chunk(self, chunk: Dict[str, np.ndarray]) -> Dict[str, jax.Array]:
+    """This host's rows of stacked batches (`[n, b, ...]`) -> global arrays `[n, B, ...]`.
+
+    The batch axis is sharded over `data`, so the importance is the mean over
+    every host's examples: each host passing its own rows as a plain (hence
+    replicated) array would score its own batches only, and hosts would prune
+    differently.
+    """
+    sharding = NamedSharding(self.partitioner.mesh, PartitionSpec(None, "data"))
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in chunk.items()}
+
 
 def search_stage(backbone: SearchContext, stage1_trainable: Any, search_dir: str, *,
                  importance_batches: Optional[int], per_example: bool,
@@ -154,7 +166,8 @@ def search_stage(backbone: SearchContext, stage1_trainable: Any, search_dir: str
     total = None
     for chunk, size in zip(chunks, sizes):  # equal-size batches: weight chunk means by size
       with backbone.partitioner.context():
-        scores = importance(masked["params"], masked[xprompt.MASK_COLLECTION], chunk)
+        scores = importance(masked["params"], masked[xprompt.MASK_COLLECTION],
+                            backbone.global_chunk(chunk))
       scores = [to_host(s) * (size / sum(sizes)) for s in xprompt.get_masks(scores)]
       total = scores if total is None else [t + s for t, s in zip(total, scores)]
     return tuple(total)
@@ -176,11 +189,15 @@ def search_stage(backbone: SearchContext, stage1_trainable: Any, search_dir: str
                                                       chosen.piece_mask), held_out=True)
       held_out[stage] = metrics[resolved["key"]]
     print(f"xprompt held-out {resolved['key']}: {held_out}", flush=True)
+  # Every host must go on with the same masks (stage 3 trains with them on every host).
+  multihost.check_same_on_hosts("XPrompt's chosen masks (run_xprompt)",
+                                result.best.token_mask, result.best.piece_mask)
   paths = write_report(search_dir, result, stages, resolved["key"], higher_is_better)
   for name, mask in ((TOKEN_MASK_FILE, result.best.token_mask),
                      (PIECE_MASK_FILE, result.best.piece_mask)):
     fs.write_on_first_host(fs.join(search_dir, name),
                            lambda f, m=mask: np.save(f, m.astype(np.float32), allow_pickle=False))
+  multihost.sync("xprompt report written")  # process 0 wrote it; every host reads it
   report = fs.read_json(paths["report"])
   print(f"xprompt chosen: {report['chosen']}", flush=True)
   return {"metric_name": resolved["key"], "higher_is_better": higher_is_better,

@@ -8,7 +8,7 @@ before comparing, so a `PROMPT_LENGTH` change reads
 """
 import inspect
 import logging
-from typing import Any, Dict, List, NamedTuple, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import gin
 
@@ -112,6 +112,24 @@ def _default(key: str) -> Any:
   return parameter.default
 
 
+def _most_specific(bindings: Dict[str, Any], key: str) -> Optional[str]:
+  """The binding gin applies to `key` (`scope/.../configurable.param`): the key itself, else
+  the same binding under ever shorter prefixes of its scope path (gin merges the bindings of
+  every prefix, the longest winning).
+
+  The saved config is the *operative* one: a configurable called while a macro or
+  scope is evaluated (`TASKS = @f()`) is recorded as `TASKS/f.param`, while the
+  current (parsed) config binds `f.param`.
+  """
+  scopes, _, selector = key.rpartition("/")
+  parts = scopes.split("/") if scopes else []
+  for i in range(len(parts), -1, -1):
+    candidate = "/".join(parts[:i] + [selector])
+    if candidate in bindings:
+      return candidate
+  return None
+
+
 def config_differences(saved_text: str, limit: int = 3) -> List[str]:
   """Up to `limit` bindings of a saved operative config that the current gin config changes.
 
@@ -125,7 +143,8 @@ def config_differences(saved_text: str, limit: int = 3) -> List[str]:
     if _is_non_result(key):
       continue
     before = _resolve(value, saved_macros)
-    now = _resolve(current[key], current_macros) if key in current else _default(key)
+    bound = _most_specific(current, key)
+    now = _resolve(current[bound], current_macros) if bound else _default(key)
     if before == now:
       continue
     via = f" (via {value!r})" if isinstance(value, _Macro) else ""

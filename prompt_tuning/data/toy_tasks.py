@@ -45,31 +45,18 @@ def _empty_dataset_fn(split: str, shuffle_files: bool, seed=None) -> tf.data.Dat
   return tf.data.Dataset.from_tensor_slices({"inputs": [""], "targets": [""]}).take(0)
 
 
-if "toy_empty" not in seqio.TaskRegistry.names():
-  # An empty dataset, to test the trainer's error for it.
-  seqio.TaskRegistry.add(
-      "toy_empty",
-      source=seqio.FunctionDataSource(_empty_dataset_fn, splits=tuple(SPLIT_SIZES)),
-      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
-      output_features=OUTPUT_FEATURES, metric_fns=[accuracy])
+def _register(name: str, dataset_fn, sizes=SPLIT_SIZES) -> None:
+  if name not in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.add(
+        name, source=seqio.FunctionDataSource(dataset_fn, splits=tuple(SPLIT_SIZES),
+                                              num_input_examples=sizes),
+        preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
+        output_features=OUTPUT_FEATURES, metric_fns=[accuracy])
 
-if "toy_parity" not in seqio.TaskRegistry.names():
-  seqio.TaskRegistry.add(
-      "toy_parity",
-      source=seqio.FunctionDataSource(_dataset_fn, splits=tuple(SPLIT_SIZES),
-                                      num_input_examples=SPLIT_SIZES),
-      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
-      output_features=OUTPUT_FEATURES,
-      metric_fns=[accuracy])
 
-if "toy_first_parity" not in seqio.TaskRegistry.names():
-  seqio.TaskRegistry.add(
-      "toy_first_parity",
-      source=seqio.FunctionDataSource(_first_digit_dataset_fn, splits=tuple(SPLIT_SIZES),
-                                      num_input_examples=SPLIT_SIZES),
-      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
-      output_features=OUTPUT_FEATURES,
-      metric_fns=[accuracy])
+_register("toy_empty", _empty_dataset_fn, sizes=None)  # the trainer's error for empty data
+_register("toy_parity", _dataset_fn)
+_register("toy_first_parity", _first_digit_dataset_fn)
 
 if "toy_mixture" not in seqio.MixtureRegistry.names():
   seqio.MixtureRegistry.add("toy_mixture", ["toy_parity", "toy_first_parity"], default_rate=1.0)

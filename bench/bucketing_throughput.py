@@ -193,7 +193,7 @@ def main() -> None:
   parser.add_argument("--batch_size", type=int, default=8)
   parser.add_argument("--window", type=int, default=8,
                       help="batches grouped by length (BUCKET_WINDOW; 1: stream order)")
-  parser.add_argument("--buckets", type=int, nargs="+", default=[64, 128, 256, 512])
+  parser.add_argument("--buckets", type=int, nargs="+", default=[64, 96, 128, 192, 256, 384, 512])
   parser.add_argument("--prompt_length", type=int, default=100)
   parser.add_argument("--targets_length", type=int, default=4)
   parser.add_argument("--size", default="small")

@@ -18,6 +18,15 @@ def shared_data():
   return SHARED_DATA
 
 
+@pytest.fixture
+def vocab(shared_data):
+  """The T5 SentencePiece model in ../shared/data, as a path string."""
+  path = shared_data / "t5_vocab" / "sentencepiece.model"
+  if not path.is_file():
+    pytest.skip(f"{path} is absent")
+  return str(path)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_gin_config():
   """Gin bindings are global and also apply to direct constructions of

@@ -138,13 +138,6 @@ def test_auto_peft_model_loads_the_export_from_another_folder(tmp_path, monkeypa
   assert model is not None
 
 
-@pytest.fixture
-def vocab(shared_data):
-  path = shared_data / "t5_vocab" / "sentencepiece.model"
-  if not path.is_file():
-    pytest.skip(f"{path} is absent")
-  return str(path)
-
 
 def test_score_and_generate_take_a_prompt(tmp_path, vocab, capsys):
   from prompt_tuning.io.backbone import save_backbone  # pylint: disable=g-import-not-at-top

@@ -46,13 +46,6 @@ def backbone(tmp_path_factory):
   return str(path), model, params
 
 
-@pytest.fixture
-def vocab(shared_data):
-  path = shared_data / "t5_vocab" / "sentencepiece.model"
-  if not path.is_file():
-    pytest.skip(f"{path} is absent")
-  return str(path)
-
 
 def _write_jsonl(path, examples):
   path.write_text("".join(json.dumps(e) + "\n" for e in examples))

@@ -88,7 +88,8 @@ def evaluated_step(model, initial_checkpoint_path: Optional[str],
   checkpoint's step."""
   if deltas_file:
     from prompt_tuning.train import exports
-    step = exports.read_export(deltas_file)[1].get("step")
+    # Only export.json: load_run has read and checked the tensors already.
+    step = (fs.read_json(exports.export_files(deltas_file)[1]) or {}).get("step")
     if isinstance(step, int):
       return step
   steps = {step_of(path) for path in prompt_files(model)}

@@ -124,15 +124,20 @@ def export_if_missing(model_dir: str, name: str, model: Any, variables: Variable
   return export_new_variables(model_dir, name, model, variables, info)
 
 
+def export_files(path: str) -> Tuple[str, str]:
+  """(tensors file, `export.json`) of an export folder or of its safetensors file."""
+  folder = path if fs.isdir(path) else os.path.dirname(path)
+  tensors_file = fs.join(folder, TENSORS_FILE) if fs.isdir(path) else path
+  return tensors_file, fs.join(folder, DESCRIPTION_FILE)
+
+
 def read_export(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
   """(tensors by `<collection>/<path>`, description) of an export folder or its safetensors file."""
   from safetensors.numpy import load
   if not fs.exists(path):
     raise UserError(f"DELTAS_FILE {path} does not exist; pass an export folder "
                     f"MODEL_DIR/{EXPORTS_DIR}/step_N of the run")
-  folder = path if fs.isdir(path) else os.path.dirname(path)
-  tensors_file = fs.join(folder, TENSORS_FILE) if fs.isdir(path) else path
-  description_file = fs.join(folder, DESCRIPTION_FILE)
+  tensors_file, description_file = export_files(path)
   for f in (tensors_file, description_file):
     if not fs.exists(f):
       raise UserError(f"{f} does not exist; DELTAS_FILE must be an export folder "

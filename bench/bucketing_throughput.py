@@ -15,8 +15,14 @@ Each run is its own process; the three alternate (`--repeats` rounds, order
 rotated each round) and the median examples/s over rounds is reported. Prints
 one JSON line (with `--out`, also writes it there).
 
+On a GPU (`--device cuda`, bench/run_gpu.py) both frameworks run there, in
+`--dtype` (bfloat16: activations and frozen weights). The GPU machine has no
+TensorFlow, so the batches are grouped here first (`--save_batches FILE`) and
+read there (`--batches FILE`).
+
 Usage: python bench/bucketing_throughput.py [--steps 50] [--repeats 3] [--window 8]
-       [--peft_python .bench_venv/bin/python]
+       [--peft_python .bench_venv/bin/python] [--device cuda --dtype bfloat16]
+       [--save_batches FILE | --batches FILE]
 """
 import argparse
 import json
@@ -44,8 +50,9 @@ def sample_lengths(n: int, seed: int, max_length: int) -> np.ndarray:
 
 
 def make_batches(path: str, steps: int, batch_size: int, window: int, buckets: List[int],
-                 max_length: int, targets_length: int, seed: int) -> Dict[str, Any]:
-  """Writes `.npz` of the grouped batches (`inputs [S, B, max_length]`, `targets [S, B, T]`)."""
+                 max_length: int, targets_length: int, seed: int) -> None:
+  """Writes `.npz` of the grouped batches (`inputs [S, B, max_length]`, `targets [S, B, T]`,
+  `widths [S]`: the bucket of each batch)."""
   import tensorflow as tf
   from prompt_tuning.data import bucketing
   n = steps * batch_size
@@ -67,8 +74,15 @@ def make_batches(path: str, steps: int, batch_size: int, window: int, buckets: L
                             [(0, 0), (0, max_length - b["encoder_input_tokens"].shape[1])])
                      for b in batches])
   targets = np.stack([b["decoder_target_tokens"] for b in batches])
-  np.savez(path, inputs=inputs, targets=targets)
-  widths = [b["encoder_input_tokens"].shape[1] for b in batches]
+  widths = np.asarray([b["encoder_input_tokens"].shape[1] for b in batches], np.int32)
+  np.savez(path, inputs=inputs, targets=targets, widths=widths)
+
+
+def batch_stats(path: str) -> Dict[str, Any]:
+  """Examples, real and padded input positions of each contender, batches per bucket."""
+  data = np.load(path, allow_pickle=False)
+  inputs, widths = data["inputs"], data["widths"].tolist()
+  steps, batch_size, max_length = inputs.shape
   real = int((inputs > 0).sum())
   return {"examples": steps * batch_size, "real_input_tokens": real,
           "bucket_counts": {str(w): widths.count(w) for w in sorted(set(widths))},
@@ -87,13 +101,13 @@ def run_ours(args) -> Dict[str, Any]:
   from prompt_tuning.prompts import initializers
   from prompt_tuning.prompts.prompt import Prompt
   from prompt_tuning.train import optim
-  from prompt_tuning.train.data import with_example_index
   from prompt_tuning.train.run_setup import build_run, compile_train_step
 
   data = np.load(args.batches, allow_pickle=False)
-  model = T5(t5_1_1_config(args.size),
+  model = T5(t5_1_1_config(args.size, dtype=args.dtype),
              prompt=Prompt(length=args.prompt_length, initializer=initializers.uniform()))
-  ctx = build_run(model=model, seed=0)
+  ctx = build_run(model=model, seed=0,
+                  frozen_dtype=None if args.dtype == "float32" else args.dtype)
   split = ctx.split(("prompt/.*",))
   ctx.variables = None
   compiled = compile_train_step(ctx, split, optim.adafactor())
@@ -108,7 +122,9 @@ def run_ours(args) -> Dict[str, Any]:
          "decoder_loss_weights": (tgt > 0).astype(np.float32)}
     if args.mode == "bucketed":
       b = bucketing.pad_to_buckets(b, buckets)
-    return ctx.partitioner.shard_batch(with_example_index(b, s, batch_size))
+    # What `train.data.with_example_index` adds (not imported: it brings SeqIO).
+    b["example_index"] = np.arange(s * batch_size, (s + 1) * batch_size, dtype=np.int32)
+    return ctx.partitioner.shard_batch(b)
 
   steps = len(data["inputs"])
   rng = jax.random.PRNGKey(1)
@@ -142,13 +158,13 @@ def run_peft(args) -> Dict[str, Any]:
   import peft_step  # pylint: disable=import-outside-toplevel
   torch.set_num_threads(args.threads)
   data = np.load(args.batches, allow_pickle=False)
-  model, optimizer, _ = peft_step.build(args.prompt_length)
+  model, optimizer, _ = peft_step.build(args.prompt_length, args.size, args.device, args.dtype)
 
   def batch(s):
     inputs = data["inputs"][s]
     width = int((inputs > 0).sum(1).max())  # dynamic padding: the batch's longest example
-    inputs = torch.from_numpy(inputs[:, :width].astype(np.int64))
-    labels = torch.from_numpy(data["targets"][s].astype(np.int64))
+    inputs = torch.from_numpy(inputs[:, :width].astype(np.int64)).to(args.device)
+    labels = torch.from_numpy(data["targets"][s].astype(np.int64)).to(args.device)
     return inputs, (inputs > 0).long(), torch.where(labels > 0, labels, -100)
 
   batches = [batch(s) for s in range(len(data["inputs"]))]
@@ -205,7 +221,12 @@ def main() -> None:
   parser.add_argument("--peft_python", default=None, help="python of the PEFT venv; none: skip")
   parser.add_argument("--out", default=None)
   parser.add_argument("--worker", choices=["bucketed", "padded", "peft"], default=None)
-  parser.add_argument("--batches", default=None)
+  parser.add_argument("--batches", default=None,
+                      help="grouped batches from --save_batches (default: grouped now)")
+  parser.add_argument("--save_batches", default=None,
+                      help="only group the batches and write them to this .npz")
+  parser.add_argument("--device", default="cpu", help="cpu or cuda (PEFT's torch device)")
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   args = parser.parse_args()
   args.threads = args.threads or len(os.sched_getaffinity(0))
   if args.worker:
@@ -214,12 +235,21 @@ def main() -> None:
     print(json.dumps(result), flush=True)
     return
   max_length = args.buckets[-1]
+  if args.save_batches:
+    make_batches(args.save_batches, args.steps, args.batch_size, args.window, args.buckets,
+                 max_length, args.targets_length, args.seed)
+    print(json.dumps(batch_stats(args.save_batches)), flush=True)
+    return
   with tempfile.TemporaryDirectory() as tmp:
-    path = os.path.join(tmp, "batches.npz")
-    data = make_batches(path, args.steps, args.batch_size, args.window, args.buckets,
-                        max_length, args.targets_length, args.seed)
+    path = args.batches or os.path.join(tmp, "batches.npz")
+    if not args.batches:
+      make_batches(path, args.steps, args.batch_size, args.window, args.buckets,
+                   max_length, args.targets_length, args.seed)
+    data = batch_stats(path)
+    args.steps, args.batch_size = np.load(path)["inputs"].shape[:2]
     common = ["--batches", path, "--prompt_length", str(args.prompt_length), "--size", args.size,
-              "--threads", str(args.threads), "--buckets", *map(str, args.buckets)]
+              "--threads", str(args.threads), "--buckets", *map(str, args.buckets),
+              "--device", args.device, "--dtype", args.dtype]
     runs = {"ours_bucketed": [sys.executable, __file__, "--worker", "bucketed", *common],
             "ours_padded": [sys.executable, __file__, "--worker", "padded", *common]}
     if args.peft_python:
@@ -254,7 +284,7 @@ def _summary(args, data: Dict[str, Any], rounds: Dict[str, List[Dict[str, Any]]]
           "rounds_done": min(len(v) for v in rounds.values()), "repeats": args.repeats,
           "batch_size": args.batch_size, "window": args.window, "buckets": args.buckets,
           "prompt_length": args.prompt_length, "targets_length": args.targets_length,
-          "size": args.size, "threads": args.threads,
+          "size": args.size, "threads": args.threads, "device": args.device, "dtype": args.dtype,
           "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **data, "ratios": ratios, **summary}
 
 

@@ -53,8 +53,9 @@ def main() -> None:
   parser.add_argument("--targets_length", type=int, default=8)
   parser.add_argument("--classes", type=int, default=2)
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--dtype", default="float32", help="activation dtype (float32, bfloat16)")
   args = parser.parse_args()
-  config = t5_1_1_config(args.size)
+  config = t5_1_1_config(args.size, dtype=args.dtype)
   model = T5(config, prompt=Prompt(length=args.prompt_length, initializer=initializers.uniform()))
   batch = random_batch(np.random.default_rng(0), args.batch_size * args.classes,
                        args.inputs_length, args.targets_length, config.vocab_size)
@@ -86,8 +87,10 @@ def main() -> None:
       "per_class": lambda: score(variables, batch),
       "greedy": lambda: greedy(variables["params"], enc)}, args.repeats)
   one_pass_scores = np.asarray(one_pass(variables, grouped)).reshape(-1)
-  np.testing.assert_allclose(one_pass_scores, np.asarray(score(variables, batch)), rtol=1e-4,
-                             atol=1e-3)
+  per_class_scores = np.asarray(score(variables, batch))
+  if jax.default_backend() == "cpu" and args.dtype == "float32":
+    np.testing.assert_allclose(one_pass_scores, per_class_scores, rtol=1e-4, atol=1e-3)
+  # Elsewhere (TF32 or bf16 matmuls) the two orders of summation differ more; reported only.
   rates = {name: args.batch_size / s for name, s in seconds.items()}
   print(json.dumps({
       "benchmark": "eval_throughput", "size": args.size, "batch_size": args.batch_size,
@@ -98,6 +101,8 @@ def main() -> None:
       "greedy_decoding_examples_per_s": rates["greedy"],
       "one_pass_over_per_class": rates["one_pass"] / rates["per_class"],
       "one_pass_over_greedy": rates["one_pass"] / rates["greedy"],
+      "max_abs_score_difference": float(np.max(np.abs(one_pass_scores - per_class_scores))),
+      "dtype": args.dtype, "device": jax.devices()[0].device_kind,
   }), flush=True)
 
 

@@ -69,6 +69,12 @@ def _memory_mb(compiled) -> Dict[str, Optional[float]]:
           for f in fields}
 
 
+def device_peak_mb() -> Optional[float]:
+  """Peak bytes the accelerator's allocator held (GPU/TPU `memory_stats`); None on CPU."""
+  stats = jax.local_devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
+  return stats["peak_bytes_in_use"] / 2 ** 20 if stats and "peak_bytes_in_use" in stats else None
+
+
 def _tree_mb(tree) -> float:
   return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree)) / 2 ** 20
 
@@ -153,13 +159,15 @@ def bench_train_step(size: str = "small", batch_size: int = 8, inputs_length: in
       "inputs_length": inputs_length, "prompt_length": prompt_length,
       "targets_length": targets_length, "dtype": dtype, "frozen_dtype": frozen_dtype or "float32",
       "remat": remat, "steps": steps, "median_step_s": median, "min_step_s": min(times),
-      "compile_s": compile_s, "peak_rss_mb": peak_rss_mb(), "rss_at_start_mb": rss_start,
+      "compile_s": compile_s, "peak_rss_mb": peak_rss_mb(), "device_peak_mb": device_peak_mb(),
+      "rss_at_start_mb": rss_start,
       "rss_after_imports_mb": rss_imports, "rss_after_setup_mb": rss_setup,
       "params_mb": params_mb, **memory, "tensorflow_imported": "tensorflow" in sys.modules,
       "flops_per_step": flops,
       "flops_per_s": flops / median if flops else None,
       "loss": float(jax.device_get(metrics["loss"])),
       "jax_devices": jax.device_count(), "backend": jax.default_backend(),
+      "device": jax.devices()[0].device_kind, "jax_version": jax.__version__,
   }
 
 

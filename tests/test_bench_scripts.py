@@ -1,0 +1,75 @@
+"""The bench scripts' own logic (no timing): sizes, the GPU plan, the grouped-batches file."""
+import ast
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from prompt_tuning.models.config import T5_1_1_SIZES
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+sys.path.insert(0, BENCH)
+import run_gpu  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def test_peft_sizes_are_the_t5_1_1_sizes():
+  """PEFT's side builds the same T5 1.1 as ours (it cannot import ours: other venv)."""
+  tree = ast.parse(open(os.path.join(BENCH, "peft_step.py")).read())
+  sizes = next(ast.literal_eval(node.value) for node in tree.body
+               if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "SIZES")
+  assert sizes == {name: (c["emb_dim"], c["mlp_dim"], c["num_encoder_layers"], c["num_heads"])
+                   for name, c in T5_1_1_SIZES.items()}
+  assert all(c["head_dim"] == 64 and c["num_decoder_layers"] == c["num_encoder_layers"]
+             for c in T5_1_1_SIZES.values())
+
+
+def _args(**overrides):
+  import argparse
+  defaults = dict(sizes=["base", "large"], dtypes=["bfloat16", "float32"], batch_size=32,
+                  steps=10, batches="b.npz")
+  return argparse.Namespace(**{**defaults, **overrides})
+
+
+def test_gpu_plan_puts_the_main_comparison_first_and_pairs_every_step():
+  names = list(run_gpu.plan(_args()))
+  assert names[:4] == ["matmul_peak_bfloat16", "matmul_peak_float32", "ours_base_bfloat16",
+                       "peft_base_bfloat16"]
+  assert {"ours_large_bfloat16", "peft_large_bfloat16", "ours_base_float32",
+          "peft_base_float32", "bucketing_throughput"} <= set(names)
+  assert "ours_large_float32" not in names  # other dtypes at the first size only
+  assert "bucketing_throughput" not in run_gpu.plan(_args(batches=None))
+  ours = run_gpu.plan(_args())["ours_base_bfloat16"]
+  assert ours[ours.index("--frozen_dtype") + 1] == "bfloat16"
+
+
+def test_gpu_derived_ratios():
+  results = {"matmul_peak_bfloat16": {"peak_gflops": 1000.0},
+             "ours_base_bfloat16": {"median_step_s": 0.02, "dtype": "bfloat16",
+                                    "flops_per_step": 4e9, "flops_per_s": 2e11},
+             "peft_base_bfloat16": {"median_step_s": 0.1},
+             "ours_large_bfloat16": {"error": "timed out"}}
+  out = run_gpu.derived(results)
+  assert out == {"peft_over_ours_base_bfloat16": pytest.approx(5.0),
+                 "ours_base_bfloat16_fraction_of_matmul_peak": pytest.approx(0.2)}
+
+
+def test_saved_batches_hold_the_buckets_and_the_padding_counts(tmp_path):
+  path = tmp_path / "batches.npz"
+  proc = subprocess.run([sys.executable, os.path.join(BENCH, "bucketing_throughput.py"),
+                         "--save_batches", str(path), "--steps", "6", "--batch_size", "4",
+                         "--window", "2"], capture_output=True, text=True, check=True)
+  stats = json.loads(proc.stdout.strip().splitlines()[-1])
+  data = np.load(path)
+  inputs, widths = data["inputs"], data["widths"]
+  assert inputs.shape == (6, 4, 512) and widths.shape == (6,)
+  lengths = (inputs > 0).sum(-1)  # [S, B]
+  buckets = [64, 96, 128, 192, 256, 384, 512]
+  # Each batch's bucket is the smallest that holds its longest example.
+  assert list(widths) == [min(b for b in buckets if b >= m) for m in lengths.max(1)]
+  assert stats["real_input_tokens"] == int(lengths.sum())
+  assert stats["padded_input_tokens"] == {"ours_bucketed": int(widths.sum()) * 4,
+                                          "ours_padded": 6 * 4 * 512,
+                                          "peft": int(lengths.max(1).sum()) * 4}

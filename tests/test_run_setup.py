@@ -20,6 +20,7 @@ from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.t5 import T5
 from prompt_tuning.prompts.prompt import Prompt
 from prompt_tuning.train import optim
+from prompt_tuning.train import initialize
 from prompt_tuning.train.initialize import backbone_paths
 from prompt_tuning.train.run_setup import build_run, optimizer_layouts
 
@@ -64,6 +65,35 @@ def test_backbone_is_exactly_the_plain_model(backbone_dir):
   # New parameters are trainable by pattern like the prompt.
   split = ctx.split(("prompt/.*", "critic/.*"))
   assert set(_flat(split.trainable)) == {"prompt/prompt", "critic/w"}
+
+
+@pytest.mark.parametrize("dtype", [None, "bfloat16"])
+def test_random_backbone_built_in_pieces_is_the_whole_init(dtype):
+  """Group by group (less transient memory), the values are exactly `model.init`'s."""
+  model = T5(CONFIG, prompt=Prompt(length=2))
+  rng = jax.random.PRNGKey(7)
+  enc = dec = jnp.ones((1, 4), jnp.int32)
+  whole = {k: v for k, v in _flat(nn.meta.unbox(model.init(rng, enc, dec))["params"]).items()
+           if k in backbone_paths(CONFIG)}
+  target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                  initialize.backbone_shapes(CONFIG))
+  built = 0
+  real_jit = jax.jit
+
+  def counting_jit(*args, **kwargs):
+    nonlocal built
+    built += 1
+    return real_jit(*args, **kwargs)
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(initialize.jax, "jit", counting_jit)
+    pieces = _flat(initialize.random_backbone(model, target, rng, dtype, pieces=4))
+  assert 4 <= built < len(whole)  # several groups, not one program per parameter
+  assert set(pieces) == set(whole)
+  for key, value in whole.items():
+    expected = np.asarray(value.astype(dtype) if dtype else value)
+    assert pieces[key].dtype == expected.dtype
+    np.testing.assert_array_equal(np.asarray(pieces[key]), expected, err_msg=key)
 
 
 def test_a_checkpoint_must_hold_every_backbone_path(backbone_dir, tmp_path):

@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional
 import jax
 import numpy as np
 
+from prompt_tuning import host_memory
 from prompt_tuning.errors import UserError
 
 
@@ -144,6 +145,8 @@ def bench_train_step(size: str = "small", batch_size: int = 8, inputs_length: in
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
     flops, memory = _flops(compiled), _memory_mb(compiled)
+    host_memory.release_free_memory()  # as the trainer does after its first step
+    rss_compiled = rss_mb()
     trainable, opt_state, metrics = compiled(trainable, opt_state, frozen, batch, rng)  # warm-up
     jax.block_until_ready(metrics)
     times = []
@@ -162,6 +165,7 @@ def bench_train_step(size: str = "small", batch_size: int = 8, inputs_length: in
       "compile_s": compile_s, "peak_rss_mb": peak_rss_mb(), "device_peak_mb": device_peak_mb(),
       "rss_at_start_mb": rss_start,
       "rss_after_imports_mb": rss_imports, "rss_after_setup_mb": rss_setup,
+      "rss_after_compile_mb": rss_compiled,
       "params_mb": params_mb, **memory, "tensorflow_imported": "tensorflow" in sys.modules,
       "flops_per_step": flops,
       "flops_per_s": flops / median if flops else None,

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_tuning import fs
+from prompt_tuning import fs, host_memory
 from prompt_tuning.errors import UserError
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.deltas import NO_DELTAS, DeltaPlan
@@ -181,21 +181,56 @@ def initialize_variables(model: T5, partitioner: Partitioner, initial_checkpoint
   else:
     logging.warning("INITIAL_CHECKPOINT_PATH is None: the backbone is randomly initialized "
                     "(fine for smoke tests, meaningless for real tuning)")
-    enc, dec = _dummy_inputs()
-    init_fn = jax.jit(
-        lambda r: split_backbone(nn.meta.unbox(model.init(r, enc, dec)), paths)[0],
-        out_shardings=backbone_shardings)
     with partitioner.context():
-      backbone = init_fn(jax.random.fold_in(rng, 1))
-    if frozen_dtype:
-      backbone = jax.tree_util.tree_map(lambda x: x.astype(frozen_dtype), backbone)
+      backbone = random_backbone(model, backbone_target, jax.random.fold_in(rng, 1), frozen_dtype)
   new = _initialize_new(model, partitioner, backbone, new_shardings, rng)
   # New parameters can sit inside backbone modules (`.../query/lora/a`): merge by path.
   flat = traverse_util.flatten_dict(flax.core.unfreeze(backbone), sep="/")
   flat.update(traverse_util.flatten_dict(flax.core.unfreeze(new.get(BACKBONE_COLLECTION, {})),
                                          sep="/"))
   new[BACKBONE_COLLECTION] = traverse_util.unflatten_dict(flat, sep="/")
+  host_memory.release_free_memory()  # the init's or the checkpoint reader's transients
   return new, shardings
+
+
+def random_backbone(model: T5, target: Variables, rng: jax.Array, dtype: Optional[str] = None,
+                    pieces: int = 8) -> Variables:
+  """The backbone as `model.init(rng)` makes it, built a group of parameters at a time.
+
+  One jitted `model.init` per group of parameters (about 1/`pieces` of the
+  bytes each), returning only that group: XLA drops the rest of the init, so
+  each value is the one the whole `model.init` gives (same keys, same
+  arithmetic), while the transient memory (random bits, the float32 value
+  before the cast to `dtype`, the compiled program) is one group's. Built
+  whole, a T5 1.1-small's init peaked at about 3x the parameters' bytes.
+
+  Args:
+    model: the run's model.
+    target: the backbone tree of `jax.ShapeDtypeStruct`s with shardings.
+    rng: the init key.
+    dtype: cast to this dtype (the frozen dtype) inside each group's program.
+  """
+  enc, dec = _dummy_inputs()
+  flat_target = traverse_util.flatten_dict(flax.core.unfreeze(target), sep="/")
+  nbytes = {path: int(np.prod(t.shape)) * jnp.dtype(t.dtype).itemsize
+            for path, t in flat_target.items()}
+  budget = max(sum(nbytes.values()) / pieces, max(nbytes.values()))
+  groups, size = [[]], 0
+  for path in sorted(nbytes):
+    if size + nbytes[path] > budget and groups[-1]:
+      groups.append([])
+      size = 0
+    groups[-1].append(path)
+    size += nbytes[path]
+  built = {}
+  for group in groups:
+    def init_group(r, group=tuple(group)):
+      params = traverse_util.flatten_dict(
+          flax.core.unfreeze(nn.meta.unbox(model.init(r, enc, dec))[BACKBONE_COLLECTION]),
+          sep="/")
+      return {path: params[path].astype(dtype or params[path].dtype) for path in group}
+    built.update(jax.jit(init_group, out_shardings={p: flat_target[p].sharding for p in group})(rng))
+  return traverse_util.unflatten_dict(built, sep="/")
 
 
 def _initialize_new(model: T5, partitioner: Partitioner, backbone: Variables,

@@ -25,7 +25,7 @@ import gin
 import jax
 import optax
 
-from prompt_tuning import checks, fs, multihost
+from prompt_tuning import checks, fs, host_memory, multihost
 from prompt_tuning.data import bucketing
 from prompt_tuning.data.task_tokens import task_tokens_of
 from prompt_tuning.errors import UserError
@@ -337,6 +337,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           data_lib.with_example_index(local, step - first_step, batch_size))
       trainable, opt_state, metrics = step_fn(trainable, opt_state, frozen, batch,
                                               ctx.step_rng(step))
+    if step == start_step:  # the step has compiled: its compiler's memory is free now
+      host_memory.release_free_memory()
     step += 1
     due_eval = bool(eval_period) and (step % eval_period == 0 or step == train_steps)
     due_save = step % checkpoint_period == 0 or step == end_step

@@ -109,3 +109,37 @@ def test_options_of_a_learned_prompt_are_refused(tmp_path, extra_file, extra_bin
   message = str(e.value).splitlines()[0]  # gin appends where the call came from
   assert message.startswith(f"{binding} is bound")
   assert "prompts/generated.gin" in message
+
+
+def _step_flops(tmp_path, files, extra):
+  """XLA's FLOP count of the compiled train step of the toy run configured by `files`."""
+  import jax
+  from prompt_tuning.commands.bench import random_batch
+  from prompt_tuning.train import optim
+  from prompt_tuning.train.run_setup import compile_train_step
+  from prompt_tuning.train.step import LossConfig
+  gin_utils.parse(list(files), [*TOY_BINDINGS, f"MODEL_DIR = '{tmp_path}'", *extra])
+  ctx = build_run(seed=0)
+  split = ctx.split(("prompt/.*", "info/.*"))
+  step = compile_train_step(ctx, split, optim.adafactor(), loss_config=LossConfig())
+  batch = random_batch(np.random.default_rng(0), 8, 16, 8, ctx.model.config.vocab_size)
+  batch = ctx.partitioner.shard_batch({**batch, "example_index": np.arange(8, dtype=np.int32)})
+  with ctx.partitioner.context():
+    compiled = step.step.lower(split.trainable, step.opt_state, split.frozen, batch,
+                               jax.random.PRNGKey(0)).compile()
+  analysis = compiled.cost_analysis()
+  return (analysis[0] if isinstance(analysis, (list, tuple)) else analysis)["flops"]
+
+
+def test_the_bare_input_is_encoded_once_per_step(tmp_path):
+  """The generator's Φ(X), InfoPrompt's bare features and its prompt-free Z′ each run the
+  encoder on the bare input; XLA merges the identical passes, so InfoPrompt adds less to a
+  generated-prompt step than to a fixed-prompt one (where Z′ needs its own bare pass)."""
+  info = ["INFOPROMPT_NEGATIVES = 8"]
+  info_files = (*TOY_FILES, "methods/infoprompt.gin")
+  fixed = _step_flops(tmp_path, TOY_FILES, [])
+  fixed_info = _step_flops(tmp_path, info_files, info)
+  generated = _step_flops(tmp_path, (*GEN_FILES,), [*GEN, "INFOPROMPT_BETA = 0.0",
+                                                    "INFOPROMPT_GAMMA = 0.0"])
+  generated_info = _step_flops(tmp_path, GEN_FILES, list(GEN))
+  assert generated_info - generated < 0.5 * (fixed_info - fixed)

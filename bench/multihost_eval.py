@@ -34,7 +34,8 @@ gin_utils.parse(["models/t5_1_1_toy_prompt.gin"], [])
 ctx = build_run(mixture_or_task_names=["toy_parity"],
                 mixture_or_task_module="prompt_tuning.data.toy_tasks", task_feature_lengths=lengths)
 fns = evaluation.EvalModelFns(ctx.model, ctx.partitioner, ctx.variables, ctx.shardings,
-                              batch_size=64, max_decode_length=lengths["targets"])
+                              batch_size=64, max_decode_length=lengths["targets"],
+                              inputs_length=lengths["inputs"])
 evaluator = evaluation.make_evaluator("toy_parity", lengths, "train")
 evaluation.run_evaluation(evaluator, fns, 0)  # compiles
 times = []

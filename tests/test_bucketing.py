@@ -7,7 +7,7 @@ import tensorflow as tf
 from prompt_tuning.data import bucketing
 from prompt_tuning.data.bucketing import LengthBuckets
 from prompt_tuning.errors import UserError
-from tests.train_helpers import losses, toy_train
+from tests.train_helpers import TOY_FILES, losses, toy_train
 
 LENGTHS = {"inputs": 16, "targets": 8}
 
@@ -34,6 +34,9 @@ def _examples(n: int, seed: int = 0, inputs: int = 16, targets: int = 8):
     (LengthBuckets(inputs=[]), "non-empty list"),
     (LengthBuckets(inputs=[16], targets=[4]), "TARGET_BUCKETS"),
     (LengthBuckets(inputs=[16], window=0), "BUCKET_WINDOW"),
+    (LengthBuckets(inputs="fast"), "BUCKETS (LengthBuckets.inputs)='fast' is neither 'auto'"),
+    # 'auto' at inputs of 16 is fixed shapes: a window would be ignored.
+    (LengthBuckets(window=4), "set BUCKETS explicitly, e.g. --gin.BUCKETS=[16]"),
 ])
 def test_bad_bucket_lists_are_one_line_user_errors(buckets, message):
   with pytest.raises(UserError) as e:
@@ -97,7 +100,29 @@ def test_windows_group_lengths_deterministically_and_resume_exactly():
         np.testing.assert_array_equal(a[k], b[k])
 
 
-def test_trainer_compiles_once_per_bucket_and_matches_fixed_shape_losses(tmp_path, monkeypatch):
+@pytest.mark.parametrize("length, ladder", [
+    (16, [16]), (64, [64]), (100, [64, 96, 100]), (128, [64, 96, 128]),
+    (512, [64, 96, 128, 192, 256, 384, 512]),
+    (1000, [64, 96, 128, 192, 256, 384, 512, 768, 1000]),
+])
+def test_auto_buckets_are_the_one_and_a_half_ladder_below_the_inputs_length(length, ladder):
+  assert list(bucketing.auto_inputs(length)) == ladder
+  checked = bucketing.check_buckets(LengthBuckets(), {"inputs": length, "targets": 8})
+  # One bucket is the fixed-shape run itself: no bucketing code path at all.
+  assert (checked is None if len(ladder) == 1 else checked == LengthBuckets(tuple(ladder)))
+
+
+def test_auto_means_fixed_shapes_on_tpu(monkeypatch, capsys):
+  monkeypatch.setattr(bucketing.jax, "default_backend", lambda: "tpu")
+  assert bucketing.check_buckets(LengthBuckets(), {"inputs": 300, "targets": 8}) is None
+  assert "length buckets (auto, tpu): fixed shapes [300]" in capsys.readouterr().out
+  # An explicit list still buckets there.
+  assert bucketing.check_buckets(LengthBuckets((64, 300)), {"inputs": 300}).inputs == (64, 300)
+
+
+@pytest.fixture
+def traced_widths(monkeypatch):
+  """The encoder widths the train step is traced (compiled) for, in order."""
   from prompt_tuning.train import step as step_lib
   traced = []
   real = step_lib.token_loss_sums
@@ -107,9 +132,27 @@ def test_trainer_compiles_once_per_bucket_and_matches_fixed_shape_losses(tmp_pat
     return real(model, variables, batch, *args, **kwargs)
 
   monkeypatch.setattr(step_lib, "token_loss_sums", counting)
+  return traced
+
+
+def test_default_run_buckets_long_inputs_with_fixed_shape_losses(tmp_path, traced_widths):
+  long = ["BATCH_SIZE = 2", "MIXTURE_OR_TASK_NAME = 'toy_long_parity'",
+          "TASK_FEATURE_LENGTHS = {'inputs': 128, 'targets': 8}"]
+  fixed = toy_train(tmp_path / "fixed", 6, extra=long, files=TOY_FILES + ("runs/fixed_shapes.gin",))
+  assert traced_widths == [128]
+  traced_widths.clear()
+  bucketed = toy_train(tmp_path / "auto", 6, extra=long)  # the run files' default: 'auto'
+  # Inputs of 3-126 tokens: batches fall in several of 64, 96, 128, each compiled once.
+  assert len(set(traced_widths)) >= 2 and set(traced_widths) <= {64, 96, 128}
+  assert len(traced_widths) == len(set(traced_widths))
+  np.testing.assert_allclose(losses(bucketed), losses(fixed), rtol=1e-5)
+
+
+def test_trainer_compiles_once_per_bucket_and_matches_fixed_shape_losses(tmp_path, traced_widths):
+  traced = traced_widths
   steps, small = 6, ["BATCH_SIZE = 2"]
   fixed = toy_train(tmp_path / "fixed", steps, extra=small)
-  assert traced == [16]
+  assert traced == [16]  # 'auto' at inputs of 16: one bucket, fixed shapes
   traced.clear()
   bucketed = toy_train(tmp_path / "bucketed", steps, files=(
       "models/t5_1_1_toy_prompt.gin", "runs/prompt_finetune.gin", "runs/length_buckets.gin"),

@@ -25,11 +25,21 @@ tf.data, the rest inside the first window).
 
 Buckets count input tokens, prompt excluded: the model prepends the prompt, so
 the encoder runs on `P + bucket` positions.
+
+`inputs='auto'` (the default; `configs/runs/prompt_finetune.gin` and the
+eval/infer run files turn bucketing on) resolves, once `TASK_FEATURE_LENGTHS`
+is known, to `AUTO_LADDER` cut below `L = TASK_FEATURE_LENGTHS['inputs']`, plus
+`L`: steps of about 1.5x, one compile each. It means fixed shapes (no
+bucketing) when that leaves one bucket (`L <= 64`) and on TPU, where one
+compiled program is better (docs/performance.md). The list depends only on `L`
+and the backend, so every host resolves the same one.
 """
 import dataclasses
-from typing import Dict, Iterator, Mapping, Optional, Sequence, Tuple
+import functools
+from typing import Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 import gin
+import jax
 import numpy as np
 
 from prompt_tuning.errors import UserError
@@ -40,6 +50,12 @@ Batch = Dict[str, np.ndarray]
 INPUT_FEATURES = ("encoder_input_tokens",)
 TARGET_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
 _EXAMPLE = "--gin.BUCKETS=[64,128,256,512]"
+AUTO = "auto"
+# The 'auto' ladder starts here and grows in steps of about 1.5x (64, 96, 128, 192, ...): on
+# BoolQ-like lengths that pads ~18% above each batch's longest example at one compile per bucket
+# (bench/README.md, realistic lengths); below 64 tokens a bucket saves too little to pay its compile.
+_AUTO_SMALLEST = 64
+FIXED_SHAPES_FILE = "runs/fixed_shapes.gin"
 
 
 @gin.configurable
@@ -49,13 +65,14 @@ class LengthBuckets:
 
   Attributes:
     inputs: increasing encoder input lengths (prompt excluded), the last one
-      at least `TASK_FEATURE_LENGTHS['inputs']` (`BUCKETS`).
+      `TASK_FEATURE_LENGTHS['inputs']` (`BUCKETS`); or 'auto': the ~1.5x
+      ladder below it (`auto_inputs`), fixed shapes on TPU.
     targets: increasing decoder lengths, or None to keep
       `TASK_FEATURE_LENGTHS['targets']` (`TARGET_BUCKETS`).
     window: batches whose examples are grouped by length (`BUCKET_WINDOW`);
       1 keeps the unbucketed batches and only cuts their padding.
   """
-  inputs: Sequence[int] = ()
+  inputs: Union[str, Sequence[int]] = AUTO
   targets: Optional[Sequence[int]] = None
   window: int = 1
 
@@ -88,30 +105,79 @@ def _increasing(values, setting: str, length: Optional[int], feature: str) -> Tu
   return values
 
 
+def auto_inputs(length: int) -> Tuple[int, ...]:
+  """The 'auto' input buckets for `TASK_FEATURE_LENGTHS['inputs'] = length`: the ladder
+  64, 96, 128, 192, 256, ... (each step x1.5 then x4/3, i.e. 2^k and 1.5*2^k) below `length`,
+  then `length`; `(length,)` alone when `length <= 64`."""
+  ladder, step = [], _AUTO_SMALLEST
+  while step < length:
+    ladder.append(step)
+    step = step * 3 // 2 if step & (step - 1) == 0 else step * 4 // 3
+  return tuple(ladder) + (length,)
+
+
+@functools.lru_cache(maxsize=None)
+def _announce(line: str) -> None:
+  """Prints `line` once per process: the trainer resolves the same setting for training and
+  again for its evaluations."""
+  print(line, flush=True)
+
+
+def _resolve_auto(length: Optional[int]) -> Optional[Tuple[int, ...]]:
+  """'auto' -> this run's input buckets, or None for fixed shapes (one bucket, or TPU);
+  announces the choice."""
+  if length is None:
+    raise UserError("BUCKETS='auto' (LengthBuckets.inputs) needs TASK_FEATURE_LENGTHS['inputs'] "
+                    f"to pick buckets; set an explicit list, e.g. {_EXAMPLE}")
+  backend, inputs = jax.default_backend(), auto_inputs(length)
+  if backend == "tpu":  # one compiled program beats less padding there (docs/performance.md)
+    _announce(f"length buckets (auto, {backend}): fixed shapes [{length}]; to bucket anyway: "
+              f"--gin.BUCKETS=[{','.join(map(str, inputs))}]")
+    return None
+  _announce(f"length buckets (auto, {backend}): {list(inputs)}"
+            + (f"; fixed shapes: --gin_file={FIXED_SHAPES_FILE}" if len(inputs) > 1
+               else " (one bucket: fixed shapes)"))
+  return inputs if len(inputs) > 1 else None
+
+
 def check_buckets(buckets: Optional[LengthBuckets],
                   task_feature_lengths: Optional[Mapping[str, int]]) -> Optional[LengthBuckets]:
-  """`buckets` normalized (tuples), or a one-line UserError naming the binding; None stays None.
+  """`buckets` normalized (tuples, 'auto' resolved), or a one-line UserError naming the
+  binding; None (and 'auto' meaning fixed shapes) is None: no bucketing at all.
 
   With `task_feature_lengths`, the largest bucket must cover its length and
   no bucket may lie beyond the one that does; without, only the lists'
-  form is checked (an example longer than every bucket fails when it comes).
+  form is checked (an example longer than every bucket fails when it comes)
+  and 'auto' is an error.
   """
   if buckets is None:
     return None
   if not isinstance(buckets, LengthBuckets):
-    raise UserError(f"length buckets must be @LengthBuckets(), got {buckets!r}; include "
-                    "runs/length_buckets.gin")
+    raise UserError(f"length buckets must be @LengthBuckets() or None, got {buckets!r}; include "
+                    f"runs/length_buckets.gin, or {FIXED_SHAPES_FILE} for none")
+  window = buckets.window
+  if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+    raise UserError(f"BUCKET_WINDOW (LengthBuckets.window) must be a positive integer, got "
+                    f"{window!r}; set e.g. --gin.BUCKET_WINDOW=16 (1: no regrouping)")
   lengths_of = task_feature_lengths or {}
-  inputs = _increasing(buckets.inputs, "BUCKETS (LengthBuckets.inputs)",
+  inputs = buckets.inputs
+  if isinstance(inputs, str):
+    if inputs != AUTO:
+      raise UserError(f"BUCKETS (LengthBuckets.inputs)={inputs!r} is neither 'auto' nor a list of "
+                      f"lengths; set --gin.BUCKETS=\"'auto'\" or e.g. {_EXAMPLE}")
+    inputs = _resolve_auto(lengths_of.get("inputs"))
+    if inputs is None:  # fixed shapes: a window or target buckets would be ignored
+      if window != 1 or buckets.targets is not None:
+        raise UserError("BUCKETS='auto' means fixed shapes here, which would ignore BUCKET_WINDOW="
+                        f"{window} / TARGET_BUCKETS={buckets.targets!r}; set BUCKETS explicitly, "
+                        f"e.g. --gin.BUCKETS=[{lengths_of['inputs']}]")
+      return None
+  inputs = _increasing(inputs, "BUCKETS (LengthBuckets.inputs)",
                        lengths_of.get("inputs"), "inputs")
   targets = None
   if buckets.targets is not None:
     targets = _increasing(buckets.targets, "TARGET_BUCKETS (LengthBuckets.targets)",
                           lengths_of.get("targets"), "targets")
-  window = buckets.window
-  if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-    raise UserError(f"BUCKET_WINDOW (LengthBuckets.window) must be a positive integer, got "
-                    f"{window!r}; set e.g. --gin.BUCKET_WINDOW=16 (1: no regrouping)")
   return LengthBuckets(inputs, targets, window)
 
 

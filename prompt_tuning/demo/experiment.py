@@ -67,7 +67,8 @@ def evaluate_variables(ctx: RunContext, task: str, feature_lengths: Mapping[str,
   """Held-out exact match of the run's variables on `task`, through the trainer's SeqIO evaluation."""
   evaluator = evaluation.make_evaluator(task, feature_lengths, "validation")
   fns = evaluation.EvalModelFns(ctx.model, ctx.partitioner, ctx.variables, ctx.shardings,
-                                max_decode_length=feature_lengths["targets"])
+                                max_decode_length=feature_lengths["targets"],
+                                inputs_length=feature_lengths["inputs"])
   return evaluation.run_evaluation(evaluator, fns, step=0)[f"{task}/{METRIC}"]
 
 

@@ -25,6 +25,9 @@ NON_RESULT_BINDINGS = frozenset({
     "train.eval_mixture_or_task_name", "train.eval_num_examples", "train.early_stopping_metric",
     "train.early_stopping_mode", "train.early_stopping_patience", "train.max_trainable_norm",
     "EvalModelFns.*",
+    # Bucket lists only cut padding (losses equal to float tolerance); what bucketing changes
+    # is the batches, through the window alone: compared by `_bucket_window`.
+    "train.length_buckets", "LengthBuckets.*",
 })
 
 
@@ -130,6 +133,21 @@ def _most_specific(bindings: Dict[str, Any], key: str) -> Optional[str]:
   return None
 
 
+def _bucket_window(bindings: Dict[str, Any], macros: Dict[str, Any]) -> int:
+  """The length-grouping window a config trains with (`data/bucketing.py`): 1 without
+  bucketing too, since fixed shapes and window 1 compute the same batches in the same order.
+
+  So a run recorded before bucketing was on by default (`train.length_buckets = None`, or no
+  binding at all) resumes under the default 'auto' buckets, and one with a window does not
+  resume without it.
+  """
+  bound = _most_specific(bindings, "train.length_buckets")
+  if bound is None or not isinstance(bindings[bound], _Ref):
+    return 1
+  window = bindings.get(_most_specific(bindings, "LengthBuckets.window"), 1)
+  return _resolve(window, macros)
+
+
 def config_differences(saved_text: str, limit: int = 3) -> List[str]:
   """Up to `limit` bindings of a saved operative config that the current gin config changes.
 
@@ -139,6 +157,11 @@ def config_differences(saved_text: str, limit: int = 3) -> List[str]:
   saved, saved_macros = parse_bindings(saved_text)
   current, current_macros = parse_bindings(gin.config_str())
   differences = []
+  window_before = _bucket_window(saved, saved_macros)
+  window_now = _bucket_window(current, current_macros)
+  if window_before != window_now:
+    differences.append(f"BUCKET_WINDOW (LengthBuckets.window) was {window_before!r}, now "
+                       f"{window_now!r} (1 also without bucketing)")
   for key, value in saved.items():
     if _is_non_result(key):
       continue
@@ -149,9 +172,9 @@ def config_differences(saved_text: str, limit: int = 3) -> List[str]:
       continue
     via = f" (via {value!r})" if isinstance(value, _Macro) else ""
     differences.append(f"{key}{via} was {before!r}, now {now!r}")
-    if len(differences) == limit:
+    if len(differences) >= limit:
       break
-  return differences
+  return differences[:limit]
 
 
 def check_config_unchanged(model_dir: str, allow_change: bool = False) -> None:

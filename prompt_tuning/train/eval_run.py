@@ -194,7 +194,8 @@ def _prepare(command, model_dir, t5x_output_dir, mixture_or_task_name, mixture_o
                  initial_checkpoint_path, allow_random_parameters, deltas_file, split)
   fns = evaluation.EvalModelFns(ctx.model, ctx.partitioner, ctx.variables, ctx.shardings,
                                 batch_size=batch_size,
-                                max_decode_length=task_feature_lengths["targets"])
+                                max_decode_length=task_feature_lengths["targets"],
+                                inputs_length=task_feature_lengths["inputs"])
   evaluator = evaluation.make_evaluator(mixture_or_task_name, task_feature_lengths, split,
                                         use_cached, num_examples, task_tokens_of(ctx.model))
   return ctx, fns, evaluator, split, out_dir

@@ -58,17 +58,23 @@ class EvalModelFns:
     batch_size: global evaluation batch (a multiple of the data-parallel size).
     beam_size, alpha: decoding settings (`beam_size=1` is greedy).
     length_buckets: cut each batch's encoder inputs to their bucket; the
-      functions compile once per bucket (`runs/length_buckets.gin`). Targets
-      are a training setting: decoding keeps `max_decode_length`, and rank
-      classification already cuts candidates to the longest one.
+      functions compile once per bucket (the run files bind 'auto':
+      `data/bucketing.py`; None: fixed shapes). Targets are a training
+      setting: decoding keeps `max_decode_length`, and rank classification
+      already cuts candidates to the longest one.
+    inputs_length: `TASK_FEATURE_LENGTHS['inputs']` of the evaluated data:
+      'auto' buckets resolve from it and explicit ones must end at it (None:
+      only the lists' form is checked; 'auto' is an error).
   """
 
   def __init__(self, model, partitioner: Partitioner, variables: Variables,
                variable_shardings: Any, batch_size: int = 32, beam_size: int = 1,
                alpha: float = 0.6, max_decode_length: Optional[int] = None,
-               length_buckets: Optional[bucketing.LengthBuckets] = None):
+               length_buckets: Optional[bucketing.LengthBuckets] = None,
+               inputs_length: Optional[int] = None):
     self.model = model
-    buckets = bucketing.check_buckets(length_buckets, None)
+    buckets = bucketing.check_buckets(
+        length_buckets, None if inputs_length is None else {"inputs": inputs_length})
     self.inputs_buckets = buckets and dataclasses.replace(buckets, targets=None)
     self.partitioner = partitioner
     self.variables = variables

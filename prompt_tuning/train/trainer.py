@@ -188,7 +188,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   logged metric is not finite or the trainable parameters' norm exceeds
   `max_trainable_norm` (divergence; None turns the bound off).
   `length_buckets` cuts each batch to the smallest bucket holding it (the step
-  compiles once per bucket; `runs/length_buckets.gin`, `data/bucketing.py`).
+  compiles once per bucket; `runs/prompt_finetune.gin` binds 'auto', None is
+  fixed shapes: `runs/fixed_shapes.gin`, `data/bucketing.py`).
   See `configs/runs/prompt_finetune.gin`.
   """
   # ---- validate everything before touching MODEL_DIR ----
@@ -315,7 +316,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     nonlocal eval_fns
     if eval_fns is None:  # built once: its jitted functions compile once per run
       eval_fns = evaluation.EvalModelFns(ctx.model, partitioner, None, split.shardings,
-                                         max_decode_length=task_feature_lengths["targets"])
+                                         max_decode_length=task_feature_lengths["targets"],
+                                         inputs_length=task_feature_lengths["inputs"])
     eval_fns.variables = split.merged(trainable)
     metrics = evaluation.run_evaluation(evaluator, eval_fns, step)
     writer.scalars(step, {f"eval/{k}": v for k, v in metrics.items()})

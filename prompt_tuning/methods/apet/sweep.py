@@ -209,7 +209,8 @@ def _frozen_backbone_metric(backbone_dir: str, task: str, task_module: str,
                   model=T5(load_backbone_config(backbone_dir)))
   evaluator = evaluation.make_evaluator(task, feature_lengths, "validation", False, num_examples)
   fns = evaluation.EvalModelFns(ctx.model, ctx.partitioner, ctx.variables, ctx.shardings,
-                                max_decode_length=feature_lengths["targets"])
+                                max_decode_length=feature_lengths["targets"],
+                                inputs_length=feature_lengths["inputs"])
   return float(evaluation.run_evaluation(evaluator, fns, step=0)[metric_key])
 
 

@@ -72,7 +72,8 @@ class SearchContext:
                                                config["use_cached_tasks"],
                                                config["eval_num_examples"])
     self.fns = evaluation.EvalModelFns(self.model, self.partitioner, self.variables,
-                                       self.shardings, max_decode_length=lengths["targets"])
+                                       self.shardings, max_decode_length=lengths["targets"],
+                                       inputs_length=lengths["inputs"])
     # Held-out numbers come from a split that chose nothing (run_xprompt.test_split).
     self.test_evaluator = None
     if config.get("test_split"):

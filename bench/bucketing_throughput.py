@@ -37,6 +37,8 @@ from typing import Any, Dict, List
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from run_all import HUGE_PAGES  # pylint: disable=wrong-import-position
 LENGTHS_FILE = os.path.join(HERE, "boolq_lengths.json")
 VOCAB = 32128
 
@@ -154,7 +156,6 @@ def run_ours(args) -> Dict[str, Any]:
 
 def run_peft(args) -> Dict[str, Any]:
   import torch
-  sys.path.insert(0, HERE)
   import peft_step  # pylint: disable=import-outside-toplevel
   torch.set_num_threads(args.threads)
   data = np.load(args.batches, allow_pickle=False)
@@ -194,7 +195,7 @@ def _child(cmd: List[str], threads: int) -> Dict[str, Any]:
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
     core = min(os.sched_getaffinity(0))
     pin = lambda: os.sched_setaffinity(0, {core})
-  env.setdefault("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")  # as bench/run_all.py, both sides
+  env.setdefault("GLIBC_TUNABLES", HUGE_PAGES["GLIBC_TUNABLES"])  # as run_all.py, both sides
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=pin)
   for line in reversed(proc.stdout.strip().splitlines()):
     if line.startswith("{"):

@@ -4,11 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
-# glibc's malloc for XLA on CPU (docs/performance.md, "Host allocator"): huge pages for large
-# blocks (page faults cost ~10% of a step otherwise), and one heap that is never handed back
-# between steps (arena_max=1, no mmap'd chunks, no trimming), so steps of different shapes
-# (length buckets) do not fault their buffers in again each time (-14% on mixed lengths).
-export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295
+# Huge pages for large allocations: XLA's per-step activation buffers otherwise
+# cost ~10% of a CPU train step in page faults (docs/performance.md, "Host allocator").
+export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
 .PHONY: demo test bench venv peft_venv clean
 

@@ -7,9 +7,9 @@ when present) or PyTorch's CPU index (`PEFT_TORCH_INDEX`); plain `torch` from
 PyPI would pull the CUDA build. Both frameworks use the same thread count.
 
 Every process (ours and PEFT alike) runs with the Makefile's `GLIBC_TUNABLES`
-(`HUGE_PAGES`: transparent huge pages for malloc's large blocks, one heap kept
-between steps): with 4 KiB pages both frameworks spend a tenth of each step in
-page faults on freshly mapped activation buffers. One pair of runs without it is recorded for comparison
+(`HUGE_PAGES`: transparent huge pages for malloc's large blocks): with 4 KiB
+pages both frameworks spend a tenth of each step in page faults on freshly
+mapped activation buffers. One pair of runs without it is recorded for comparison
 (`*_default_malloc`).
 
 `bench/bucketing_throughput.py` (realistic lengths) runs its three contenders in
@@ -29,8 +29,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_VENV = os.path.join(REPO, ".bench_venv")
 RESULTS = os.path.join(REPO, "bench", "results.json")
 # glibc's malloc as the Makefile sets it (docs/performance.md, "Host allocator"): huge pages
-# (glibc >= 2.35, madvise(MADV_HUGEPAGE)) and one heap kept between steps; ignored elsewhere.
-HUGE_PAGES = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295"}
+# for large blocks (glibc >= 2.35, madvise(MADV_HUGEPAGE)); ignored elsewhere.
+HUGE_PAGES = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 SHAPES = ["--batch_size", "8", "--inputs_length", "128", "--prompt_length", "100",
           "--targets_length", "8"]
 

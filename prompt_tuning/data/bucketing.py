@@ -28,7 +28,7 @@ the encoder runs on `P + bucket` positions.
 
 `inputs='auto'` (the default; `configs/runs/prompt_finetune.gin` and the
 eval/infer run files turn bucketing on) resolves, once `TASK_FEATURE_LENGTHS`
-is known, to `AUTO_LADDER` cut below `L = TASK_FEATURE_LENGTHS['inputs']`, plus
+is known, to the `auto_inputs` ladder cut below `L = TASK_FEATURE_LENGTHS['inputs']`, plus
 `L`: steps of about 1.5x, one compile each. It means fixed shapes (no
 bucketing) when that leaves one bucket (`L <= 64`) and on TPU, where one
 compiled program is better (docs/performance.md). The list depends only on `L`

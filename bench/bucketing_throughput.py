@@ -5,8 +5,9 @@ file). One stream of random-token examples with those lengths is grouped into
 batches by `prompt_tuning.data.bucketing` (window of `--window` batches), and
 all three runs train on exactly those batches, in that order:
 
-* `ours_bucketed`: each batch cut to the smallest of `--buckets` (the trainer's
-  step: `run_setup.compile_train_step`), one compile per bucket, done before timing;
+* `ours_bucketed`: each batch cut to the smallest of `--buckets` (default: `BUCKETS='auto'`
+  for 512 inputs, four per octave; the trainer's step: `run_setup.compile_train_step`), one
+  compile per bucket, done before timing;
 * `ours_padded`: every batch padded to `--max_length` (T5X-style fixed shapes);
 * `peft`: HF PEFT prompt tuning (`bench/peft_step.py`), each batch padded to
   its longest example (dynamic padding), in `.bench_venv/`.
@@ -32,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -188,8 +189,13 @@ def _rates(times: List[float], batch_size: int) -> Dict[str, Any]:
           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
 
 
-def _child(cmd: List[str], threads: int) -> Dict[str, Any]:
+def _child(cmd: List[str], threads: int, preload: Optional[str] = None) -> Dict[str, Any]:
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+  if preload:
+    if not os.path.exists(preload):
+      raise SystemExit(f"--preload {preload}: no such file; install it (e.g. apt-get install "
+                       "libtcmalloc-minimal4) or leave --preload out")
+    env["LD_PRELOAD"] = preload
   pin = None
   if threads == 1:  # one core for either framework: XLA sizes its pool by the affinity mask
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
@@ -210,7 +216,9 @@ def main() -> None:
   parser.add_argument("--batch_size", type=int, default=8)
   parser.add_argument("--window", type=int, default=8,
                       help="batches grouped by length (BUCKET_WINDOW; 1: stream order)")
-  parser.add_argument("--buckets", type=int, nargs="+", default=[64, 96, 128, 192, 256, 384, 512])
+  # BUCKETS='auto' for 512 inputs (bucketing.auto_inputs(512); tests/test_bench_scripts.py).
+  parser.add_argument("--buckets", type=int, nargs="+",
+                      default=[64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512])
   parser.add_argument("--prompt_length", type=int, default=100)
   parser.add_argument("--targets_length", type=int, default=4)
   parser.add_argument("--size", default="small")
@@ -220,6 +228,10 @@ def main() -> None:
                       "pins XLA to one thread. On a loaded machine torch's OpenMP threads slow "
                       "down far more than XLA's (see bench/README.md)")
   parser.add_argument("--peft_python", default=None, help="python of the PEFT venv; none: skip")
+  parser.add_argument("--preload", default=None,
+                      help="a malloc library LD_PRELOADed into every run, ours and PEFT alike "
+                      "(e.g. /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4; "
+                      "docs/performance.md, \"Host allocator\")")
   parser.add_argument("--out", default=None)
   parser.add_argument("--worker", choices=["bucketed", "padded", "peft"], default=None)
   parser.add_argument("--batches", default=None,
@@ -259,7 +271,7 @@ def main() -> None:
     names = list(runs)
     for r in range(args.repeats):
       for name in names[r % len(names):] + names[:r % len(names)]:  # rotated each round
-        rounds[name].append(_child(runs[name], args.threads))
+        rounds[name].append(_child(runs[name], args.threads, args.preload))
         print(f"round {r} {name}: {json.dumps(rounds[name][-1])}", file=sys.stderr, flush=True)
       result = _summary(args, data, rounds)
       if args.out:  # after every round, so a cut-short run still leaves its rounds
@@ -286,6 +298,7 @@ def _summary(args, data: Dict[str, Any], rounds: Dict[str, List[Dict[str, Any]]]
           "batch_size": args.batch_size, "window": args.window, "buckets": args.buckets,
           "prompt_length": args.prompt_length, "targets_length": args.targets_length,
           "size": args.size, "threads": args.threads, "device": args.device, "dtype": args.dtype,
+          "preload": args.preload,
           "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **data, "ratios": ratios, **summary}
 
 

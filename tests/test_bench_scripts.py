@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from prompt_tuning.data import bucketing
 from prompt_tuning.models.config import T5_1_1_SIZES
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
@@ -66,10 +67,26 @@ def test_saved_batches_hold_the_buckets_and_the_padding_counts(tmp_path):
   inputs, widths = data["inputs"], data["widths"]
   assert inputs.shape == (6, 4, 512) and widths.shape == (6,)
   lengths = (inputs > 0).sum(-1)  # [S, B]
-  buckets = [64, 96, 128, 192, 256, 384, 512]
+  buckets = list(bucketing.auto_inputs(512))  # the script's default: BUCKETS='auto' at 512
   # Each batch's bucket is the smallest that holds its longest example.
   assert list(widths) == [min(b for b in buckets if b >= m) for m in lengths.max(1)]
   assert stats["real_input_tokens"] == int(lengths.sum())
   assert stats["padded_input_tokens"] == {"ours_bucketed": int(widths.sum()) * 4,
                                           "ours_padded": 6 * 4 * 512,
                                           "peft": int(lengths.max(1).sum()) * 4}
+
+
+def test_preload_reaches_every_run_and_a_missing_library_is_refused(tmp_path):
+  """`--preload` goes into each contender's environment alike; a path that is not there stops
+  the bench instead of timing glibc under another name."""
+  import bucketing_throughput  # pylint: disable=import-outside-toplevel
+  probe = [sys.executable, "-c", "import json, os; print(json.dumps({'preload': "
+           "os.environ.get('LD_PRELOAD')}))"]
+  library = tmp_path / "libnothing.so"
+  with pytest.raises(SystemExit, match="libnothing.so: no such file"):
+    bucketing_throughput._child(probe, 2, str(library))
+  assert bucketing_throughput._child(probe, 2, None)["preload"] == os.environ.get("LD_PRELOAD")
+  # An empty file is not a loadable library: the dynamic loader warns and goes on, which is
+  # enough to see that the variable arrived.
+  library.write_bytes(b"")
+  assert bucketing_throughput._child(probe, 2, str(library))["preload"] == str(library)

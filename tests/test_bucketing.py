@@ -101,11 +101,12 @@ def test_windows_group_lengths_deterministically_and_resume_exactly():
 
 
 @pytest.mark.parametrize("length, ladder", [
-    (16, [16]), (64, [64]), (100, [64, 96, 100]), (128, [64, 96, 128]),
-    (512, [64, 96, 128, 192, 256, 384, 512]),
-    (1000, [64, 96, 128, 192, 256, 384, 512, 768, 1000]),
+    (16, [16]), (64, [64]), (73, [73]), (74, [64, 74]), (100, [64, 80, 100]),
+    (128, [64, 80, 96, 112, 128]),
+    (512, [64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512]),
+    (1000, [64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 1000]),
 ])
-def test_auto_buckets_are_the_one_and_a_half_ladder_below_the_inputs_length(length, ladder):
+def test_auto_buckets_are_four_per_octave_below_the_inputs_length(length, ladder):
   assert list(bucketing.auto_inputs(length)) == ladder
   checked = bucketing.check_buckets(LengthBuckets(), {"inputs": length, "targets": 8})
   # One bucket is the fixed-shape run itself: no bucketing code path at all.
@@ -137,13 +138,13 @@ def traced_widths(monkeypatch):
 
 def test_default_run_buckets_long_inputs_with_fixed_shape_losses(tmp_path, traced_widths):
   long = ["BATCH_SIZE = 2", "MIXTURE_OR_TASK_NAME = 'toy_long_parity'",
-          "TASK_FEATURE_LENGTHS = {'inputs': 128, 'targets': 8}"]
+          "TASK_FEATURE_LENGTHS = {'inputs': 96, 'targets': 8}"]
   fixed = toy_train(tmp_path / "fixed", 6, extra=long, files=TOY_FILES + ("runs/fixed_shapes.gin",))
-  assert traced_widths == [128]
+  assert traced_widths == [96]
   traced_widths.clear()
   bucketed = toy_train(tmp_path / "auto", 6, extra=long)  # the run files' default: 'auto'
-  # Inputs of 3-126 tokens: batches fall in several of 64, 96, 128, each compiled once.
-  assert len(set(traced_widths)) >= 2 and set(traced_widths) <= {64, 96, 128}
+  # Inputs of 3-126 tokens cut at 96: batches fall in several of 64, 80, 96, each compiled once.
+  assert len(set(traced_widths)) >= 2 and set(traced_widths) <= {64, 80, 96}
   assert len(traced_widths) == len(set(traced_widths))
   np.testing.assert_allclose(losses(bucketed), losses(fixed), rtol=1e-5)
 

@@ -87,8 +87,13 @@ def test_random_backbone_built_in_pieces_is_the_whole_init(dtype):
 
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(initialize.jax, "jit", counting_jit)
-    pieces = _flat(initialize.random_backbone(model, target, rng, dtype, pieces=4))
-  assert 4 <= built < len(whole)  # several groups, not one program per parameter
+    pieces = _flat(initialize.random_backbone(model, target, rng, dtype, pieces=4,
+                                              min_group_bytes=0))
+    assert 4 <= built < len(whole)  # several groups, not one program per parameter
+    built = 0
+    # A backbone this small (far below MIN_GROUP_BYTES) is one group: one compile.
+    initialize.random_backbone(model, target, rng, dtype, pieces=4)
+    assert built == 1
   assert set(pieces) == set(whole)
   for key, value in whole.items():
     expected = np.asarray(value.astype(dtype) if dtype else value)

@@ -193,8 +193,13 @@ def initialize_variables(model: T5, partitioner: Partitioner, initial_checkpoint
   return new, shardings
 
 
+# The smallest group of `random_backbone`: below this, a group's transient memory is small
+# next to the process's (~500 MB of libraries), and each group costs a compile.
+MIN_GROUP_BYTES = 64 << 20
+
+
 def random_backbone(model: T5, target: Variables, rng: jax.Array, dtype: Optional[str] = None,
-                    pieces: int = 8) -> Variables:
+                    pieces: int = 8, min_group_bytes: int = MIN_GROUP_BYTES) -> Variables:
   """The backbone as `model.init(rng)` makes it, built a group of parameters at a time.
 
   One jitted `model.init` per group of parameters (about 1/`pieces` of the
@@ -209,12 +214,15 @@ def random_backbone(model: T5, target: Variables, rng: jax.Array, dtype: Optiona
     target: the backbone tree of `jax.ShapeDtypeStruct`s with shardings.
     rng: the init key.
     dtype: cast to this dtype (the frozen dtype) inside each group's program.
+    pieces: the number of groups a large backbone is built in.
+    min_group_bytes: a group's least byte budget: a backbone below it is one program.
   """
   enc, dec = _dummy_inputs()
   flat_target = traverse_util.flatten_dict(flax.core.unfreeze(target), sep="/")
   nbytes = {path: int(np.prod(t.shape)) * jnp.dtype(t.dtype).itemsize
             for path, t in flat_target.items()}
-  budget = max(sum(nbytes.values()) / pieces, max(nbytes.values()))
+  # Groups below MIN_GROUP_BYTES save no memory worth a compile each (a toy model is one group).
+  budget = max(sum(nbytes.values()) / pieces, max(nbytes.values()), min_group_bytes)
   groups, size = [[]], 0
   for path in sorted(nbytes):
     if size + nbytes[path] > budget and groups[-1]:

@@ -216,9 +216,9 @@ def main() -> None:
   parser.add_argument("--batch_size", type=int, default=8)
   parser.add_argument("--window", type=int, default=8,
                       help="batches grouped by length (BUCKET_WINDOW; 1: stream order)")
-  # BUCKETS='auto' for 512 inputs (bucketing.auto_inputs(512); tests/test_bench_scripts.py).
-  parser.add_argument("--buckets", type=int, nargs="+",
-                      default=[64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512])
+  parser.add_argument("--buckets", type=int, nargs="+", default=None,
+                      help="input buckets, the last one the length examples are cut at "
+                      "(default: BUCKETS='auto' for 512 inputs)")
   parser.add_argument("--prompt_length", type=int, default=100)
   parser.add_argument("--targets_length", type=int, default=4)
   parser.add_argument("--size", default="small")
@@ -242,6 +242,9 @@ def main() -> None:
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   args = parser.parse_args()
   args.threads = args.threads or len(os.sched_getaffinity(0))
+  if args.buckets is None:
+    from prompt_tuning.data import bucketing  # pylint: disable=import-outside-toplevel
+    args.buckets = list(bucketing.auto_inputs(512))
   if args.worker:
     args.mode = args.worker
     result = run_peft(args) if args.worker == "peft" else run_ours(args)

@@ -221,7 +221,6 @@ def random_backbone(model: T5, target: Variables, rng: jax.Array, dtype: Optiona
   flat_target = traverse_util.flatten_dict(flax.core.unfreeze(target), sep="/")
   nbytes = {path: int(np.prod(t.shape)) * jnp.dtype(t.dtype).itemsize
             for path, t in flat_target.items()}
-  # Groups below MIN_GROUP_BYTES save no memory worth a compile each (a toy model is one group).
   budget = max(sum(nbytes.values()) / pieces, max(nbytes.values()), min_group_bytes)
   groups, size = [[]], 0
   for path in sorted(nbytes):

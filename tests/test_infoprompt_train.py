@@ -14,8 +14,10 @@ from prompt_tuning.train.run_setup import build_run
 from tests.train_helpers import TOY_BINDINGS, TOY_FILES, losses, run_on_eight_devices, toy_train
 
 INFO_FILES = (*TOY_FILES, "methods/infoprompt.gin")
-# The toy inputs are short: K - 1 = 7 negatives keeps sampling without repeats.
-INFO = ("INFOPROMPT_NEGATIVES = 8", "train.return_variables = True")
+# The toy inputs are short: K - 1 = 7 negatives keeps sampling without repeats. The toy task's
+# label words are θ's classes.
+INFO = ("INFOPROMPT_NEGATIVES = 8", "CLASS_LABELS = ['even', 'odd']",
+        "train.return_variables = True")
 
 
 def _flat(tree):
@@ -73,7 +75,8 @@ files = (*TOY_FILES, "methods/infoprompt.gin")
 out = {{}}
 for shape in ([1, 1], [2, 4]):
   s = toy_train({tmp!r} + "/run_%d_%d" % tuple(shape), steps=3, files=files,
-                extra=["INFOPROMPT_NEGATIVES = 8", "make_mesh.mesh_shape = %s" % shape]
+                extra=["INFOPROMPT_NEGATIVES = 8", "CLASS_LABELS = ['even', 'odd']",
+                       "make_mesh.mesh_shape = %s" % shape]
                 + (["make_mesh.devices = @first_devices()"] if shape == [1, 1] else []))
   out["%dx%d" % tuple(shape)] = [[h[k] for k in ("total_loss", "mi_head", "mi_representation")]
                                  for h in s["train_history"]]

@@ -59,6 +59,22 @@ def test_only_prompt_and_info_train_and_both_estimates_are_reported(tmp_path):
   assert b"train/mi_head" in raw and b"train/mi_representation" in raw
 
 
+def test_the_heads_have_their_own_optimizer(tmp_path):
+  """methods/infoprompt.gin: the prompt on the run file's Adafactor (lr 0.3), info/ on Adam 1e-3."""
+  summary = toy_train(tmp_path / "run", steps=1, files=INFO_FILES, extra=list(INFO))
+  gin_utils.parse(list(INFO_FILES), [*TOY_BINDINGS, *INFO, f"MODEL_DIR = '{tmp_path}/x'"])
+  fresh = _flat(build_run(seed=0).variables["params"])
+  moved = {k: float(np.abs(np.asarray(v) - np.asarray(fresh[k])).max())
+           for k, v in _flat(summary["trainable"]).items()}
+  # Adam's first step moves every entry with a gradient by lr * |g| / (|g| + 1e-8) <= lr
+  # (plus the float32 rounding of the stored value; f_μ's kernel starts at the identity).
+  for path in ("info/head_critic/kernel", "info/representation_critic/kernel",
+               "info/gaussian/mean/kernel", "info/gaussian/scale/kernel"):
+    rounding = 2 * np.finfo(np.float32).eps * (1 + np.abs(np.asarray(fresh[path])).max())
+    assert 0.9e-3 < moved[path] <= 1e-3 + rounding, (path, moved[path])
+  assert moved["prompt/prompt"] > 0.05  # Adafactor at 0.3
+
+
 def test_microbatches_give_the_same_losses_and_estimates(tmp_path):
   whole = toy_train(tmp_path / "whole", steps=3, files=INFO_FILES, extra=list(INFO))
   micro = toy_train(tmp_path / "micro", steps=3, files=INFO_FILES,

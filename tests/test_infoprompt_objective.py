@@ -64,7 +64,7 @@ def test_a_prompt_without_information_leaves_nothing_for_the_heads_to_win(gap):
   z = jnp.asarray(rng.standard_normal((B, E)), jnp.float32)
   z_prime = z + gap * jnp.asarray(rng.standard_normal((B, E)), jnp.float32)
   # Positive and negatives are exchangeable, so the expected estimate is <= 0 for any heads;
-  # 512 estimates average it to within a few hundredths (about -0.03 measured). The shortcut
+  # 512 estimates average it to within a few hundredths (-0.025 measured). The shortcut
   # (raw Z as the positive) reached log K = 3.466 here.
   assert _trained_estimate(prompt, z, z_prime) < 0.1 * np.log(K)
 

@@ -71,7 +71,7 @@ def plan_run(num_devices: Optional[int] = None) -> Dict[str, Any]:
   # The run's own checks, before shapes are traced with bad values.
   prompt_length = run_setup.prompt_length(model)
   lengths = _gin_value("train.task_feature_lengths", {"inputs": 512, "targets": 8})
-  data_lib.validate_feature_lengths(lengths, prompt_length)
+  data_lib.validate_feature_lengths(lengths)
   batch = checks.positive_int(_gin_value("train.batch_size", 32), "BATCH_SIZE (train.batch_size)",
                               "--gin.BATCH_SIZE=32")
   microbatches = checks.positive_int(_gin_value("train.num_microbatches", 1),

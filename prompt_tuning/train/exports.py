@@ -29,6 +29,7 @@ import numpy as np
 
 from prompt_tuning import fs
 from prompt_tuning.errors import UserError
+from prompt_tuning.models.config import architecture_of
 from prompt_tuning.train.initialize import BACKBONE_COLLECTION, backbone_paths
 from prompt_tuning.train.partitioning import to_host
 
@@ -167,7 +168,7 @@ def loading_edit(path: str, model: Any) -> Tuple[Callable[[Variables], Variables
     the edit and the parameter paths (within `params`) it loads.
   """
   tensors, d = read_export(path)
-  if d.get("model_config") != model.config.to_dict():
+  if architecture_of(d.get("model_config") or {}) != model.config.architecture():
     raise UserError(f"{path} was trained on another backbone config; use the backbone in its "
                     f"export.json ({d.get('initial_checkpoint_path')})")
   if d.get("plan", []) != plan_to_json(model.deltas):

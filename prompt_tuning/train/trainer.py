@@ -46,6 +46,18 @@ BEST_RECORD = "prompts/best.json"
 BEST_TRAINABLE = "best/trainable.npz"
 
 
+def metric_key(metrics: Mapping[str, float], name: str) -> str:
+  """The key of `metrics` that `name` names: itself, or the one `task/name` when unique
+  (so `accuracy` names `super_glue_rte/accuracy`, as XPrompt's metric does)."""
+  if name in metrics:
+    return name
+  matches = [k for k in metrics if k.split("/")[-1] == name]
+  if len(matches) == 1:
+    return matches[0]
+  raise UserError(f"early-stopping metric {name!r} is not {'one' if not matches else 'a unique one'}"
+                  f" of the eval metrics {sorted(metrics)}; fix train.early_stopping_metric")
+
+
 class EarlyStopping:
   """Tracks the best value of `metric`; stops when it has not improved for `patience` evaluations."""
 
@@ -56,10 +68,7 @@ class EarlyStopping:
   def improved(self, metrics: Mapping[str, float]) -> bool:
     if not self.metric:
       return False
-    if self.metric not in metrics:
-      raise UserError(f"early-stopping metric {self.metric!r} is not among the eval metrics "
-                      f"{sorted(metrics)}; fix train.early_stopping_metric")
-    value = metrics[self.metric]
+    value = metrics[metric_key(metrics, self.metric)]
     better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
     if better:
       self.best, self.bad_evals = value, 0
@@ -228,7 +237,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   split = ctx.split(trainable_patterns())
   check_extras_train(ctx.model, split.trainable, split.patterns)
   ctx.variables = None  # the split holds them; the backbone is not kept twice
-  compiled = compile_train_step(ctx, split, optimizer, num_microbatches)
+  compiled = compile_train_step(ctx, split, optimizer, num_microbatches, start_step=initial_step)
   trainable, opt_state, frozen = split.trainable, compiled.opt_state, split.frozen
 
   def export_info(step):

@@ -151,7 +151,7 @@ class Selection:
     if not isinstance(d, dict) or d.get("format") != FORMAT:
       raise UserError(f"{source} is not an APET selection (format {FORMAT!r} expected)")
     model_config = T5Config.from_dict(d["model_config"])
-    if config is not None and model_config != config:
+    if config is not None and model_config.architecture() != config.architecture():
       raise UserError(f"{source} was made for another model config ({model_config}); use the "
                       "backbone it was made for or select again")
     selection = cls(int(d["budget"]), int(d["seed"]), Settings(**d["settings"]), model_config,

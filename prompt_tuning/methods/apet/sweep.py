@@ -266,8 +266,6 @@ def run_sweep(model_dir: str = gin.REQUIRED, budgets: Sequence[float] = gin.REQU
     backbone_dir = os.path.join(model_dir, "backbone")
     config = experiment.demo_backbone()
   budget_list = check_budgets(budgets, config)
-  # The project's prompts fit inside the input length (`data.validate_feature_lengths`).
-  max_prompt_length = min(max_prompt_length, feature_lengths["inputs"])
   cells, skipped = plan_cells(methods, budget_list, config, list(apet_seeds), max_prompt_length)
   data_lib.import_task_modules([task_module])
   data_lib.get_mixture_or_task(task)

@@ -16,6 +16,7 @@ from prompt_tuning import fs, multihost
 from prompt_tuning.errors import UserError
 from prompt_tuning.methods.xprompt import masks as xprompt
 from prompt_tuning.methods.xprompt.report import write_report
+from prompt_tuning.run_dir import XPromptSearchDir
 from prompt_tuning.train import data as data_lib
 from prompt_tuning.train import evaluation
 from prompt_tuning.train.initialize import build_model, variable_shardings
@@ -25,8 +26,6 @@ from prompt_tuning.train.step import LossConfig, token_loss_sums
 from prompt_tuning.train.trainable import merge_variables
 
 IMPORTANCE_CHUNK = 32  # batches per compiled importance call
-TOKEN_MASK_FILE = "token_mask.npy"
-PIECE_MASK_FILE = "piece_mask.npy"
 
 
 def resolve_metric(metrics: Mapping[str, float], metric_name: Optional[str]) -> str:
@@ -144,8 +143,8 @@ class SearchContext:
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in chunk.items()}
 
 
-def search_stage(backbone: SearchContext, stage1_trainable: Any, search_dir: str, *,
-                 importance_batches: Optional[int], per_example: bool,
+def search_stage(backbone: SearchContext, stage1_trainable: Any, search_dir: XPromptSearchDir,
+                 *, importance_batches: Optional[int], per_example: bool,
                  token_ratios: Sequence[float], piece_ratios: Sequence[float],
                  metric_name: Optional[str], higher_is_better: bool,
                  tolerance: Optional[float] = None) -> Dict[str, Any]:
@@ -194,9 +193,9 @@ def search_stage(backbone: SearchContext, stage1_trainable: Any, search_dir: str
   multihost.check_same_on_hosts("XPrompt's chosen masks (run_xprompt)",
                                 result.best.token_mask, result.best.piece_mask)
   paths = write_report(search_dir, result, stages, resolved["key"], higher_is_better)
-  for name, mask in ((TOKEN_MASK_FILE, result.best.token_mask),
-                     (PIECE_MASK_FILE, result.best.piece_mask)):
-    fs.write_on_first_host(fs.join(search_dir, name),
+  for path, mask in ((search_dir.token_mask, result.best.token_mask),
+                     (search_dir.piece_mask, result.best.piece_mask)):
+    fs.write_on_first_host(path,
                            lambda f, m=mask: np.save(f, m.astype(np.float32), allow_pickle=False))
   multihost.sync("xprompt report written")  # process 0 wrote it; every host reads it
   report = fs.read_json(paths["report"])

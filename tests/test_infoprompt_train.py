@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_tuning import gin_utils
+from prompt_tuning import configurables
 from prompt_tuning.errors import UserError
 from prompt_tuning.methods.infoprompt.term import prompt_free_representation
 from prompt_tuning.train.run_setup import build_run
@@ -38,7 +38,7 @@ def test_only_prompt_and_info_train_and_both_estimates_are_reported(tmp_path):
   assert {k.split("/")[0] for k in trained} == {"prompt", "info"}
   assert {"info/head_critic/kernel", "info/representation_critic/kernel"} <= set(trained)
   # The backbone is bit-identical to a fresh build of the same run (same seed, no checkpoint).
-  gin_utils.parse(list(INFO_FILES), [*TOY_BINDINGS, *INFO, f"MODEL_DIR = '{tmp_path}/x'"])
+  configurables.parse(list(INFO_FILES), [*TOY_BINDINGS, *INFO, f"MODEL_DIR = '{tmp_path}/x'"])
   fresh = _flat(build_run(seed=0).variables["params"])
   for key, value in _flat(summary["frozen"]["params"]).items():
     np.testing.assert_array_equal(np.asarray(value), np.asarray(fresh[key]), err_msg=key)
@@ -89,7 +89,7 @@ def test_an_eight_device_mesh_samples_what_one_device_does(tmp_path):
 
 
 def test_the_prompt_free_representation_has_no_gradient_to_the_prompt():
-  gin_utils.parse(list(INFO_FILES), [*TOY_BINDINGS, *INFO, "MODEL_DIR = '/unused'"])
+  configurables.parse(list(INFO_FILES), [*TOY_BINDINGS, *INFO, "MODEL_DIR = '/unused'"])
   ctx = build_run(seed=0)
   tokens = jnp.asarray(np.random.default_rng(0).integers(3, 300, (2, 8)), jnp.int32)
   batch = {"encoder_input_tokens": tokens, "decoder_input_tokens": tokens[:, :3]}

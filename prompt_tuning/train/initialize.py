@@ -13,7 +13,7 @@ so vocabulary- and label-based prompt initializers see pretrained embeddings.
 import functools
 import logging
 import os
-from typing import Any, Callable, Dict, FrozenSet, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple, Union
 
 import flax
 import flax.linen as nn
@@ -59,6 +59,15 @@ def build_model(model_config: T5Config = gin.REQUIRED, prompt: Optional[nn.Modul
     deltas = deltas(model_config)
   return T5(model_config, prompt=prompt, deltas=deltas or NO_DELTAS,
             extras=tuple(sorted((extras or {}).items())))
+
+
+def model_config_bindings(config: T5Config) -> List[str]:
+  """Gin bindings that make `build_model` build `config` (for runs configured in code)."""
+  out = ["build_model.model_config = @T5Config()"]
+  for key, value in config.to_dict().items():
+    out.append(f"T5Config.{key} = {tuple(value)!r}" if isinstance(value, list)
+               else f"T5Config.{key} = {value!r}")
+  return out
 
 
 def _dummy_inputs(batch: int = 1, length: int = 4):

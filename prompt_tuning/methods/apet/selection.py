@@ -44,8 +44,7 @@ import gin
 import numpy as np
 
 from prompt_tuning.errors import UserError
-from prompt_tuning.methods.apet.ops import (Adapter, Add, Prefix, insertion_from_dict,
-                                            insertion_to_dict)
+from prompt_tuning.methods.apet.ops import Adapter, Add, Prefix, insertion_from_dict
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.deltas import DeltaPlan, Insertion
 from prompt_tuning.models.t5 import delta_sites
@@ -136,7 +135,7 @@ class Selection:
         "settings": dataclasses.asdict(self.settings),
         "model_config": self.model_config.to_dict(),
         "counts_by_operation": self.counts_by_operation(),
-        "entries": [{"op": op, "path": path, "insertion": insertion_to_dict(ins)}
+        "entries": [{"op": op, "path": path, "insertion": ins.to_dict()}
                     for op, path, ins in self.entries],
     }, indent=1)
 

@@ -23,14 +23,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _WORKER = r"""
 import json, sys, time
-from prompt_tuning import gin_utils, multihost
+from prompt_tuning import configurables, multihost
 if int(sys.argv[2]) > 1:
   multihost.initialize(type("Args", (), dict(coordinator_address=sys.argv[1],
                                             process_count=sys.argv[2], process_index=sys.argv[3]))())
 from prompt_tuning.train import evaluation
 from prompt_tuning.train.run_setup import build_run
 lengths = {"inputs": 16, "targets": 8}
-gin_utils.parse(["models/t5_1_1_toy_prompt.gin"], [])
+configurables.parse(["models/t5_1_1_toy_prompt.gin"], [])
 ctx = build_run(mixture_or_task_names=["toy_parity"],
                 mixture_or_task_module="prompt_tuning.data.toy_tasks", task_feature_lengths=lengths)
 fns = evaluation.EvalModelFns(ctx.model, ctx.partitioner, ctx.variables, ctx.shardings,

@@ -13,9 +13,11 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
-from prompt_tuning import fs, gin_utils
+from prompt_tuning import configurables, fs, gin_utils
 from prompt_tuning.demo import experiment
+from prompt_tuning.demo.pretrain import DemoBackbone
 from prompt_tuning.io.backbone import load_backbone_config
+from prompt_tuning.run_dir import DemoDir
 from prompt_tuning.train import eval_run, trainer
 
 FEATURE_LENGTHS = {"inputs": 16, "targets": 8}
@@ -24,8 +26,9 @@ PLAIN = ("runs/prompt_finetune.gin", "prompts/prompt.gin")
 
 def backbone(out: str) -> str:
   """The demo backbone in `OUT/backbone` (pretrained once, as `prompt-tuning demo` does)."""
-  path, _ = experiment.ensure_backbone(out, experiment.demo_backbone(), FEATURE_LENGTHS,
-                                       steps=800, batch_size=64, learning_rate=3e-3, seed=0)
+  path = DemoDir(out).backbone
+  DemoBackbone(steps=800, batch_size=64, learning_rate=3e-3, seed=0,
+               feature_lengths=FEATURE_LENGTHS).ensure(path)
   return path
 
 
@@ -51,11 +54,11 @@ def run_cell(run_dir: str, backbone_dir: str, task: str, files: Sequence[str],
   config = load_backbone_config(backbone_dir)
   common = experiment.tuning_bindings(config, task, backbone_dir, feature_lengths, steps,
                                       batch_size, eval_period, prompt_length, seed)
-  gin_utils.parse(list(files), [*common, f"MODEL_DIR = {run_dir!r}",
+  configurables.parse(list(files), [*common, f"MODEL_DIR = {run_dir!r}",
                                 f"train.early_stopping_metric = {key!r}", *bindings])
   summary = gin_utils.call(trainer.train)
   history = [h for h in summary["eval_history"] if key in h]
-  gin_utils.parse(["prompts/prompt.gin", "runs/prompt_eval.gin"],
+  configurables.parse(["prompts/prompt.gin", "runs/prompt_eval.gin"],
                   [*experiment.task_bindings(config, task, backbone_dir, feature_lengths,
                                              prompt_length),
                    f"MODEL_DIR = {os.path.join(run_dir, 'test')!r}",

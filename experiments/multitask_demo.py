@@ -23,7 +23,7 @@ import seqio
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import demo_grid  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from prompt_tuning import fs, gin_utils  # pylint: disable=wrong-import-position
+from prompt_tuning import configurables, fs, gin_utils  # pylint: disable=wrong-import-position
 from prompt_tuning.demo import experiment, tasks  # pylint: disable=wrong-import-position
 from prompt_tuning.io.backbone import load_backbone_config  # pylint: disable=wrong-import-position
 from prompt_tuning.train import eval_run, trainer  # pylint: disable=wrong-import-position
@@ -43,7 +43,7 @@ def register_mixture() -> None:
 def test_exact_match(backbone_dir: str, task: str, prompt_file: str, out: str,
                      prompt_length: int = PROMPT_LENGTH) -> float:
   config = load_backbone_config(backbone_dir)
-  gin_utils.parse(["prompts/prompt.gin", "runs/prompt_eval.gin"],
+  configurables.parse(["prompts/prompt.gin", "runs/prompt_eval.gin"],
                   [*experiment.task_bindings(config, task, backbone_dir, demo_grid.FEATURE_LENGTHS,
                                              prompt_length),
                    f"MODEL_DIR = {out!r}", f"PROMPT_FILE = {prompt_file!r}", "EVAL_SPLIT = 'test'"])
@@ -54,7 +54,7 @@ def train(run_dir: str, backbone_dir: str, name: str, files, bindings, steps: in
   config = load_backbone_config(backbone_dir)
   common = experiment.tuning_bindings(config, name, backbone_dir, demo_grid.FEATURE_LENGTHS,
                                       steps, BATCH, steps, PROMPT_LENGTH, seed)
-  gin_utils.parse(list(files), [*common, f"MODEL_DIR = {run_dir!r}", *bindings])
+  configurables.parse(list(files), [*common, f"MODEL_DIR = {run_dir!r}", *bindings])
   return gin_utils.call(trainer.train)
 
 

@@ -31,10 +31,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import demo_grid  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from prompt_tuning import fs, gin_utils  # pylint: disable=wrong-import-position
+from prompt_tuning import configurables, fs, gin_utils  # pylint: disable=wrong-import-position
 from prompt_tuning.demo import experiment, tasks  # pylint: disable=wrong-import-position
 from prompt_tuning.io.backbone import load_backbone_config  # pylint: disable=wrong-import-position
-from prompt_tuning.methods.xprompt.driver import STAGE1_DIR, run_xprompt  # pylint: disable=wrong-import-position
+from prompt_tuning.methods.xprompt.driver import run_xprompt  # pylint: disable=wrong-import-position
+from prompt_tuning.run_dir import XPromptDir  # pylint: disable=wrong-import-position
 
 FILES = (*demo_grid.PLAIN, "methods/xprompt.gin", "runs/xprompt.gin")
 
@@ -48,7 +49,7 @@ def run_one(run_dir, backbone_dir, task, args, seed, bindings):
   lengths = {"inputs": max(16, args.prompt_length), "targets": 8}
   common = experiment.tuning_bindings(config, task, backbone_dir, lengths, args.steps, 16,
                                       args.eval_period, args.prompt_length, seed)
-  gin_utils.parse(list(FILES), [*common, f"MODEL_DIR = {run_dir!r}",
+  configurables.parse(list(FILES), [*common, f"MODEL_DIR = {run_dir!r}",
                                 f"train.early_stopping_metric = {key!r}",
                                 f"XPROMPT_PIECES = {args.pieces}", "XPROMPT_TEST_SPLIT = 'test'",
                                 *bindings])
@@ -109,9 +110,9 @@ def main(argv=None) -> int:
     print(f"seed {seed} xprompt: {results[-1]}", file=sys.stderr, flush=True)
     for fraction in args.kept:
       forced_dir = os.path.join(args.out, f"forced{fraction}_seed{seed}")
-      stage1 = os.path.join(forced_dir, STAGE1_DIR)
+      stage1 = XPromptDir(forced_dir).stage1.root
       if not os.path.exists(stage1):  # the same stage-1 prompt: the driver skips stage 1
-        shutil.copytree(os.path.join(full_dir, STAGE1_DIR), stage1)
+        shutil.copytree(XPromptDir(full_dir).stage1.root, stage1)
       # One token round at 1 - f, taken whatever validation says (tolerance 1 on [0, 1] EM).
       summary = run_one(forced_dir, backbone_dir, task, args, seed,
                         [f"XPROMPT_TOKEN_RATIOS = [{1 - fraction:.4f}]",

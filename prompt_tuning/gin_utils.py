@@ -3,6 +3,8 @@
 `--gin_file` (repeatable), `--gin.KEY=VALUE`, `--gin_search_paths` and
 `--tfds_data_dir`, as in T5X; the package's `configs/` folder is always on the
 search path, so `--gin_file=runs/prompt_finetune.gin` works from anywhere.
+This module knows no configurable: which modules define them, and the
+commands' gin setup that imports them all, is `prompt_tuning.configurables`.
 
 The reference code's spelling of the same files also resolves:
 `--gin_file=prompt_tuning/configs/models/t5_1_1_base_prompt.gin` (with or
@@ -13,7 +15,6 @@ or an installed wheel, on the command line or in a gin `include`.
 """
 import logging
 import os
-import sys
 from typing import Callable, Iterable, Optional, Sequence
 
 import gin
@@ -64,25 +65,12 @@ def _is_package_config(name: str) -> bool:
 gin.config.register_file_reader(_open_package_config, _is_package_config)
 
 
-def register_configurables() -> None:
-  """Imports every module that defines gin configurables (an import error is an error)."""
-  # pylint: disable=unused-import,g-import-not-at-top
-  from prompt_tuning.models import config  # noqa: F401
-  from prompt_tuning.data import task_tokens  # noqa: F401
-  from prompt_tuning.prompts import ensemble, initializers, multitask, prompt  # noqa: F401
-  from prompt_tuning.train import (eval_run, evaluation, initialize, optim, partitioning,  # noqa: F401
-                                   step, trainable, trainer)
-  from prompt_tuning.methods import residual  # noqa: F401
-  from prompt_tuning.methods.infoprompt import generated_prompt, term  # noqa: F401
-  from prompt_tuning.methods.xprompt import driver, masks  # noqa: F401
-  from prompt_tuning.demo import experiment  # noqa: F401
-  from prompt_tuning.tasks import sources  # noqa: F401  (local_data_dir for DATA_DIR)
-  from prompt_tuning.methods.apet import baselines, selection  # noqa: F401
-
-
 def parse(gin_files: Sequence[str], bindings: Sequence[str],
-          search_paths: Iterable[str] = (), register: bool = True) -> None:
+          search_paths: Iterable[str] = ()) -> None:
   """Parses gin files and bindings, turning gin's errors into one-line UserErrors.
+
+  The configurables the files and bindings name must be imported already
+  (`configurables.parse` imports every module defining one first).
 
   Args:
     gin_files: gin files, looked up in ., the package's configs/ and `search_paths`.
@@ -91,11 +79,7 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
       error naming the closest macro that is read (a misspelled macro would
       otherwise be ignored).
     search_paths: extra folders for gin files and includes.
-    register: import every module defining configurables first (`tasks` only
-      needs the task configurables and skips it).
   """
-  if register:
-    register_configurables()
   gin.clear_config()
   for path in [package_configs_dir(), *[p for p in search_paths if p]]:
     gin.add_config_file_search_path(path)
@@ -217,14 +201,6 @@ def set_tfds_data_dir(path: Optional[str]) -> None:
   os.environ["TFDS_DATA_DIR"] = path
 
 
-def setup_from_args(args) -> None:
-  """Parses gin flags from an argparse namespace (after `add_gin_arguments`)."""
-  multihost.initialize(args)
-  set_tfds_data_dir(getattr(args, "tfds_data_dir", None))
-  paths = [p for p in args.gin_search_paths.split(",") if p]
-  parse(args.gin_file, getattr(args, "gin_bindings", []), paths)
-
-
 GIN_HELP = """\
 gin flags (as in T5X):
   --gin_file=FILE        a gin file (repeatable; later files override earlier ones)
@@ -232,37 +208,3 @@ gin flags (as in T5X):
                          --gin.MODEL_DIR="'/tmp/run'" (strings in quotes)
   --gin_search_paths=A,B more folders to look for gin files in
 """
-
-
-def gin_command(function: Callable, required_macros: Sequence[str] = (),
-                example: str = ""):
-  """`(add_arguments, run)` of a subcommand that calls a gin-configured function.
-
-  Used by `commands/{train,evaluate,infer}.py`, which differ only in the target.
-
-  Args:
-    function: the gin-configured entry point.
-    required_macros: the macros the command's run gin file leaves to the user
-      (named by `--help` and when no gin file is given).
-    example: a complete example command line, for `--help` and the usage line.
-  """
-  def add_arguments(parser) -> None:
-    import argparse
-    add_gin_arguments(parser)
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = (GIN_HELP + (f"\nrequired macros: {', '.join(required_macros)}\n"
-                                 if required_macros else "")
-                     + (f"\nexample:\n  {example}\n" if example else ""))
-
-  def run(args) -> int:
-    if not args.gin_file:
-      usage = example or f"prompt-tuning {function.__name__} --gin_file=FILE --gin.KEY=VALUE"
-      print(f"usage: {' '.join(usage.split())}", file=sys.stderr)
-      raise UserError(f"no --gin_file given: pass the model's and the run's gin files and set the "
-                      f"required macros {', '.join(required_macros) or '(see --help)'} with "
-                      "--gin.NAME=VALUE; see --help")
-    setup_from_args(args)
-    call(function)
-    return 0
-
-  return add_arguments, run

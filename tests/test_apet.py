@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_tuning import gin_utils
+from prompt_tuning import configurables
 from prompt_tuning.errors import UserError
 from prompt_tuning.methods.apet import baselines, selection
 from prompt_tuning.methods.apet.counts import count_parameters
@@ -293,7 +293,7 @@ def test_method_gin_files_bind_deltas_and_patterns(method):
   from prompt_tuning.train import initialize
   from prompt_tuning.train.trainable import split_variables, trainable_patterns
   extra = ["APET_BUDGET = 'bitfit'"] if method == "apet" else []
-  gin_utils.parse(["models/t5_1_1_toy_prompt.gin", "runs/prompt_finetune.gin",
+  configurables.parse(["models/t5_1_1_toy_prompt.gin", "runs/prompt_finetune.gin",
                    f"methods/{method}.gin"],
                   ["MODEL_DIR = '/unused'", "MIXTURE_OR_TASK_NAME = 'x'",
                    "INITIAL_CHECKPOINT_PATH = None", "build_model.prompt = None", *extra])
@@ -374,7 +374,7 @@ def test_lora_training_changes_only_lora_parameters(tmp_path):
   from tests.train_helpers import TOY_BINDINGS, toy_train
   files = ("models/t5_1_1_toy_prompt.gin", "runs/prompt_finetune.gin", "methods/lora.gin")
   bindings = ["build_model.prompt = None", "adamw.learning_rate = 1e-2"]
-  gin_utils.parse(list(files), [*TOY_BINDINGS, "MODEL_DIR = '/unused'", *bindings])
+  configurables.parse(list(files), [*TOY_BINDINGS, "MODEL_DIR = '/unused'", *bindings])
   config = initialize.build_model().config
   tokens = np.ones((1, 4), np.int32)
   initial = nn.meta.unbox(T5(config).init(jax.random.PRNGKey(7), tokens, tokens))["params"]

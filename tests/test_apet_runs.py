@@ -5,7 +5,7 @@ import flax
 import numpy as np
 import pytest
 
-from prompt_tuning import gin_utils
+from prompt_tuning import configurables, gin_utils
 from prompt_tuning.errors import UserError
 from tests.train_helpers import TOY_BINDINGS, losses, run_on_eight_devices, toy_train
 
@@ -65,7 +65,7 @@ def test_kill_and_resume_then_export_and_eval_round_trip(tmp_path, method):
   if method == "apet":  # eval rebuilds the positions from the recorded selection alone
     bindings += ["APET_BUDGET = None", "APET_SEED = 99",
                  f"APET_SELECTION_FILE = '{export}/apet_selection.json'"]
-  gin_utils.parse(list(files), bindings)
+  configurables.parse(list(files), bindings)
   ctx = eval_run.load_run("toy_parity", "prompt_tuning.data.toy_tasks",
                           {"inputs": 16, "targets": 8}, None, deltas_file=str(export))
   params = _flat(ctx.variables["params"])
@@ -104,14 +104,14 @@ def _check_eval_refusals(tmp_path, files, bindings):
   from prompt_tuning.train import eval_run
   # Without DELTAS_FILE the LoRA pairs would be random: refused.
   without = [b for b in bindings if not b.startswith("DELTAS_FILE")]
-  gin_utils.parse(list(files), [*without, "DELTAS_FILE = None"])
+  configurables.parse(list(files), [*without, "DELTAS_FILE = None"])
   with pytest.raises(UserError, match="refusing to evaluate randomly initialized parameters"):
     gin_utils.call(eval_run.evaluate)
   # Another rank: the plan differs from the export's.
-  gin_utils.parse(list(files), [*bindings, "LORA_RANK = 4"])
+  configurables.parse(list(files), [*bindings, "LORA_RANK = 4"])
   with pytest.raises(UserError, match="other deltas"):
     gin_utils.call(eval_run.evaluate)
-  gin_utils.parse(list(files), [*bindings, f"DELTAS_FILE = '{tmp_path}/nowhere'"])
+  configurables.parse(list(files), [*bindings, f"DELTAS_FILE = '{tmp_path}/nowhere'"])
   with pytest.raises(UserError, match="nowhere does not exist"):
     gin_utils.call(eval_run.evaluate)
 

@@ -27,9 +27,9 @@ def test_the_most_specific_scope_wins_and_unset_bindings_compare_to_defaults():
 
 
 def _parse_toy_run(*files, extra=()):
-  from prompt_tuning import gin_utils
+  from prompt_tuning import configurables
   from tests.train_helpers import TOY_BINDINGS, TOY_FILES
-  gin_utils.parse([*TOY_FILES, *files], [*TOY_BINDINGS, "MODEL_DIR = '/tmp/unused'", *extra])
+  configurables.parse([*TOY_FILES, *files], [*TOY_BINDINGS, "MODEL_DIR = '/tmp/unused'", *extra])
 
 
 def test_runs_recorded_before_bucketing_was_the_default_resume_under_it():

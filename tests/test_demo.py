@@ -4,8 +4,9 @@ import os
 
 import pytest
 
-from prompt_tuning import gin_utils
+from prompt_tuning import configurables, gin_utils
 from prompt_tuning.demo import tasks
+from prompt_tuning.run_dir import DemoDir
 
 TINY = (
     "demo_backbone.emb_dim = 16", "demo_backbone.num_heads = 2", "demo_backbone.head_dim = 8",
@@ -34,9 +35,9 @@ def test_bare_task_is_ambiguous_without_the_instruction():
 
 def test_demo_pipeline_writes_summary_with_baseline(tmp_path):
   from prompt_tuning.demo import experiment
-  gin_utils.parse(["runs/demo.gin"], [*TINY, f"MODEL_DIR = '{tmp_path}'"])
+  configurables.parse(["runs/demo.gin"], [*TINY, f"MODEL_DIR = '{tmp_path}'"])
   summary = gin_utils.call(experiment.run_demo)
-  with open(os.path.join(tmp_path, experiment.SUMMARY_FILE)) as f:
+  with open(DemoDir(tmp_path).summary) as f:
     written = json.load(f)
   assert written["task"] == "demo_bare_reverse"
   assert 0.0 <= written["baseline"]["held_out_exact_match"] <= 1.0
@@ -58,7 +59,7 @@ def test_demo_pipeline_writes_summary_with_baseline(tmp_path):
 def test_unknown_method_is_a_user_error(tmp_path):
   from prompt_tuning.demo import experiment
   from prompt_tuning.errors import UserError
-  gin_utils.parse(["runs/demo.gin"], [*TINY, f"MODEL_DIR = '{tmp_path}'",
+  configurables.parse(["runs/demo.gin"], [*TINY, f"MODEL_DIR = '{tmp_path}'",
                                       "run_demo.methods = ['lora']"])
   with pytest.raises(UserError, match="lora"):
     gin_utils.call(experiment.run_demo)

@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 
-from prompt_tuning import gin_utils
+from prompt_tuning import configurables, gin_utils
 from prompt_tuning.prompts.ensemble import combine_predictions, combine_scores
 from prompt_tuning.train import eval_run
 from tests.train_helpers import TOY_EVAL_BINDINGS
@@ -20,10 +20,10 @@ def test_majority_vote_and_mean_score():
 def test_ensemble_of_identical_prompts_equals_the_single_prompt(tmp_path):
   prompt = np.random.default_rng(0).normal(size=(4, 32)).astype(np.float32)
   np.save(tmp_path / "p.npy", prompt)
-  gin_utils.parse(["models/t5_1_1_toy_prompt.gin", "prompts/from_file.gin", "runs/prompt_eval.gin"],
+  configurables.parse(["models/t5_1_1_toy_prompt.gin", "prompts/from_file.gin", "runs/prompt_eval.gin"],
                   BINDINGS + [f"MODEL_DIR = '{tmp_path}/single'", f"PROMPT_FILE = '{tmp_path}/p.npy'"])
   single = gin_utils.call(eval_run.evaluate)
-  gin_utils.parse(["models/t5_1_1_toy_prompt.gin", "runs/prompt_eval.gin", "prompts/ensemble.gin"],
+  configurables.parse(["models/t5_1_1_toy_prompt.gin", "runs/prompt_eval.gin", "prompts/ensemble.gin"],
                   BINDINGS + [f"MODEL_DIR = '{tmp_path}/ens'",
                               f"PROMPT_FILES = ['{tmp_path}/p.npy', '{tmp_path}/p.npy']"])
   ensembled = gin_utils.call(eval_run.evaluate)

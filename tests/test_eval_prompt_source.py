@@ -6,7 +6,7 @@ import gin
 import numpy as np
 import pytest
 
-from prompt_tuning import gin_utils
+from prompt_tuning import configurables
 from prompt_tuning.errors import UserError
 from prompt_tuning.train import eval_run
 from tests.train_helpers import TOY_EVAL_BINDINGS, toy_train
@@ -16,7 +16,7 @@ BINDINGS = list(TOY_EVAL_BINDINGS)
 
 def _eval_context(files, bindings):
   """The run context `prompt-tuning eval` builds for these gin files (its checks included)."""
-  gin_utils.parse(files, BINDINGS + bindings)
+  configurables.parse(files, BINDINGS + bindings)
   config = gin.get_bindings(eval_run.evaluate)
   return eval_run.load_run(config["mixture_or_task_name"], config["mixture_or_task_module"],
                            config["task_feature_lengths"], config["initial_checkpoint_path"],

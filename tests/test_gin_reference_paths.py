@@ -6,7 +6,7 @@ import sys
 import gin
 import pytest
 
-from prompt_tuning import gin_utils
+from prompt_tuning import configurables, gin_utils
 from prompt_tuning.errors import UserError
 from prompt_tuning.scripts import find_module
 
@@ -48,7 +48,7 @@ def test_find_module_prints_the_installed_folder(tmp_path):
 def test_reference_style_gin_paths_resolve(tmp_path, monkeypatch, search_paths):
   monkeypatch.chdir(tmp_path)  # not the repository root
   prompt_dir = os.path.join(find_module.module_folder("prompt_tuning"), "..")
-  gin_utils.parse(["prompt_tuning/configs/models/t5_1_1_toy_prompt.gin",
+  configurables.parse(["prompt_tuning/configs/models/t5_1_1_toy_prompt.gin",
                    "prompt_tuning/configs/runs/prompt_finetune.gin"], TOY_MACROS,
                   search_paths + [prompt_dir])
   assert gin.query_parameter("T5Config.emb_dim") == 32
@@ -56,7 +56,7 @@ def test_reference_style_gin_paths_resolve(tmp_path, monkeypatch, search_paths):
   mine = tmp_path / "mine.gin"
   mine.write_text("include 'prompt_tuning/configs/models/t5_1_1_toy_prompt.gin'\n"
                   "PROMPT_LENGTH = 3\n")
-  gin_utils.parse([str(mine), "runs/prompt_finetune.gin"], TOY_MACROS)
+  configurables.parse([str(mine), "runs/prompt_finetune.gin"], TOY_MACROS)
   assert gin.query_parameter("%PROMPT_LENGTH") == 3
 
 
@@ -79,19 +79,19 @@ def test_tfds_data_dir_flag_sets_the_tfds_folder(tmp_path):
 def test_t5x_checkpoint_path_sets_initial_checkpoint_path():
   files = ["models/t5_1_1_toy_prompt.gin", "runs/prompt_eval.gin"]
   common = ["MIXTURE_OR_TASK_NAME = 'toy_parity'", "PROMPT_FILE = '/p.npy'"]
-  gin_utils.parse(files, common + ["CHECKPOINT_PATH = '/ckpt/checkpoint_5'"])
+  configurables.parse(files, common + ["CHECKPOINT_PATH = '/ckpt/checkpoint_5'"])
   assert gin.query_parameter("%INITIAL_CHECKPOINT_PATH") == "/ckpt/checkpoint_5"
-  gin_utils.parse(files, common + ["CHECKPOINT_PATH = '/a'", "INITIAL_CHECKPOINT_PATH = '/a'"])
+  configurables.parse(files, common + ["CHECKPOINT_PATH = '/a'", "INITIAL_CHECKPOINT_PATH = '/a'"])
   with pytest.raises(UserError, match="CHECKPOINT_PATH .* and INITIAL_CHECKPOINT_PATH .* name "
                      "different checkpoints"):
-    gin_utils.parse(files, common + ["CHECKPOINT_PATH = '/a'", "INITIAL_CHECKPOINT_PATH = '/b'"])
+    configurables.parse(files, common + ["CHECKPOINT_PATH = '/a'", "INITIAL_CHECKPOINT_PATH = '/b'"])
   with pytest.raises(UserError, match="INITIAL_CHECKPOINT_PATH"):
-    gin_utils.parse(files, common)
+    configurables.parse(files, common)
 
 
 def test_t5x_dataset_config_bindings_reach_the_eval():
   from prompt_tuning.train import eval_run  # pylint: disable=g-import-not-at-top
-  gin_utils.parse(["models/t5_1_1_toy_prompt.gin", "runs/prompt_eval.gin"],
+  configurables.parse(["models/t5_1_1_toy_prompt.gin", "runs/prompt_eval.gin"],
                   ["MIXTURE_OR_TASK_NAME = 'toy_parity'", "PROMPT_FILE = '/p.npy'",
                    "CHECKPOINT_PATH = None", "utils.DatasetConfig.split = 'test'",
                    "utils.DatasetConfig.batch_size = 128"])
@@ -99,14 +99,14 @@ def test_t5x_dataset_config_bindings_reach_the_eval():
   assert (cfg.split, cfg.batch_size, cfg.use_cached) == ("test", 128, False)
   # A T5X field that means nothing here is an error, not silently dropped.
   with pytest.raises(UserError, match="pack"):
-    gin_utils.parse(["runs/prompt_eval.gin"], ["utils.DatasetConfig.pack = False"])
+    configurables.parse(["runs/prompt_eval.gin"], ["utils.DatasetConfig.pack = False"])
   with pytest.raises(UserError, match="evaluate.split is 'a' but utils.DatasetConfig sets 'b'"):
     eval_run._setting("evaluate.split", "a", "b", "validation")  # pylint: disable=protected-access
   with pytest.raises(UserError, match="MODEL_DIR.*EVAL_OUTPUT_DIR"):
     eval_run.output_dir(None, None, "EVAL_OUTPUT_DIR", "eval")
   with pytest.raises(UserError, match="set only one"):
     eval_run.output_dir("/m", "/e", "EVAL_OUTPUT_DIR", "eval")
-  assert eval_run.output_dir(None, "/e", "EVAL_OUTPUT_DIR", "eval") == "/e"
+  assert eval_run.output_dir(None, "/e", "EVAL_OUTPUT_DIR", "eval").root == "/e"
 
 
 @pytest.mark.parametrize("command", ["train", "eval"])
@@ -128,13 +128,13 @@ def test_train_help_names_gin_flags_and_required_macros():
 
 def test_required_macro_lists_match_the_run_gin_files():
   from prompt_tuning.commands import evaluate, train  # pylint: disable=g-import-not-at-top
-  gin_utils.register_configurables()
+  configurables.register()
   for files, listed in ((["models/t5_1_1_toy_prompt.gin", "runs/prompt_finetune.gin"],
                          train.REQUIRED_MACROS),
                         (["models/t5_1_1_toy_prompt.gin", "runs/prompt_eval.gin"],
                          evaluate.REQUIRED_MACROS)):
     with pytest.raises(UserError) as error:
-      gin_utils.parse(files, [])
+      configurables.parse(files, [])
     required = str(error.value).split(": ", 1)[1].split(";")[0].split(", ")
     assert {name.split(" ")[0] for name in listed} >= set(required), (required, listed)
 

@@ -1,7 +1,7 @@
 """Gin plumbing: T5X-style flags and one-line configuration errors."""
 import pytest
 
-from prompt_tuning import gin_utils
+from prompt_tuning import configurables
 from prompt_tuning.cli import split_gin_flags
 from prompt_tuning.errors import UserError
 
@@ -15,15 +15,15 @@ def test_gin_flags_are_split_from_the_rest():
 
 def test_required_macros_left_unset_are_named():
   with pytest.raises(UserError, match="INITIAL_CHECKPOINT_PATH, MIXTURE_OR_TASK_NAME, MODEL_DIR"):
-    gin_utils.parse(["models/t5_1_1_toy_prompt.gin", "runs/prompt_finetune.gin"], [])
-  gin_utils.parse(["models/t5_1_1_toy_prompt.gin", "runs/prompt_finetune.gin"],
+    configurables.parse(["models/t5_1_1_toy_prompt.gin", "runs/prompt_finetune.gin"], [])
+  configurables.parse(["models/t5_1_1_toy_prompt.gin", "runs/prompt_finetune.gin"],
                   ["MODEL_DIR = '/tmp/x'", "MIXTURE_OR_TASK_NAME = 'toy_parity'",
                    "INITIAL_CHECKPOINT_PATH = None"])
 
 
 def test_bad_binding_is_one_line_naming_it():
   with pytest.raises(UserError) as error:
-    gin_utils.parse(["models/t5_1_1_toy_prompt.gin"], ["Prompt.lenght = 3"])
+    configurables.parse(["models/t5_1_1_toy_prompt.gin"], ["Prompt.lenght = 3"])
   assert "lenght" in str(error.value) and "\n" not in str(error.value)
   with pytest.raises(UserError, match="nope.gin not found"):
-    gin_utils.parse(["nope.gin"], [])
+    configurables.parse(["nope.gin"], [])

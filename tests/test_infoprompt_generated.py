@@ -5,7 +5,7 @@ import flax
 import numpy as np
 import pytest
 
-from prompt_tuning import gin_utils
+from prompt_tuning import configurables, gin_utils
 from prompt_tuning.errors import UserError
 from prompt_tuning.models.t5 import T5
 from prompt_tuning.train.run_setup import build_run
@@ -21,7 +21,7 @@ def _flat(tree):
 
 
 def _context(tmp_path, extra=()):
-  gin_utils.parse(list(GEN_FILES), [*TOY_BINDINGS, *GEN, f"MODEL_DIR = '{tmp_path}'", *extra])
+  configurables.parse(list(GEN_FILES), [*TOY_BINDINGS, *GEN, f"MODEL_DIR = '{tmp_path}'", *extra])
   return build_run(seed=0)
 
 
@@ -79,7 +79,7 @@ def test_train_exports_the_generator_and_eval_loads_exactly_it(tmp_path):
   files = ("models/t5_1_1_toy_prompt.gin", "runs/deltas_eval.gin", "methods/infoprompt.gin",
            "prompts/generated.gin")
   bindings = [b for b in TOY_BINDINGS if not b.startswith(("EVAL_PERIOD", "train."))]
-  gin_utils.parse(list(files), [*bindings, *GEN, f"MODEL_DIR = '{run}'",
+  configurables.parse(list(files), [*bindings, *GEN, f"MODEL_DIR = '{run}'",
                                 f"DELTAS_FILE = '{export}'", "evaluate.num_examples = 16"])
   ctx = eval_run.load_run("toy_parity", "prompt_tuning.data.toy_tasks",
                           {"inputs": 16, "targets": 8}, None, deltas_file=str(export))
@@ -90,7 +90,7 @@ def test_train_exports_the_generator_and_eval_loads_exactly_it(tmp_path):
   assert metrics and all(k.startswith("toy_parity/") for k in metrics)
   assert eval_run.evaluated_step(ctx.model, None, str(export)) == 3  # the export's step
   # Without DELTAS_FILE the generator would be random: refused.
-  gin_utils.parse(list(files), [*bindings, *GEN, f"MODEL_DIR = '{run}'", "DELTAS_FILE = None"])
+  configurables.parse(list(files), [*bindings, *GEN, f"MODEL_DIR = '{run}'", "DELTAS_FILE = None"])
   with pytest.raises(UserError, match="randomly initialized parameters"):
     gin_utils.call(eval_run.evaluate)
 
@@ -102,7 +102,7 @@ def test_train_exports_the_generator_and_eval_loads_exactly_it(tmp_path):
 def test_options_of_a_learned_prompt_are_refused(tmp_path, extra_file, extra_bindings, binding):
   from prompt_tuning.train.initialize import build_model
   files = (*TOY_FILES, extra_file, "methods/infoprompt.gin", "prompts/generated.gin")
-  gin_utils.parse(list(files), [*TOY_BINDINGS, *GEN, f"MODEL_DIR = '{tmp_path}'",
+  configurables.parse(list(files), [*TOY_BINDINGS, *GEN, f"MODEL_DIR = '{tmp_path}'",
                                 *extra_bindings])
   with pytest.raises(UserError) as e:
     gin_utils.call(build_model)
@@ -118,7 +118,7 @@ def _step_flops(tmp_path, files, extra):
   from prompt_tuning.train import optim
   from prompt_tuning.train.run_setup import compile_train_step
   from prompt_tuning.train.step import LossConfig
-  gin_utils.parse(list(files), [*TOY_BINDINGS, f"MODEL_DIR = '{tmp_path}'", *extra])
+  configurables.parse(list(files), [*TOY_BINDINGS, f"MODEL_DIR = '{tmp_path}'", *extra])
   ctx = build_run(seed=0)
   split = ctx.split(("prompt/.*", "info/.*"))
   step = compile_train_step(ctx, split, optim.adafactor(), loss_config=LossConfig())

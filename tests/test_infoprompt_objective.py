@@ -14,7 +14,7 @@ import optax
 import pytest
 import seqio
 
-from prompt_tuning import gin_utils
+from prompt_tuning import configurables
 from prompt_tuning.errors import UserError
 from prompt_tuning.methods.infoprompt import loss, representations
 from prompt_tuning.train.run_setup import build_run
@@ -119,7 +119,7 @@ def _batch(targets):
 
 @pytest.mark.parametrize("theta", ["class_mean", "gold_label"])
 def test_the_default_mi_terms_read_no_label(tmp_path, theta):
-  gin_utils.parse(list(INFO_FILES), [*TOY_BINDINGS, *INFO, f"MODEL_DIR = '{tmp_path}'",
+  configurables.parse(list(INFO_FILES), [*TOY_BINDINGS, *INFO, f"MODEL_DIR = '{tmp_path}'",
                                      f"InfoPromptConfig.theta = '{theta}'"])
   ctx, loss_config = build_run(seed=0), LossConfig()
   right = ["even", "odd", "even", "even", "odd", "even", "odd", "odd"]

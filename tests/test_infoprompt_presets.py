@@ -3,7 +3,7 @@ import flax
 import numpy as np
 import pytest
 
-from prompt_tuning import gin_utils
+from prompt_tuning import configurables
 from prompt_tuning.train.exports import read_export
 from prompt_tuning.train.run_setup import build_run
 from tests.train_helpers import TOY_BINDINGS, TOY_FILES, run_cli
@@ -33,7 +33,7 @@ def test_the_preset_trains_through_the_cli(tmp_path, preset, settings, learning_
   assert code == 0, out[-3000:]
 
   # What ran: the preset's prompt and loss settings ...
-  gin_utils.parse(list(files), [*bindings, "MODEL_DIR = '/unused'"])
+  configurables.parse(list(files), [*bindings, "MODEL_DIR = '/unused'"])
   ctx = build_run(seed=0)
   from prompt_tuning.methods.infoprompt.loss import InfoPromptConfig
   config = InfoPromptConfig()

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_tuning import gin_utils
+from prompt_tuning import configurables
 from prompt_tuning.errors import UserError
 from prompt_tuning.methods.infoprompt.term import prompt_free_representation
 from prompt_tuning.train.run_setup import build_run
@@ -40,7 +40,7 @@ def test_only_prompt_and_info_train_and_both_estimates_are_reported(tmp_path):
   assert {k.split("/")[0] for k in trained} == {"prompt", "info"}
   assert {"info/head_critic/kernel", "info/representation_critic/kernel"} <= set(trained)
   # The backbone is bit-identical to a fresh build of the same run (same seed, no checkpoint).
-  gin_utils.parse(list(INFO_FILES), [*TOY_BINDINGS, *INFO, f"MODEL_DIR = '{tmp_path}/x'"])
+  configurables.parse(list(INFO_FILES), [*TOY_BINDINGS, *INFO, f"MODEL_DIR = '{tmp_path}/x'"])
   fresh = _flat(build_run(seed=0).variables["params"])
   for key, value in _flat(summary["frozen"]["params"]).items():
     np.testing.assert_array_equal(np.asarray(value), np.asarray(fresh[key]), err_msg=key)
@@ -62,7 +62,7 @@ def test_only_prompt_and_info_train_and_both_estimates_are_reported(tmp_path):
 def test_the_heads_have_their_own_optimizer(tmp_path):
   """methods/infoprompt.gin: the prompt on the run file's Adafactor (lr 0.3), info/ on Adam 1e-3."""
   summary = toy_train(tmp_path / "run", steps=1, files=INFO_FILES, extra=list(INFO))
-  gin_utils.parse(list(INFO_FILES), [*TOY_BINDINGS, *INFO, f"MODEL_DIR = '{tmp_path}/x'"])
+  configurables.parse(list(INFO_FILES), [*TOY_BINDINGS, *INFO, f"MODEL_DIR = '{tmp_path}/x'"])
   fresh = _flat(build_run(seed=0).variables["params"])
   moved = {k: float(np.abs(np.asarray(v) - np.asarray(fresh[k])).max())
            for k, v in _flat(summary["trainable"]).items()}
@@ -76,9 +76,11 @@ def test_the_heads_have_their_own_optimizer(tmp_path):
 
 
 def test_microbatches_give_the_same_losses_and_estimates(tmp_path):
-  whole = toy_train(tmp_path / "whole", steps=3, files=INFO_FILES, extra=list(INFO))
+  # Without dropout: each microbatch folds its own dropout key.
+  whole = toy_train(tmp_path / "whole", steps=3, files=INFO_FILES,
+                    extra=[*INFO, "DROPOUT_RATE = 0.0"])
   micro = toy_train(tmp_path / "micro", steps=3, files=INFO_FILES,
-                    extra=[*INFO, "train.num_microbatches = 4"])
+                    extra=[*INFO, "DROPOUT_RATE = 0.0", "train.num_microbatches = 4"])
   for key in ("loss", "total_loss", "mi_head", "mi_representation"):
     np.testing.assert_allclose([h[key] for h in micro["train_history"]],
                                [h[key] for h in whole["train_history"]], rtol=2e-5, atol=2e-6,
@@ -106,7 +108,7 @@ def test_an_eight_device_mesh_samples_what_one_device_does(tmp_path):
 
 
 def test_the_prompt_free_representation_has_no_gradient_to_the_prompt():
-  gin_utils.parse(list(INFO_FILES), [*TOY_BINDINGS, *INFO, "MODEL_DIR = '/unused'"])
+  configurables.parse(list(INFO_FILES), [*TOY_BINDINGS, *INFO, "MODEL_DIR = '/unused'"])
   ctx = build_run(seed=0)
   tokens = jnp.asarray(np.random.default_rng(0).integers(3, 300, (2, 8)), jnp.int32)
   batch = {"encoder_input_tokens": tokens, "decoder_input_tokens": tokens[:, :3]}

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from prompt_tuning.methods.xprompt import driver as xprompt_driver
+from prompt_tuning.run_dir import XPromptDir
 from tests.train_helpers import REPO, TOY_BINDINGS
 
 STEPS = 2
@@ -80,12 +80,12 @@ def _finish(procs, timeout=900):
 
 
 def _stage1_checkpoints(model_dir):
-  folder = os.path.join(model_dir, xprompt_driver.STAGE1_DIR, "checkpoints")
+  folder = XPromptDir(model_dir).stage1.checkpoints
   return sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else []
 
 
 def _results(model_dir):
-  with open(os.path.join(model_dir, xprompt_driver.SUMMARY_FILE)) as f:
+  with open(XPromptDir(model_dir).summary) as f:
     summary = json.load(f)
   with open(summary["report"]) as f:
     report = json.load(f)
@@ -114,7 +114,7 @@ def runs(tmp_path_factory):
       proc.kill()
       proc.wait()
       log.close()
-  assert not os.path.exists(os.path.join(multi_dir, xprompt_driver.SUMMARY_FILE))
+  assert not os.path.exists(XPromptDir(multi_dir).summary)
   _finish(_launch_pair(multi_dir, str(root), "resumed"))
   single.wait(timeout=900)
   assert single.returncode == 0, (root / "single.log").read_text()[-3000:]
@@ -140,25 +140,27 @@ def test_two_hosts_train_prune_and_evaluate_as_one_host(runs):
   assert m_summary["held_out_stages"] == s_summary["held_out_stages"]
   np.testing.assert_allclose(m_prompt, s_prompt, **TOLERANCE)
   # The prompt of every checkpointed step of both training stages.
-  for sub in (xprompt_driver.STAGE1_DIR, xprompt_driver.STAGE3_DIR):
+  multi, single = XPromptDir(multi_dir), XPromptDir(single_dir)
+  for stage in ("stage1", "stage3"):
     for step in range(1, STEPS + 1):
-      name = os.path.join(sub, "prompts", f"step_{step}.npy")
-      np.testing.assert_allclose(np.load(os.path.join(multi_dir, name)),
-                                 np.load(os.path.join(single_dir, name)), **TOLERANCE)
+      np.testing.assert_allclose(np.load(getattr(multi, stage).prompt(f"step_{step}")),
+                                 np.load(getattr(single, stage).prompt(f"step_{step}")),
+                                 **TOLERANCE)
 
 
 def test_only_process_zero_writes_and_the_lock_is_released(runs):
   multi_dir = runs[2]
   assert not os.path.exists(os.path.join(multi_dir, ".lock"))
-  for sub in (xprompt_driver.STAGE1_DIR, xprompt_driver.STAGE3_DIR):
-    assert not os.path.exists(os.path.join(multi_dir, sub, ".lock"))
+  folder = XPromptDir(multi_dir)
+  for stage in (folder.stage1, folder.stage3):
+    assert not os.path.exists(stage.lock)
     # One Orbax checkpoint per saved step, written together by both processes.
-    assert os.listdir(os.path.join(multi_dir, sub, "checkpoints"))
+    assert os.listdir(stage.checkpoints)
   written = [os.path.join(d, f) for d, _, files in os.walk(multi_dir) for f in files]
   assert not [p for p in written if p.endswith(".tmp")]
   # TensorBoard: one events file per run of a stage, from process 0 (stage 1 ran twice:
   # killed, then resumed; stage 3 once).
-  def events(sub):
-    return [f for f in os.listdir(os.path.join(multi_dir, sub)) if f.startswith("events.out")]
-  assert len(events(xprompt_driver.STAGE1_DIR)) == 2
-  assert len(events(xprompt_driver.STAGE3_DIR)) == 1
+  def events(stage):
+    return [f for f in os.listdir(stage.tensorboard) if f.startswith("events.out")]
+  assert len(events(folder.stage1)) == 2
+  assert len(events(folder.stage3)) == 1

@@ -181,7 +181,7 @@ print("RESULT" + json.dumps({{"one": losses(one), "resumed": losses(resumed),
 
 def test_mixture_run_on_a_mesh_resumes_reports_each_task_and_exports_per_task(tmp_path):
   """One test (one subprocess, run once under pytest-xdist): resume, per-task eval, exports."""
-  from prompt_tuning import gin_utils
+  from prompt_tuning import configurables, gin_utils
   from prompt_tuning.train import eval_run
   from tests.train_helpers import TOY_EVAL_BINDINGS
   result = run_on_eight_devices(_RUN_SCRIPT.format(tmp=str(tmp_path)))
@@ -198,14 +198,14 @@ def test_mixture_run_on_a_mesh_resumes_reports_each_task_and_exports_per_task(tm
   assert all(p.shape == (4, 32) for p in prompts.values())
   assert not np.allclose(prompts["toy_parity"], prompts["toy_first_parity"])
   # The single-task eval of one exported prompt reproduces that task's mixture metric ...
-  gin_utils.parse(["models/t5_1_1_toy_prompt.gin", "runs/prompt_eval.gin"],
+  configurables.parse(["models/t5_1_1_toy_prompt.gin", "runs/prompt_eval.gin"],
                   [*TOY_EVAL_BINDINGS, "MIXTURE_OR_TASK_NAME = 'toy_first_parity'",
                    f"PROMPT_FILE = '{run}/prompts/step_4/toy_first_parity.npy'",
                    f"EVAL_OUTPUT_DIR = '{tmp_path / 'single'}'"])
   metrics = gin_utils.call(eval_run.evaluate)
   assert metrics["toy_first_parity/accuracy"] == evaluated["toy_first_parity/accuracy"]
   # ... and the run's export (DELTAS_FILE) evaluates the whole mixture as training did.
-  gin_utils.parse(["models/t5_1_1_toy_prompt.gin", "runs/deltas_eval.gin",
+  configurables.parse(["models/t5_1_1_toy_prompt.gin", "runs/deltas_eval.gin",
                    "prompts/multitask.gin"],
                   [*TOY_EVAL_BINDINGS, "MIXTURE_OR_TASK_NAME = 'toy_mixture'",
                    f"DELTAS_FILE = '{run}/exports/step_4'", f"MODEL_DIR = '{tmp_path / 'all'}'"])

@@ -87,6 +87,7 @@ def lora_export(tmp_path_factory):
   from prompt_tuning.io.backbone import load_backbone
   from prompt_tuning.methods.apet.baselines import lora_deltas
   from prompt_tuning.models.t5 import T5
+  from prompt_tuning.run_dir import RunDir
   from prompt_tuning.train import exports
   tmp = tmp_path_factory.mktemp("lora")
   with pytest.raises(SystemExit) as done:
@@ -103,7 +104,7 @@ def lora_export(tmp_path_factory):
     if k.endswith("/lora/b"):  # B starts at zero; make the update visible
       params[k] = rng.normal(size=params[k].shape).astype(np.float32) * 0.3
   variables = {"params": flax.traverse_util.unflatten_dict(params, sep="/")}
-  out = exports.export_new_variables(str(tmp / "run"), "step_1", model, variables, {"step": 1})
+  out = exports.export_new_variables(RunDir(tmp / "run"), "step_1", model, variables, {"step": 1})
   with np.load(os.path.join(FIXTURE, "reference.npz"), allow_pickle=False) as ref:
     data = dict(ref)
   logits = np.asarray(jax.jit(model.apply)(variables, data["encoder_input_tokens"],

@@ -77,11 +77,11 @@ def test_other_files_are_refused_in_one_line(tmp_path):
 
 def test_eval_loads_a_peft_adapter_as_prompt_file(tmp_path):
   import gin  # pylint: disable=g-import-not-at-top
-  from prompt_tuning import gin_utils  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import configurables  # pylint: disable=g-import-not-at-top
   from prompt_tuning.train import eval_run  # pylint: disable=g-import-not-at-top
   prompt = np.random.default_rng(1).normal(size=(4, 32)).astype(np.float32)  # the toy model
   folder = _peft_folder(tmp_path / "adapter", prompt)
-  gin_utils.parse(["models/t5_1_1_toy_prompt.gin", "runs/prompt_eval.gin"],
+  configurables.parse(["models/t5_1_1_toy_prompt.gin", "runs/prompt_eval.gin"],
                   ["MIXTURE_OR_TASK_NAME = 'toy_parity'",
                    "MIXTURE_OR_TASK_MODULE = 'prompt_tuning.data.toy_tasks'",
                    "INITIAL_CHECKPOINT_PATH = None",

@@ -73,10 +73,10 @@ def test_unsupported_settings_are_one_line_errors():
 
 
 def test_gin_file_builds_the_per_layer_model():
-  from prompt_tuning import gin_utils
+  from prompt_tuning import configurables
   from prompt_tuning.train import initialize
   from tests.train_helpers import TOY_BINDINGS, TOY_FILES
-  gin_utils.parse([*TOY_FILES, "prompts/per_layer.gin", "prompts/attention.gin"],
+  configurables.parse([*TOY_FILES, "prompts/per_layer.gin", "prompts/attention.gin"],
                   [*TOY_BINDINGS, "MODEL_DIR = '/unused'", "PER_LAYER_MODE = 'add'"])
   model = initialize.build_model()
   assert isinstance(model.prompt, PerLayerPrompt) and model.prompt.mode == "add"

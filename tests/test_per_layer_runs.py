@@ -3,7 +3,7 @@ import flax
 import numpy as np
 import pytest
 
-from prompt_tuning import gin_utils
+from prompt_tuning import configurables, gin_utils
 from prompt_tuning.errors import UserError
 from tests.train_helpers import TOY_BINDINGS, TOY_FILES, toy_train
 
@@ -22,7 +22,7 @@ def test_per_layer_export_evaluates_exactly_the_trained_prompts(tmp_path):
   export = run / "exports" / "step_2"
   files = ("models/t5_1_1_toy_prompt.gin", "runs/deltas_eval.gin", "prompts/per_layer.gin")
   bindings = [b for b in TOY_BINDINGS if not b.startswith(("EVAL_PERIOD", "train."))]
-  gin_utils.parse(list(files), [*bindings, f"MODEL_DIR = '{run}'", f"DELTAS_FILE = '{export}'",
+  configurables.parse(list(files), [*bindings, f"MODEL_DIR = '{run}'", f"DELTAS_FILE = '{export}'",
                                 "evaluate.num_examples = 16"])
   ctx = eval_run.load_run("toy_parity", "prompt_tuning.data.toy_tasks",
                           {"inputs": 16, "targets": 8}, None, deltas_file=str(export))
@@ -32,6 +32,6 @@ def test_per_layer_export_evaluates_exactly_the_trained_prompts(tmp_path):
   metrics = gin_utils.call(eval_run.evaluate)
   assert metrics and all(np.isfinite(v) for v in metrics.values())
   # Without DELTAS_FILE the layer prompts would be random: refused.
-  gin_utils.parse(list(files), [*bindings, f"MODEL_DIR = '{run}'", "DELTAS_FILE = None"])
+  configurables.parse(list(files), [*bindings, f"MODEL_DIR = '{run}'", "DELTAS_FILE = None"])
   with pytest.raises(UserError, match="randomly initialized parameters"):
     gin_utils.call(eval_run.evaluate)

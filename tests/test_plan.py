@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from prompt_tuning import gin_utils
+from prompt_tuning import configurables
 from prompt_tuning import plan as plan_lib
 
 MODEL_SHARDED = ("vocab", "mlp", "heads", "joined_kv")  # DEFAULT_RULES send these to `model`
@@ -72,7 +72,7 @@ def _expected_frozen(model_shards: int):
 @pytest.mark.parametrize("num_devices,model_parallel", [(8, 4), (8, 1), (64, 8)])
 def test_plan_run_matches_the_partitioning_rules(num_devices, model_parallel):
   from prompt_tuning.commands.plan import plan_run
-  gin_utils.parse(FILES, [*SMALL_MODEL, f"make_mesh.model_parallel_size = {model_parallel}"])
+  configurables.parse(FILES, [*SMALL_MODEL, f"make_mesh.model_parallel_size = {model_parallel}"])
   result = plan_run(num_devices)
   assert result["mesh"] == {"data": num_devices // model_parallel, "model": model_parallel}
   total, device = _expected_frozen(model_parallel)
@@ -90,9 +90,9 @@ def test_plan_run_matches_the_partitioning_rules(num_devices, model_parallel):
 
 def test_frozen_dtype_halves_frozen_bytes():
   from prompt_tuning.commands.plan import plan_run
-  gin_utils.parse(FILES, list(SMALL_MODEL))
+  configurables.parse(FILES, list(SMALL_MODEL))
   f32 = plan_run(1)["frozen"]
-  gin_utils.parse(FILES, [*SMALL_MODEL, "train.frozen_dtype = 'bfloat16'"])
+  configurables.parse(FILES, [*SMALL_MODEL, "train.frozen_dtype = 'bfloat16'"])
   bf16 = plan_run(1)["frozen"]
   assert bf16["count"] == f32["count"]
   assert bf16["device_bytes"] * 2 == f32["device_bytes"]

@@ -14,11 +14,29 @@ SHAPE = (6, 8)
 RNG = jax.random.PRNGKey(3)
 
 
-def test_uniform_stays_in_range_and_fills_it():
+def test_uniform_is_the_reference_codes_range_by_default_and_the_papers_centered():
+  """Flax's `uniform(0.5)` of the reference code draws from [0, 0.5); the paper's is
+  [-0.5, 0.5]."""
   value = np.asarray(initializers.uniform(0.5)(RNG, (200, 8), TABLE))
   assert value.shape == (200, 8)
+  assert value.min() >= 0.0 and value.max() < 0.5
+  assert value.min() < 0.05 and value.max() > 0.45
+  value = np.asarray(initializers.uniform(0.5, centered=True)(RNG, (200, 8), TABLE))
   assert value.min() >= -0.5 and value.max() <= 0.5
   assert value.min() < -0.45 and value.max() > 0.45
+
+
+@pytest.mark.parametrize("scale", [0.0, -0.5, float("inf"), float("nan")])
+def test_uniform_scale_must_be_a_positive_number(scale):
+  with pytest.raises(UserError, match="uniform.scale must be a positive number"):
+    initializers.uniform(scale)
+
+
+def test_sampled_vocab_without_a_population_size_draws_from_the_whole_table():
+  value = np.asarray(initializers.sampled_vocab(population_size=None, population_start=290)(
+      RNG, (10, TABLE.shape[1]), TABLE))
+  ids = {int(np.flatnonzero((TABLE == row).all(axis=1))[0]) for row in value}
+  assert ids == set(range(290, 300))  # the table's last 10 rows, each once
 
 
 def test_sampled_vocab_rows_are_distinct_rows_of_the_population():

@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 
-from prompt_tuning import gin_utils
+from prompt_tuning import configurables, gin_utils
 from prompt_tuning.tasks.testing import byte_vocabulary, mock_tfds_rows
 from prompt_tuning.train import eval_run
 
@@ -17,7 +17,7 @@ RTE_ROWS = [
 def test_eval_of_a_rank_task_scores_every_label_and_writes_metrics(tmp_path):
   np.save(tmp_path / "p.npy", np.zeros((4, 32), np.float32))
   with byte_vocabulary(), mock_tfds_rows({"super_glue/rte": RTE_ROWS}):
-    gin_utils.parse(
+    configurables.parse(
         ["models/t5_1_1_toy_prompt.gin", "prompts/from_file.gin", "runs/prompt_eval.gin"],
         ["MIXTURE_OR_TASK_NAME = 'super_glue_rte_rank'", "INITIAL_CHECKPOINT_PATH = None",
          "TASK_FEATURE_LENGTHS = {'inputs': 96, 'targets': 8}", "BATCH_SIZE = 4",

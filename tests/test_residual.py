@@ -67,9 +67,10 @@ def test_zero_up_projection_gives_the_raw_prompt(layer_norm, separate_mlps):
   raw = np.asarray(variables["params"]["prompt"]["prompt"])
   # With the default (random) W_up the reparameterization changes the prompt ...
   assert not np.allclose(fold(model, variables), raw, atol=1e-4)
-  # ... and with W_up = 0 (b_up and the LayerNorm bias are zero at init) it is the identity.
+  # ... and with W_up = 0 and b_up = 0 (the LayerNorm bias is zero at init) it is the identity.
   up = _mlp(variables)["up"]
   up["kernel"] = jnp.zeros_like(up["kernel"])
+  up["bias"] = jnp.zeros_like(up["bias"])
   np.testing.assert_array_equal(fold(model, variables), raw)
 
 

@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 
 from prompt_tuning.errors import UserError
-from prompt_tuning.train.checkpoints import (CORRUPT_DIR, STATE_CHECKSUMS, RunCheckpoints,
+from prompt_tuning.run_dir import RunDir
+from prompt_tuning.train.checkpoints import (STATE_CHECKSUMS, RunCheckpoints,
                                              export_prompt_if_missing)
+
+CORRUPT_DIR = "checkpoints_corrupt"  # where docs and `RunDir.corrupt_checkpoint` set steps aside
 
 
 def state(k: int):
@@ -177,9 +180,9 @@ def test_checkpoints_without_checksums_still_restore(two_steps, tmp_path, caplog
 
 def test_a_missing_prompt_export_is_written(tmp_path):
   prompt = np.ones((4, 8), np.float32)
-  path = export_prompt_if_missing(str(tmp_path), "step_3", prompt)
+  path = export_prompt_if_missing(RunDir(tmp_path), "step_3", prompt)
   assert path.endswith("prompts/step_3.npy")
   np.testing.assert_array_equal(np.load(path), prompt)
-  assert export_prompt_if_missing(str(tmp_path), "step_3", prompt * 2) is None  # never overwritten
+  assert export_prompt_if_missing(RunDir(tmp_path), "step_3", prompt * 2) is None  # never overwritten
   np.testing.assert_array_equal(np.load(path), prompt)
-  assert export_prompt_if_missing(str(tmp_path), "step_4", None) is None
+  assert export_prompt_if_missing(RunDir(tmp_path), "step_4", None) is None

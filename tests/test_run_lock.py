@@ -9,7 +9,9 @@ import pytest
 
 from prompt_tuning.errors import UserError
 from prompt_tuning.train import run_lock
-from prompt_tuning.train.run_lock import LOCK_FILE, RunLock
+from prompt_tuning.train.run_lock import RunLock
+
+LOCK_FILE = ".lock"  # where docs and `RunDir.lock` say a run keeps its lock
 
 
 def dead_pid() -> int:

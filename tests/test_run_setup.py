@@ -11,7 +11,7 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from prompt_tuning import gin_utils
+from prompt_tuning import configurables
 from prompt_tuning.errors import UserError
 from prompt_tuning.io.backbone import save_backbone
 from prompt_tuning.methods.residual import ResidualReparameterization
@@ -112,7 +112,7 @@ def test_a_checkpoint_must_hold_every_backbone_path(backbone_dir, tmp_path):
 
 
 def test_stacked_method_files_combine_in_named_slots():
-  gin_utils.parse(["models/t5_1_1_toy_prompt.gin", "methods/xprompt.gin", "methods/residual.gin"],
+  configurables.parse(["models/t5_1_1_toy_prompt.gin", "methods/xprompt.gin", "methods/residual.gin"],
                   ["RESIDUAL_BOTTLENECK = 4", "XPROMPT_PIECES = 4"])
   try:
     prompt = gin.get_configurable(Prompt)()

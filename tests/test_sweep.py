@@ -1,5 +1,6 @@
 """`prompt-tuning sweep`: budgets to method settings, thresholds, bad budgets, resuming."""
 import json
+import os
 
 import flax.linen as nn
 import jax
@@ -12,6 +13,7 @@ from prompt_tuning.errors import UserError
 from prompt_tuning.methods.apet import sweep
 from prompt_tuning.methods.apet.counts import count_parameters
 from prompt_tuning.models.config import T5Config
+from prompt_tuning.run_dir import SweepDir
 
 DEMO = T5Config(vocab_size=264, emb_dim=64, num_heads=4, head_dim=16, mlp_dim=128,
                 num_encoder_layers=2, num_decoder_layers=2, relative_attention_num_buckets=16,
@@ -99,7 +101,7 @@ def test_a_finished_cell_is_not_recomputed(tmp_path, tiny_backbone, monkeypatch,
   assert "[2/2] apet_b100_s1 (budget 100, seed 1; 100 trainable): training" in log
   assert "ETA" in log
   # A rerun trains nothing: both cells have their done-marker.
-  (out / "cells" / "apet_b100_s1" / sweep.CELL_MARKER).unlink()
+  os.unlink(SweepDir(out).cell("apet_b100_s1").done)
   trained = []
   real_train = trainer.train
   monkeypatch.setattr(trainer, "train", lambda **kw: trained.append(1) or real_train(**kw))

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.train_helpers import TOY_BINDINGS, TOY_FILES
@@ -48,9 +49,11 @@ def test_checkpoint_of_the_wrong_size(tmp_path, shared_data):
                         "model expects (32,)")
 
 
-def test_prompt_longer_than_the_inputs(tmp_path):
+def test_a_prompt_longer_than_the_inputs_is_added_on_top_of_them(tmp_path):
+  """As in the reference code: TASK_FEATURE_LENGTHS counts the inputs, the prompt comes on top."""
   proc = run_train(tmp_path / "run", "--gin.PROMPT_LENGTH=40")
-  assert_one_line_error(proc, tmp_path / "run", "40", "TASK_FEATURE_LENGTHS")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert np.load(tmp_path / "run" / "prompts" / "step_2.npy").shape == (40, 32)
 
 
 def test_empty_dataset(tmp_path):
@@ -58,11 +61,12 @@ def test_empty_dataset(tmp_path):
   assert_one_line_error(proc, tmp_path / "run", "toy_empty", "no full batch", "BATCH_SIZE")
 
 
-def test_nan_loss_stops_before_any_checkpoint(tmp_path):
-  # An infinite init range (1e400 parses as inf) makes the prompt, and so the loss, NaN.
+def test_divergence_stops_before_any_checkpoint(tmp_path):
+  # A prompt of values near float32's largest: its norm overflows at the first step.
   proc = run_train(tmp_path / "run", "--gin_file=prompts/from_uniform.gin",
-                   "--gin.uniform.scale=1e400")
-  assert_one_line_error(proc, tmp_path / "run", "loss became", "no checkpoint")
+                   "--gin.uniform.scale=1e38")
+  assert_one_line_error(proc, tmp_path / "run", "training diverged", "became inf at step 1",
+                        "no checkpoint")
 
 
 def one_error_line(proc):

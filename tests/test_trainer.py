@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from prompt_tuning import gin_utils
+from prompt_tuning import configurables
 from prompt_tuning.io.backbone import load_backbone, save_backbone
 from prompt_tuning.train import initialize
 from tests.train_helpers import TOY_BINDINGS, TOY_FILES, losses, run_on_eight_devices, toy_train
@@ -22,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def toy_backbone(tmp_path_factory):
   """A random toy backbone saved as a backbone folder (the 'initial checkpoint')."""
   path = str(tmp_path_factory.mktemp("bb") / "backbone")
-  gin_utils.parse(list(TOY_FILES), [*TOY_BINDINGS, "MODEL_DIR = '/unused'"])
+  configurables.parse(list(TOY_FILES), [*TOY_BINDINGS, "MODEL_DIR = '/unused'"])
   model = initialize.build_model()
   tokens = np.ones((1, 4), np.int32)
   params = nn.meta.unbox(model.init(jax.random.PRNGKey(7), tokens, tokens))["params"]
@@ -146,14 +146,16 @@ def test_eight_device_meshes_match_one_device(tmp_path):
 
 
 def test_gradient_accumulation_over_microbatches_is_exact(tmp_path):
-  whole = losses(toy_train(tmp_path / "whole", steps=3))
-  micro = losses(toy_train(tmp_path / "micro", steps=3, extra=["train.num_microbatches = 4"]))
+  # Without dropout: each microbatch folds its own dropout key.
+  whole = losses(toy_train(tmp_path / "whole", steps=3, extra=["DROPOUT_RATE = 0.0"]))
+  micro = losses(toy_train(tmp_path / "micro", steps=3,
+                           extra=["DROPOUT_RATE = 0.0", "train.num_microbatches = 4"]))
   np.testing.assert_allclose(micro, whole, rtol=1e-5)
 
 
 def test_early_stopping_counts_evaluations_without_improvement():
   from prompt_tuning.errors import UserError
-  from prompt_tuning.train.trainer import EarlyStopping
+  from prompt_tuning.train.best import EarlyStopping
   early = EarlyStopping("task/accuracy", "max", patience=2)
   assert early.improved({"task/accuracy": 50.0}) and not early.should_stop
   assert not early.improved({"task/accuracy": 40.0}) and not early.should_stop
@@ -163,6 +165,11 @@ def test_early_stopping_counts_evaluations_without_improvement():
   assert early.best == 60.0
   with pytest.raises(UserError, match="task/f1"):
     EarlyStopping("task/f1").improved({"task/accuracy": 1.0})
+  # A bare metric name names the one task's metric (as XPROMPT_METRIC does), if unique.
+  short = EarlyStopping("accuracy")
+  assert short.improved({"task/accuracy": 0.5}) and short.best == 0.5
+  with pytest.raises(UserError, match="metric 'accuracy' is not a unique one of the eval metrics"):
+    EarlyStopping("accuracy").improved({"a/accuracy": 1.0, "b/accuracy": 1.0})
 
 
 def test_initial_checkpoint_may_be_a_hugging_face_folder(tmp_path):

@@ -13,7 +13,8 @@ import pytest
 
 from prompt_tuning.errors import UserError
 from prompt_tuning.methods.xprompt import masks as xprompt
-from prompt_tuning.methods.xprompt.report import HEATMAP_NAME, REPORT_NAME, write_report
+from prompt_tuning.methods.xprompt.report import write_report
+from prompt_tuning.run_dir import XPromptSearchDir
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.t5 import T5
 from prompt_tuning.prompts.prompt import Prompt, encoder_prompt
@@ -323,8 +324,9 @@ def test_report_and_heatmap_are_consistent_with_the_exported_prompt(tmp_path):
   result = xprompt.search(score_fn, evaluate_fn, token_mask, piece_mask,
                           token_ratios=(0.2, 0.4), piece_ratios=(0.25, 0.5))
   stages = {"prompt_tuning": 0.5, "pruning": result.best.metric, "rewinding": 0.6}
-  paths = write_report(str(tmp_path / "xprompt"), result, stages, metric_name="neg_loss")
-  assert paths["report"].endswith(REPORT_NAME) and paths["heatmap"].endswith(HEATMAP_NAME)
+  paths = write_report(XPromptSearchDir(tmp_path / "xprompt"), result, stages,
+                       metric_name="neg_loss")
+  assert paths["report"].endswith("report.json") and paths["heatmap"].endswith("importance.png")
   with open(paths["heatmap"], "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   with open(paths["report"]) as f:
@@ -375,7 +377,7 @@ def test_report_shows_the_score_that_pruned_each_token_and_marks_it(tmp_path):
                           np.ones(LENGTH), np.ones((LENGTH, PIECES)), token_ratios=(0.2, 0.4),
                           piece_ratios=())
   assert result.best.kept_tokens == 3
-  paths = write_report(str(tmp_path), result, {"prompt_tuning": 0.0, "pruning": 1.2})
+  paths = write_report(XPromptSearchDir(tmp_path), result, {"prompt_tuning": 0.0, "pruning": 1.2})
   report = json.loads(open(paths["report"]).read())
   assert report["decisive_token_scores"][:2] == pytest.approx([0.1, 0.2])  # what pruned them
   assert report["decisive_token_scores"][2:] == pytest.approx([0.6, 0.7, 0.8])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from prompt_tuning.methods.xprompt import driver as xprompt_driver
+from prompt_tuning.run_dir import XPromptDir
 from tests.train_helpers import TOY_BINDINGS, run_cli
 
 PIECES = 2  # divides the toy model's d_model 32
@@ -53,7 +54,7 @@ def finished_run(tmp_path_factory):
   assert code == 130, first
   code, second = run_cli(_argv(model_dir))
   assert code == 0, second
-  with open(os.path.join(model_dir, xprompt_driver.SUMMARY_FILE)) as f:
+  with open(XPromptDir(model_dir).summary) as f:
     summary = json.load(f)
   with open(summary["report"]) as f:
     report = json.load(f)
@@ -71,10 +72,11 @@ def test_stages_run_in_order_and_a_restart_resumes_after_the_last_finished_one(f
   assert "stage 1/3: prompt tuning finished earlier" in second
   assert "stage 2/3: pruning search finished earlier" in second
   assert "=== xprompt stage 3/3" in second and "=== xprompt stage 1/3" not in second
-  for sub in (xprompt_driver.STAGE1_DIR, xprompt_driver.SEARCH_DIR, xprompt_driver.STAGE3_DIR):
-    assert os.path.exists(os.path.join(model_dir, sub, xprompt_driver.STAGE_FILE))
-  assert os.listdir(os.path.join(model_dir, xprompt_driver.STAGE1_DIR, "checkpoints"))
-  assert os.listdir(os.path.join(model_dir, xprompt_driver.STAGE3_DIR, "checkpoints"))
+  folder = XPromptDir(model_dir)
+  for stage in (folder.stage1, folder.search, folder.stage3):
+    assert os.path.exists(stage.stage_record)
+  assert os.listdir(folder.stage1.checkpoints)
+  assert os.listdir(folder.stage3.checkpoints)
   assert summary["final_step"] == 2 * STEPS
   assert set(summary["stages"]) == {"prompt_tuning", "pruning", "rewinding"}
   assert summary["metric_name"] == "toy_parity/accuracy"
@@ -124,16 +126,14 @@ def test_exported_prompt_is_zero_exactly_where_pruned(finished_run):
 def test_rewinding_retrains_kept_values_and_pruned_stay_zero(finished_run):
   model_dir, _, summary, report = finished_run
   kept = np.repeat(_kept(report), 32 // PIECES, axis=1) > 0
-  stage1 = xprompt_driver.load_tree(os.path.join(
-      model_dir, xprompt_driver.STAGE1_DIR, xprompt_driver.TRAINABLE_FILE))["prompt"]["prompt"]
-  stage3 = xprompt_driver.load_tree(os.path.join(
-      model_dir, xprompt_driver.STAGE3_DIR, xprompt_driver.TRAINABLE_FILE))["prompt"]["prompt"]
+  folder = XPromptDir(model_dir)
+  stage1 = xprompt_driver.load_tree(folder.stage1.kept_trainable)["prompt"]["prompt"]
+  stage3 = xprompt_driver.load_tree(folder.stage3.kept_trainable)["prompt"]["prompt"]
   np.testing.assert_array_equal(stage3[~kept], 0.0)  # the raw parameter, not only the masked view
   assert not np.allclose(stage3[kept], stage1[kept])  # stage 3 trained the rewound values
   np.testing.assert_array_equal(np.load(summary["final_prompt"]), stage3 * kept)
   # Stage 1 was plain prompt tuning: its exported prompt is the raw one, nothing masked.
-  exported = np.load(os.path.join(model_dir, xprompt_driver.STAGE1_DIR, "prompts",
-                                  f"step_{STEPS}.npy"))
+  exported = np.load(folder.stage1.prompt(f"step_{STEPS}"))
   np.testing.assert_array_equal(exported, stage1)
 
 

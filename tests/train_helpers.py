@@ -9,7 +9,7 @@ from typing import Sequence, Tuple
 
 import pytest
 
-from prompt_tuning import cli, gin_utils
+from prompt_tuning import cli, configurables, gin_utils
 
 TOY_BINDINGS = (
     "MIXTURE_OR_TASK_NAME = 'toy_parity'",
@@ -30,7 +30,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def toy_train(model_dir, steps: int, extra: Sequence[str] = (), files: Sequence[str] = TOY_FILES):
   """Trains the toy prompt model; returns the trainer's summary dict."""
   from prompt_tuning.train import trainer
-  gin_utils.parse(list(files), [*TOY_BINDINGS, f"MODEL_DIR = '{model_dir}'",
+  configurables.parse(list(files), [*TOY_BINDINGS, f"MODEL_DIR = '{model_dir}'",
                                 f"TRAIN_STEPS = {steps}", f"CHECKPOINT_PERIOD = {steps}", *extra])
   return gin_utils.call(trainer.train)
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from prompt_tuning import checks
 from prompt_tuning.errors import UserError
+from prompt_tuning.models.config import architecture_of
 
 
 def add_arguments(parser) -> None:
@@ -85,7 +86,7 @@ def run(args) -> int:
   else:
     from prompt_tuning.train import exports
     tensors, description = exports.read_export(args.deltas)
-    if description.get("model_config") != config.to_dict():
+    if architecture_of(description.get("model_config") or {}) != config.architecture():
       raise UserError(f"{args.deltas} was tuned on another backbone config than {args.checkpoint}; "
                       f"pass the backbone in its export.json "
                       f"({description.get('initial_checkpoint_path')})")

@@ -52,8 +52,9 @@ def run(args: argparse.Namespace) -> int:
   inputs = jsonl.tokenize(vocab, (e["inputs"] for e in examples))
 
   import jax
-  from prompt_tuning.models.inference import InferenceModel, length_sorted_batches
-  model = InferenceModel.from_backbone(args.checkpoint, args.prompt)
+  from prompt_tuning.models.inference import length_sorted_batches
+  from prompt_tuning.prompts.tuned_model import load_tuned_model
+  model = load_tuned_model(args.checkpoint, args.prompt)
   jsonl.check_token_range(inputs, model.vocab_size, args.vocab)
 
   predictions = [""] * len(examples)

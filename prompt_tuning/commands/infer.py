@@ -1,5 +1,5 @@
 """`prompt-tuning infer --gin_file=... --gin.PROMPT_FILE=...`: predictions of a saved prompt."""
-from prompt_tuning import gin_utils
+from prompt_tuning import configurables
 from prompt_tuning.train import eval_run
 
 # Left to the user by runs/prompt_infer.gin (T5X's INFER_OUTPUT_DIR / CHECKPOINT_PATH work too).
@@ -11,4 +11,4 @@ EXAMPLE = ("prompt-tuning infer --gin_file=models/t5_1_1_base_prompt.gin "
            "--gin.INITIAL_CHECKPOINT_PATH=\"'/path/to/checkpoint_1100000'\" "
            "--gin.PROMPT_FILE=\"'/tmp/rte/prompts/step_1130000.npy'\"")
 
-add_arguments, run = gin_utils.gin_command(eval_run.infer, REQUIRED_MACROS, EXAMPLE)
+add_arguments, run = configurables.gin_command(eval_run.infer, REQUIRED_MACROS, EXAMPLE)

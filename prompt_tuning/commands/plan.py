@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from jax.sharding import PartitionSpec
 
-from prompt_tuning import checks, gin_utils
+from prompt_tuning import checks, configurables, gin_utils
 from prompt_tuning import plan as plan_lib
 from prompt_tuning.errors import UserError
 from prompt_tuning.models.config import remat_policy
@@ -71,7 +71,7 @@ def plan_run(num_devices: Optional[int] = None) -> Dict[str, Any]:
   # The run's own checks, before shapes are traced with bad values.
   prompt_length = run_setup.prompt_length(model)
   lengths = _gin_value("train.task_feature_lengths", {"inputs": 512, "targets": 8})
-  data_lib.validate_feature_lengths(lengths, prompt_length)
+  data_lib.validate_feature_lengths(lengths)
   batch = checks.positive_int(_gin_value("train.batch_size", 32), "BATCH_SIZE (train.batch_size)",
                               "--gin.BATCH_SIZE=32")
   microbatches = checks.positive_int(_gin_value("train.num_microbatches", 1),
@@ -152,7 +152,7 @@ def format_plan(p: Dict[str, Any]) -> str:
 
 
 def run(args) -> int:
-  gin_utils.setup_from_args(args)
+  configurables.setup_from_args(args)
   if args.num_devices is not None and args.num_devices < 1:
     raise UserError(f"--num_devices={args.num_devices} must be at least 1")
   result = plan_run(args.num_devices)

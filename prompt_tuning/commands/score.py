@@ -59,8 +59,9 @@ def run(args: argparse.Namespace) -> int:
   inputs = jsonl.tokenize(vocab, (e["inputs"] for e in examples))
   targets = jsonl.tokenize(vocab, (e["targets"] for e in examples))
 
-  from prompt_tuning.models.inference import InferenceModel, length_sorted_batches
-  model = InferenceModel.from_backbone(args.checkpoint, args.prompt)
+  from prompt_tuning.models.inference import length_sorted_batches
+  from prompt_tuning.prompts.tuned_model import load_tuned_model
+  model = load_tuned_model(args.checkpoint, args.prompt)
   jsonl.check_token_range(inputs + targets, model.vocab_size, args.vocab)
 
   log_likelihoods = np.zeros(len(examples), np.float64)

@@ -1,5 +1,5 @@
 """`prompt-tuning sweep [--gin.X=Y]`: PET methods at parameter budgets (see configs/runs/sweep.gin)."""
-from prompt_tuning import gin_utils
+from prompt_tuning import configurables, gin_utils
 
 SWEEP_GIN = "runs/sweep.gin"
 
@@ -10,7 +10,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
   args.gin_file = [SWEEP_GIN, *args.gin_file]
-  gin_utils.setup_from_args(args)
+  configurables.setup_from_args(args)
   from prompt_tuning.methods.apet import sweep
   gin_utils.call(sweep.run_sweep)
   return 0

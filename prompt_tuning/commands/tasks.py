@@ -45,7 +45,7 @@ def _parse_gin(files: List[str], bindings: List[str]):
   if not files and not bindings:
     return
   from prompt_tuning import gin_utils  # pylint: disable=g-import-not-at-top
-  gin_utils.parse(files, bindings, register=False)  # the task configurables are imported
+  gin_utils.parse(files, bindings)  # the task configurables are imported
 
 
 def _lookup(name: str):

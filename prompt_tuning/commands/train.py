@@ -4,7 +4,7 @@ A reference command line runs with `python3 -m t5x.train` replaced by
 `prompt-tuning train`; `TRAIN_STEPS` is the absolute step to stop at, counting
 the initial checkpoint's step, as in T5X.
 """
-from prompt_tuning import gin_utils
+from prompt_tuning import configurables
 from prompt_tuning.train import trainer
 
 # Left to the user by runs/prompt_finetune.gin (tests check the list against it).
@@ -15,4 +15,4 @@ EXAMPLE = ("prompt-tuning train --gin_file=models/t5_1_1_base_prompt.gin "
            "--gin.INITIAL_CHECKPOINT_PATH=\"'/path/to/checkpoint_1100000'\" "
            "--gin.TRAIN_STEPS=1_130_000")
 
-add_arguments, run = gin_utils.gin_command(trainer.train, REQUIRED_MACROS, EXAMPLE)
+add_arguments, run = configurables.gin_command(trainer.train, REQUIRED_MACROS, EXAMPLE)

@@ -8,7 +8,7 @@ Same gin files as `prompt-tuning train` plus `methods/xprompt.gin`, e.g.
 
 See `prompt_tuning.methods.xprompt.driver` for the stages and the files written.
 """
-from prompt_tuning import gin_utils
+from prompt_tuning import configurables, gin_utils
 from prompt_tuning.methods.xprompt.driver import run_xprompt
 
 
@@ -17,7 +17,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-  gin_utils.setup_from_args(args)
+  configurables.setup_from_args(args)
   summary = gin_utils.call(run_xprompt)
   if "interrupted" in summary:
     return 0

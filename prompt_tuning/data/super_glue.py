@@ -5,4 +5,6 @@ the reference's SuperGLUE names (`taskless_super_glue_rte_v102_examples`,
 `super_glue_rte_v102_examples`, ...) among them as aliases; see
 `prompt_tuning.tasks.reference_names`.
 """
+# Up a layer on purpose: the reference code names this module (`prompt_tuning.data.*`), and what
+# it must register lives in `prompt_tuning.tasks`, above `data/`.
 import prompt_tuning.tasks  # noqa: F401  pylint: disable=unused-import

@@ -3,7 +3,7 @@
     corpus (demo.tasks) -> pretrain T5 1.1 tiny on copy:/reverse:/sort: -> backbone folder
     -> baseline: frozen backbone + untrained random prompt on the bare task
     -> for each method: gin files + bindings -> trainer.train (checkpoints, SeqIO eval)
-    -> table, MODEL_DIR/demo_summary.json, MODEL_DIR/learning_curves.png
+    -> table, summary and learning curves (where each lives: `run_dir.DemoDir`)
 
 Every tuning run goes through the same code path as `prompt-tuning train`: the
 gin files in `configs/`, `trainer.train`, Orbax checkpoints and `seqio.Evaluator`
@@ -12,24 +12,24 @@ on held-out inputs that no training split (pretraining included) contains.
 import os
 import shutil
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import gin
 
 from prompt_tuning import gin_utils
 from prompt_tuning.demo import plots, tasks
-from prompt_tuning.demo.pretrain import pretrain_backbone
+from prompt_tuning.demo.pretrain import DemoBackbone
 from prompt_tuning.errors import UserError
 from prompt_tuning.fs import write_json
-from prompt_tuning.io.backbone import CONFIG_FILE, load_backbone_config
+from prompt_tuning.io.backbone import load_backbone_config
 from prompt_tuning.methods.xprompt.driver import run_xprompt
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.t5 import T5
+from prompt_tuning.run_dir import DemoDir
 from prompt_tuning.train import evaluation, trainer
+from prompt_tuning.train.initialize import model_config_bindings
 from prompt_tuning.train.run_setup import RunContext, build_run
 
-SUMMARY_FILE = "demo_summary.json"
-CURVES_FILE = "learning_curves.png"
 METRIC = "exact_match"
 # Gin files (under configs/) of each method, on top of the backbone bindings.
 METHOD_FILES = {
@@ -38,24 +38,6 @@ METHOD_FILES = {
     "xprompt": ("runs/prompt_finetune.gin", "prompts/prompt.gin", "methods/xprompt.gin"),
     "infoprompt": ("runs/prompt_finetune.gin", "prompts/prompt.gin", "methods/infoprompt.gin"),
 }
-
-
-@gin.configurable
-def demo_backbone(vocab_size: int = 264, emb_dim: int = 64, num_heads: int = 4, head_dim: int = 16,
-                  mlp_dim: int = 128, num_layers: int = 2) -> T5Config:
-  """The tiny T5 1.1 the demo pretrains (byte vocabulary: 259 ids, padded)."""
-  return T5Config(vocab_size=vocab_size, emb_dim=emb_dim, num_heads=num_heads, head_dim=head_dim,
-                  mlp_dim=mlp_dim, num_encoder_layers=num_layers, num_decoder_layers=num_layers,
-                  relative_attention_num_buckets=16, relative_attention_max_distance=32)
-
-
-def config_bindings(config: T5Config) -> List[str]:
-  """Gin bindings that rebuild `config` (the tuning runs' `build_model.model_config`)."""
-  out = ["build_model.model_config = @T5Config()"]
-  for key, value in config.to_dict().items():
-    out.append(f"T5Config.{key} = {tuple(value)!r}" if isinstance(value, list)
-               else f"T5Config.{key} = {value!r}")
-  return out
 
 
 def _last_metric(history: Sequence[Mapping[str, float]], key: str) -> Optional[float]:
@@ -131,27 +113,11 @@ def format_table(summary: Mapping[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def ensure_backbone(model_dir: str, config: T5Config, feature_lengths: Mapping[str, int],
-                    steps: int, batch_size: int, learning_rate: float, seed: int
-                    ) -> Tuple[str, Dict[str, Any]]:
-  """`MODEL_DIR/backbone`, pretrained unless a complete one is there: (path, pretraining record)."""
-  backbone_dir = os.path.join(model_dir, "backbone")
-  if os.path.exists(os.path.join(backbone_dir, CONFIG_FILE)):
-    print(f"reusing the pretrained backbone in {backbone_dir} (delete it to pretrain again)")
-    return backbone_dir, {"history": [], "wall_s": 0.0, "steps": 0, "reused": True}
-  shutil.rmtree(backbone_dir, ignore_errors=True)  # an interrupted save
-  print(f"pretraining a tiny T5 1.1 on {tasks.PRETRAIN_MIXTURE} "
-        f"({', '.join(t + ':' for t in tasks.OPERATIONS)}) for {steps} steps")
-  return backbone_dir, pretrain_backbone(backbone_dir, config, tasks.PRETRAIN_MIXTURE,
-                                         feature_lengths, steps, batch_size, learning_rate,
-                                         seed=seed)
-
-
 def task_bindings(config: T5Config, task: str, backbone_dir: str,
                   feature_lengths: Mapping[str, int], prompt_length: int) -> List[str]:
   """Gin bindings of the demo backbone, a task and the prompt (what train and eval share)."""
   return [
-      *config_bindings(config),
+      *model_config_bindings(config),
       f"MIXTURE_OR_TASK_NAME = {task!r}",
       "MIXTURE_OR_TASK_MODULE = 'prompt_tuning.demo.tasks'",
       f"INITIAL_CHECKPOINT_PATH = {backbone_dir!r}",
@@ -200,11 +166,13 @@ def run_demo(model_dir: str = gin.REQUIRED, operation: str = "reverse",
   if unknown:
     raise UserError(f"demo methods {unknown} are unknown; choose from {sorted(METHOD_FILES)}")
   feature_lengths = dict(task_feature_lengths or {"inputs": 16, "targets": 8})
-  config = demo_backbone()
+  folder = DemoDir(model_dir)
   start = time.time()
   os.makedirs(model_dir, exist_ok=True)
-  backbone_dir, backbone = ensure_backbone(model_dir, config, feature_lengths, pretrain_steps,
-                                           pretrain_batch_size, pretrain_learning_rate, seed)
+  backbone_dir = folder.backbone
+  backbone = DemoBackbone(steps=pretrain_steps, batch_size=pretrain_batch_size,
+                          learning_rate=pretrain_learning_rate, seed=seed,
+                          feature_lengths=feature_lengths).ensure(backbone_dir)
   config = load_backbone_config(backbone_dir)
   backbone["instructed_exact_match"] = instructed_reference(backbone_dir, operation, feature_lengths)
   print(f"backbone with the instruction word '{operation}:': held-out exact match "
@@ -214,14 +182,14 @@ def run_demo(model_dir: str = gin.REQUIRED, operation: str = "reverse",
   common = tuning_bindings(config, task, backbone_dir, feature_lengths, tune_steps,
                            tune_batch_size, eval_period, prompt_length, seed)
   gin_utils.parse(list(METHOD_FILES["prompt_tuning"]),
-                  [*common, f"MODEL_DIR = {os.path.join(model_dir, 'baseline')!r}", *extra_bindings])
+                  [*common, f"MODEL_DIR = {folder.baseline!r}", *extra_bindings])
   baseline = random_prompt_baseline(task, feature_lengths, backbone_dir, seed)
   print(f"frozen backbone + untrained random prompt on {task}: held-out exact match "
         f"{baseline:.3f}", flush=True)
 
   rows = []
   for method in methods:
-    run_dir = os.path.join(model_dir, method)
+    run_dir = folder.method(method)
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, not a resume of the last demo
     bindings = [*common, f"MODEL_DIR = {run_dir!r}", *extra_bindings]
     if method == "residual":
@@ -248,14 +216,14 @@ def run_demo(model_dir: str = gin.REQUIRED, operation: str = "reverse",
       "methods": rows, "prompt_length": prompt_length,
       "total_wall_s": round(time.time() - start, 1),
   }
-  curves = os.path.join(model_dir, CURVES_FILE)
+  curves = folder.curves
   plots.learning_curves(curves, summary)
   summary["learning_curves"] = curves
-  write_json(os.path.join(model_dir, SUMMARY_FILE), summary)
+  write_json(folder.summary, summary)
   print("\n" + format_table(summary))
   for row in rows:
     if row.get("heatmap"):
       print(f"XPrompt mask heatmap: {row['heatmap']}")
-  print(f"\ntotal {summary['total_wall_s']:.0f}s; summary: {os.path.join(model_dir, SUMMARY_FILE)}; "
+  print(f"\ntotal {summary['total_wall_s']:.0f}s; summary: {folder.summary}; "
         f"curves: {curves}", flush=True)
   return summary

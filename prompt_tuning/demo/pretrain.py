@@ -1,17 +1,22 @@
-"""Pretraining the demo's tiny T5 1.1 on the instruction mixture (full training, no prompt).
+"""The demo's backbone: a tiny T5 1.1 pretrained on the instruction mixture (no prompt).
 
 A short loop around the trainer's own compiled step (`compile_train_step`)
 with every parameter trainable (`.*`); the result is saved with `save_backbone`, so prompt tuning
 later loads it through `INITIAL_CHECKPOINT_PATH` exactly like a converted
-T5X or Hugging Face checkpoint.
+T5X or Hugging Face checkpoint. `DemoBackbone` is that backbone as a value the
+demo uses and hands to the parameter-budget sweep (`runs/sweep.gin`).
 """
+import dataclasses
+import shutil
 import time
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional
 
+import gin
 import jax
 import optax
 
-from prompt_tuning.io.backbone import save_backbone
+from prompt_tuning.demo import tasks
+from prompt_tuning.io.backbone import is_backbone, save_backbone
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.t5 import T5
 from prompt_tuning.train import data as data_lib
@@ -22,6 +27,47 @@ from prompt_tuning.train.run_setup import RunContext, compile_train_step
 from prompt_tuning.train.step import LossConfig
 
 ALL_PARAMETERS = (".*",)
+
+
+@gin.configurable
+def demo_backbone(vocab_size: int = 264, emb_dim: int = 64, num_heads: int = 4, head_dim: int = 16,
+                  mlp_dim: int = 128, num_layers: int = 2) -> T5Config:
+  """The tiny T5 1.1 the demo pretrains (byte vocabulary: 259 ids, padded)."""
+  return T5Config(vocab_size=vocab_size, emb_dim=emb_dim, num_heads=num_heads, head_dim=head_dim,
+                  mlp_dim=mlp_dim, num_encoder_layers=num_layers, num_decoder_layers=num_layers,
+                  relative_attention_num_buckets=16, relative_attention_max_distance=32)
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class DemoBackbone:
+  """The demo's backbone (`demo_backbone()`), pretrained into a folder unless one is there.
+
+  Attributes:
+    steps, batch_size, learning_rate, seed: of the pretraining.
+    feature_lengths: `{'inputs': L, 'targets': Lt}` of the pretraining batches.
+  """
+  steps: int = 800
+  batch_size: int = 64
+  learning_rate: float = 3e-3
+  seed: int = 0
+  feature_lengths: Optional[Mapping[str, int]] = None
+
+  @property
+  def config(self) -> T5Config:
+    return demo_backbone()
+
+  def ensure(self, folder: str) -> Dict[str, Any]:
+    """Pretrains into `folder` unless a complete backbone is there; the pretraining record."""
+    if is_backbone(folder):
+      print(f"reusing the pretrained backbone in {folder} (delete it to pretrain again)")
+      return {"history": [], "wall_s": 0.0, "steps": 0, "reused": True}
+    shutil.rmtree(folder, ignore_errors=True)  # an interrupted save
+    print(f"pretraining a tiny T5 1.1 on {tasks.PRETRAIN_MIXTURE} "
+          f"({', '.join(t + ':' for t in tasks.OPERATIONS)}) for {self.steps} steps")
+    return pretrain_backbone(folder, self.config, tasks.PRETRAIN_MIXTURE,
+                             dict(self.feature_lengths or {"inputs": 16, "targets": 8}),
+                             self.steps, self.batch_size, self.learning_rate, seed=self.seed)
 
 
 def pretrain_backbone(path: str, config: T5Config, mixture: str,

@@ -24,6 +24,7 @@ import numpy as np
 from prompt_tuning import fs
 from prompt_tuning.errors import UserError
 from prompt_tuning.io import checksums
+from prompt_tuning.io.checksums import flatten_paths
 from prompt_tuning.models.config import T5Config
 
 FORMAT_VERSION = 1
@@ -56,6 +57,11 @@ def save_backbone(path: str, config: T5Config, params: Dict[str, Any],
   # config.json last: its presence marks a complete folder.
   meta = {"format": FORMAT_VERSION, "model": config.to_dict(), "source": source or {}}
   _write_json(os.path.join(path, CONFIG_FILE), meta)
+
+
+def is_backbone(path: str) -> bool:
+  """Whether `path` holds a complete backbone folder (`config.json` is written last)."""
+  return _exists(os.path.join(path, CONFIG_FILE))
 
 
 def _write_json(path: str, value: Any) -> None:
@@ -211,14 +217,6 @@ def load_backbone(path: str, target: Optional[Any] = None,
                     "folder") from None
   verify_backbone(path, params)
   return config, params
-
-
-def flatten_paths(tree: Any) -> Dict[str, Any]:
-  """`{'a': {'b': x}}` -> `{'a/b': x}`."""
-  flat = {}
-  for keys, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    flat["/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in keys)] = leaf
-  return flat
 
 
 def check_tree_shapes(actual: Any, expected: Any, what: str) -> None:

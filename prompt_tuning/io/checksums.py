@@ -99,9 +99,12 @@ def array_checksum(x: Any, dtype: Optional[str] = None) -> str:
   return "".join(f"{int(v):08x}" for v in lanes)
 
 
-def _flatten(tree: Any) -> Dict[str, Any]:
-  from prompt_tuning.io.backbone import flatten_paths  # backbone imports this module
-  return flatten_paths(tree)
+def flatten_paths(tree: Any) -> Dict[str, Any]:
+  """`{'a': {'b': x}}` -> `{'a/b': x}`: the parameter paths checksums are recorded under."""
+  flat = {}
+  for keys, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    flat["/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in keys)] = leaf
+  return flat
 
 
 def tree_records(tree: Any, cast_dtypes: Iterable[str] = ()) -> Dict[str, Dict[str, Any]]:
@@ -111,7 +114,7 @@ def tree_records(tree: Any, cast_dtypes: Iterable[str] = ()) -> Dict[str, Dict[s
   `cast_dtypes`; other arrays only their own.
   """
   records = {}
-  for path, leaf in _flatten(tree).items():
+  for path, leaf in flatten_paths(tree).items():
     dtype = np.dtype(leaf.dtype)
     sums = {dtype.name: array_checksum(leaf)}
     if jnp.issubdtype(dtype, jnp.floating):
@@ -129,7 +132,7 @@ def find_mismatch(records: Mapping[str, Mapping[str, Any]], tree: Any,
   A leaf whose dtype has no recorded sum is skipped and its path appended to
   `unverifiable` (when given).
   """
-  flat = _flatten(tree)
+  flat = flatten_paths(tree)
   lost = sorted(set(records) - set(flat))
   if lost:
     return f"parameter {lost[0]} is recorded but was not restored"

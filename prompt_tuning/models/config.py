@@ -44,6 +44,11 @@ class T5Config:
     d["mlp_activations"] = list(self.mlp_activations)
     return d
 
+  def architecture(self) -> Dict[str, Any]:
+    """`to_dict()` without the run's choices (`RUN_CHOICES`): what must match between the
+    run that trained new parameters and the one that loads them."""
+    return architecture_of(self.to_dict())
+
   @classmethod
   def from_dict(cls, d: Dict[str, Any]) -> "T5Config":
     known = {f.name for f in dataclasses.fields(cls)}
@@ -68,6 +73,17 @@ class T5Config:
     except json.JSONDecodeError as e:
       raise UserError(f"model config {source or ''} is not valid JSON ({e}); "
                       "re-run `prompt-tuning convert` to rewrite it") from None
+
+
+# Fields each run chooses (dropout while tuning, none in eval; remat; the compute dtype), not
+# properties of the backbone: exports and selections made by one run load in another that
+# chooses differently.
+RUN_CHOICES = ("dropout_rate", "remat", "dtype")
+
+
+def architecture_of(config_dict: Dict[str, Any]) -> Dict[str, Any]:
+  """A stored `T5Config.to_dict()` without `RUN_CHOICES` (older files included them)."""
+  return {k: v for k, v in config_dict.items() if k not in RUN_CHOICES}
 
 
 # What each layer keeps for the backward pass (`jax.checkpoint_policies`); the rest of its

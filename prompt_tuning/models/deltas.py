@@ -32,7 +32,7 @@ the plain model. The concrete insertions (ADD, CONCAT, PLUG, LoRA, IA3) live in
 import dataclasses
 import functools
 import re
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import flax.linen as nn
 
@@ -68,10 +68,19 @@ class SiteInfo:
 class Insertion:
   """Base of the insertion specs: frozen dataclasses, so plans stay hashable.
 
-  Subclasses define `name` (the child module's name, e.g. `lora`) and
-  implement `site`, `build` and `num_parameters`.
+  Subclasses define `op` (the operation's name in exports, e.g. `lora`), `name`
+  (the child module's name) and implement `site`, `build` and `num_parameters`.
   """
+  op: str = ""
   name: str = ""
+
+  def to_dict(self) -> Dict[str, Any]:
+    """`{'op': ..., <fields>}`, JSON-ready: how exports and records describe the insertion."""
+    d = {"op": type(self).op}
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      d[field.name] = list(value) if isinstance(value, tuple) else value
+    return d
 
   def site(self, kind: str) -> Optional[str]:
     """The site this insertion acts at on a module of `kind`, or None if it cannot."""
@@ -119,6 +128,14 @@ class DeltaPlan:
 
   def __bool__(self) -> bool:
     return bool(self.rules)
+
+  def to_json(self) -> List[Dict[str, Any]]:
+    """The rules as JSON, `[{'modules': regex, 'insertion': {op, fields}}]` (exports)."""
+    return [{"modules": regex, "insertion": ins.to_dict()} for regex, ins in self.rules]
+
+  def ops(self) -> List[str]:
+    """The kinds of insertion the plan makes (`lora`, `add`, ...), sorted."""
+    return sorted({type(ins).op for _, ins in self.rules})
 
   def __add__(self, other: "DeltaPlan") -> "DeltaPlan":
     """Both plans' rules (and records), this one's first (e.g. `lora() + bitfit()`)."""

@@ -1,7 +1,8 @@
 """A model bound to its parameters, with jitted batch scoring and generation.
 
 `InferenceModel` is what the `score` and `generate` commands (and evaluation
-code) call with padded token arrays. Parameters are jit *arguments*, not
+code) call with padded token arrays (`prompts.tuned_model` loads one from a
+backbone folder and a prompt file). Parameters are jit *arguments*, not
 closed-over constants, so a big backbone is not baked into the compiled
 program; shapes are the cache key, so callers pad to a few fixed shapes.
 """
@@ -50,32 +51,6 @@ class InferenceModel:
     # Temperature and top-k stay traced: one program serves every setting.
     self._sample = jax.jit(functools.partial(decoding.generate, model),
                            static_argnames=static[:1] + static[3:])
-
-  @classmethod
-  def from_backbone(cls, path: str, prompt_file: Optional[str] = None) -> "InferenceModel":
-    """Loads a backbone folder written by `prompt-tuning convert`.
-
-    Args:
-      path: the backbone folder.
-      prompt_file: a saved prompt (`.npy`, or a PEFT prompt-tuning adapter
-        folder or `.safetensors`) prepended to the encoder input, as tuned;
-        None for the bare backbone.
-    """
-    from prompt_tuning.errors import UserError
-    from prompt_tuning.io.backbone import load_backbone
-    from prompt_tuning.models.t5 import T5
-    config, params = load_backbone(path)
-    if prompt_file is None:
-      return cls(T5(config), params)
-    from prompt_tuning.prompts import initializers
-    from prompt_tuning.prompts.files import read_prompt
-    from prompt_tuning.prompts.prompt import Prompt
-    prompt = read_prompt(prompt_file, "--prompt")
-    if prompt.ndim != 2 or prompt.shape[1] != config.emb_dim:
-      raise UserError(f"--prompt {prompt_file} has shape {prompt.shape}, but backbone {path} has "
-                      f"d_model {config.emb_dim}; use a prompt tuned on this backbone")
-    model = T5(config, prompt=Prompt(length=prompt.shape[0], initializer=initializers.uniform()))
-    return cls(model, {**params, "prompt": {"prompt": jnp.asarray(prompt)}})
 
   @property
   def vocab_size(self) -> int:

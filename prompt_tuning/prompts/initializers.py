@@ -14,30 +14,37 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_tuning import checks
 from prompt_tuning.errors import UserError
 
 Initializer = Callable[[jax.Array, tuple, jax.Array], jax.Array]
 
 
 @gin.configurable
-def uniform(scale: float = 0.5) -> Initializer:
-  """Uniform in `[-scale, scale]` (paper: 0.5)."""
+def uniform(scale: float = 0.5, centered: bool = False) -> Initializer:
+  """Uniform in `[0, scale)`, what the reference code computes (Flax's
+  `initializers.uniform(0.5)`); `centered=True`: `[-scale, scale)`, the paper's
+  "random uniform in [-0.5, 0.5]" (Lester et al. 2021, section 3.2)."""
+  checks.positive_number(scale, "uniform.scale", "--gin.uniform.scale=0.5")
+  low = -scale if centered else 0.0
+
   def init(rng, shape, embedding_table):
     del embedding_table
-    return jax.random.uniform(rng, shape, jnp.float32, -scale, scale)
+    return jax.random.uniform(rng, shape, jnp.float32, low, scale)
   return init
 
 
 @gin.configurable
-def sampled_vocab(population_size: int = 5000, population_start: int = 0) -> Initializer:
+def sampled_vocab(population_size: Optional[int] = 5000, population_start: int = 0) -> Initializer:
   """Rows drawn (without replacement where possible) from embeddings of ids
-  `[population_start, population_start + population_size)`.
+  `[population_start, population_start + population_size)`; None: to the table's end.
 
   SentencePiece ids are ordered by frequency, so the default population is
   the 5,000 most frequent pieces, as in Lester et al.
   """
   def init(rng, shape, embedding_table):
-    stop = min(population_start + population_size, embedding_table.shape[0])
+    rows = embedding_table.shape[0]
+    stop = rows if population_size is None else min(population_start + population_size, rows)
     size = stop - population_start
     if size <= 0:
       raise UserError(f"sampled_vocab population [{population_start}, {stop}) is empty; "

@@ -11,7 +11,7 @@ so an interrupted save never leaves a checkpoint that restore would pick up.
 A step damaged later (a truncated, deleted or bit-flipped file, an empty
 manifest, lost metadata, a checksum mismatch) is moved aside to
 `MODEL_DIR/checkpoints_corrupt/<step>-<unix time>` by `restore_latest`, which
-resumes from the newest intact step instead.
+resumes from the newest intact step instead. Where each lives: `RunDir`.
 """
 import json
 import logging
@@ -27,10 +27,8 @@ import orbax.checkpoint as ocp
 from prompt_tuning import fs
 from prompt_tuning.errors import UserError
 from prompt_tuning.io import checksums
+from prompt_tuning.run_dir import RunDir
 
-PROMPTS_DIR = "prompts"
-CHECKPOINTS_DIR = "checkpoints"
-CORRUPT_DIR = "checkpoints_corrupt"
 STATE_CHECKSUMS = "state_checksums"
 # Status codes of failures that say nothing about the checkpoint's bytes: such
 # a failure stops the run instead of setting the checkpoint aside.
@@ -52,8 +50,8 @@ class RunCheckpoints:
   """Periodic, keep-N checkpoints of a run folder, with automatic resume."""
 
   def __init__(self, model_dir: str, keep: Optional[int] = 3):
-    self.model_dir = fs.absolute(model_dir)
-    self.directory = os.path.join(self.model_dir, CHECKPOINTS_DIR)
+    self.run = RunDir(fs.absolute(model_dir))
+    self.directory = self.run.checkpoints
     self._keep = keep
     self._lazy_manager = None
 
@@ -123,7 +121,7 @@ class RunCheckpoints:
   # -- restore, check, set aside ------------------------------------------------
 
   def _step_dir(self, step: int) -> str:
-    return os.path.join(self.directory, str(step))
+    return self.run.checkpoint(step)
 
   def _restore_checked(self, step: int, abstract_state: Any) -> Tuple[Any, Dict[str, Any]]:
     step_dir = self._step_dir(step)
@@ -174,10 +172,9 @@ class RunCheckpoints:
     if not unusable:
       return
     if jax.process_index() == 0:
-      corrupt_dir = os.path.join(self.model_dir, CORRUPT_DIR)
-      fs.makedirs(corrupt_dir)
       for step, reason, _ in unusable:
-        target = os.path.join(corrupt_dir, f"{step}-{int(time.time())}")
+        target = self.run.corrupt_checkpoint(step, int(time.time()))
+        fs.makedirs(os.path.dirname(target))
         while fs.exists(target):
           target += "+"
         fs.move(self._step_dir(step), target)
@@ -197,9 +194,8 @@ def _first_line(error: BaseException) -> str:
 
 
 def _shapes(tree: Any) -> Dict[str, Tuple[Tuple[int, ...], str]]:
-  from prompt_tuning.io.backbone import flatten_paths
   return {path: (tuple(int(d) for d in leaf.shape), np.dtype(leaf.dtype).name)
-          for path, leaf in flatten_paths(tree).items()}
+          for path, leaf in checksums.flatten_paths(tree).items()}
 
 
 def _damaged_files(step_dir: str) -> Optional[str]:
@@ -229,7 +225,14 @@ def _damaged_files(step_dir: str) -> Optional[str]:
   return f"state/{problem}" if problem else None
 
 
-def export_prompt(model_dir: str, name: str, prompt) -> str:
+def write_prompt(path: str, prompt) -> str:
+  """Writes one `[P, E]` prompt as float32 `.npy` on the first host; returns `path`."""
+  fs.write_on_first_host(
+      path, lambda f: np.save(f, np.asarray(prompt, np.float32), allow_pickle=False))
+  return path
+
+
+def export_prompt(run: RunDir, name: str, prompt) -> str:
   """Writes `MODEL_DIR/prompts/<name>.npy` (float32, `[P, E]`) on the first host.
 
   A multi-task prompt's `{task: [P, E]}` is written as `prompts/<name>/<task>.npy`,
@@ -238,28 +241,22 @@ def export_prompt(model_dir: str, name: str, prompt) -> str:
   """
   if isinstance(prompt, Mapping):
     for task, value in prompt.items():
-      export_prompt(model_dir, fs.join(name, task), value)
-    return fs.join(model_dir, PROMPTS_DIR, name)
-  path = fs.join(model_dir, PROMPTS_DIR, f"{name}.npy")
-  fs.write_on_first_host(
-      path, lambda f: np.save(f, np.asarray(prompt, np.float32), allow_pickle=False))
-  return path
+      write_prompt(run.task_prompt(name, task), value)
+    return run.task_prompts(name)
+  return write_prompt(run.prompt(name), prompt)
 
 
-def export_prompt_if_missing(model_dir: str, name: str, prompt) -> Optional[str]:
+def export_prompt_if_missing(run: RunDir, name: str, prompt) -> Optional[str]:
   """Writes `MODEL_DIR/prompts/<name>.npy` (a multi-task prompt's folder) unless it exists
   (e.g. after a kill between a checkpoint save and its prompt export); what was written, else None."""
   if prompt is None:
     return None
   if isinstance(prompt, Mapping):
-    folder = fs.join(model_dir, PROMPTS_DIR, name)
-    if all(fs.exists(fs.join(folder, f"{task}.npy")) for task in prompt):
+    if all(fs.exists(run.task_prompt(name, task)) for task in prompt):
       return None
-    return export_prompt(model_dir, name, prompt)
-  path = fs.join(model_dir, PROMPTS_DIR, f"{name}.npy")
-  if fs.exists(path):
+  elif fs.exists(run.prompt(name)):
     return None
-  return export_prompt(model_dir, name, prompt)
+  return export_prompt(run, name, prompt)
 
 
 def save_tree(path: str, tree: Any) -> None:

@@ -14,8 +14,7 @@ import gin
 
 from prompt_tuning import fs
 from prompt_tuning.errors import UserError
-
-CONFIG_FILE = "config.gin"
+from prompt_tuning.run_dir import RunDir
 # Bindings a rerun may change without changing what the run computes
 # (`configurable.param`, or `configurable.*` for all of its parameters).
 NON_RESULT_BINDINGS = frozenset({
@@ -177,7 +176,7 @@ def config_differences(saved_text: str, limit: int = 3) -> List[str]:
   return differences[:limit]
 
 
-def check_config_unchanged(model_dir: str, allow_change: bool = False) -> None:
+def check_config_unchanged(run: RunDir, allow_change: bool = False) -> None:
   """Refuses a rerun whose gin config changes what the run in MODEL_DIR computes.
 
   Compares the parsed bindings of `MODEL_DIR/config.gin` (the operative
@@ -188,7 +187,7 @@ def check_config_unchanged(model_dir: str, allow_change: bool = False) -> None:
     UserError: naming the first differing binding and the way out, unless
       `allow_change` (gin: `train.allow_config_change = True`).
   """
-  path = fs.join(model_dir, CONFIG_FILE)
+  path = run.config
   if not fs.exists(path):
     return
   try:
@@ -202,6 +201,6 @@ def check_config_unchanged(model_dir: str, allow_change: bool = False) -> None:
     print(f"warning: the config differs from {path}: {differences[0]}; continuing because "
           "train.allow_config_change=True", flush=True)
     return
-  raise UserError(f"this config differs from the run in {model_dir} ({path}): {differences[0]}; "
+  raise UserError(f"this config differs from the run in {run.root} ({path}): {differences[0]}; "
                   "use a new MODEL_DIR, restore the binding, or pass "
                   "--gin.train.allow_config_change=True to resume anyway")

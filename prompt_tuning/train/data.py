@@ -131,7 +131,10 @@ def readable_data_errors(mixture_or_task_name: str):
     raise
 
 
-def validate_feature_lengths(task_feature_lengths: Mapping[str, int], prompt_length: int = 0) -> None:
+def validate_feature_lengths(task_feature_lengths: Mapping[str, int]) -> None:
+  """TASK_FEATURE_LENGTHS has positive 'inputs' and 'targets' lengths. The prompt is not
+  counted in them: it is added on top of the inputs, as in the reference code, so a
+  prompt may be longer than the inputs."""
   example = "--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, 'targets': 8}\""
   if not isinstance(task_feature_lengths, Mapping):
     raise UserError(f"TASK_FEATURE_LENGTHS must be a dict, got {task_feature_lengths!r}; "
@@ -140,10 +143,6 @@ def validate_feature_lengths(task_feature_lengths: Mapping[str, int], prompt_len
     if key not in task_feature_lengths:
       raise UserError(f"TASK_FEATURE_LENGTHS lacks {key!r}; set e.g. {example}")
     checks.positive_int(task_feature_lengths[key], f"TASK_FEATURE_LENGTHS[{key!r}]", example)
-  if prompt_length > task_feature_lengths["inputs"]:
-    raise UserError(f"the prompt ({prompt_length} tokens) is longer than the input length "
-                    f"({task_feature_lengths['inputs']}); lower PROMPT_LENGTH or raise "
-                    "TASK_FEATURE_LENGTHS['inputs']")
 
 
 def converted_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],

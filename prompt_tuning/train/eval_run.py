@@ -26,6 +26,7 @@ from prompt_tuning.data.task_tokens import task_tokens_of
 from prompt_tuning.errors import UserError
 from prompt_tuning.prompts.ensemble import PromptEnsemble
 from prompt_tuning.prompts.files import step_of
+from prompt_tuning.run_dir import ResultsDir, RunDir
 from prompt_tuning.train import data as data_lib
 from prompt_tuning.train import evaluation, summaries
 from prompt_tuning.train.initialize import backbone_paths, checkpoint_step
@@ -60,15 +61,18 @@ def _setting(name: str, value: Any, from_dataset_cfg: Any, default: Any) -> Any:
 
 
 def output_dir(model_dir: Optional[str], t5x_dir: Optional[str], t5x_name: str,
-               subdir: str) -> str:
-  """`t5x_dir` (T5X's EVAL_OUTPUT_DIR / INFER_OUTPUT_DIR) or `MODEL_DIR/<subdir>`: exactly one."""
+               subdir: str) -> ResultsDir:
+  """`t5x_dir` (T5X's EVAL_OUTPUT_DIR / INFER_OUTPUT_DIR) or `MODEL_DIR/<subdir>`: exactly one.
+
+  `subdir` is the `RunDir` entry of the results (`eval` or `inference`).
+  """
   if model_dir and t5x_dir:
     raise UserError(f"both MODEL_DIR and {t5x_name} are set; results go to {t5x_name} when set, "
                     f"else MODEL_DIR/{subdir}: set only one")
   if t5x_dir:
-    return t5x_dir
+    return ResultsDir(t5x_dir)
   if model_dir:
-    return fs.join(model_dir, subdir)
+    return getattr(RunDir(model_dir), subdir)
   raise UserError(f"no output folder: set --gin.MODEL_DIR=\"'/path/run'\" (results in "
                   f"MODEL_DIR/{subdir}) or T5X's --gin.{t5x_name}=\"'/path'\"")
 
@@ -164,7 +168,8 @@ def load_run(mixture_or_task_name: str, mixture_or_task_module: Optional[Sequenc
 def _check_arguments(command: str, out_dir, mixture_or_task_name, mixture_or_task_module, split,
                      batch_size, num_examples) -> None:
   """The cheap checks of eval/infer arguments, before the model is built or anything written."""
-  checks.output_dir(out_dir, "the output folder (MODEL_DIR or EVAL_OUTPUT_DIR/INFER_OUTPUT_DIR)")
+  checks.output_dir(out_dir.root,
+                    "the output folder (MODEL_DIR or EVAL_OUTPUT_DIR/INFER_OUTPUT_DIR)")
   checks.positive_int(batch_size, f"BATCH_SIZE ({command}.batch_size)", "--gin.BATCH_SIZE=32")
   checks.optional_positive_int(num_examples, f"{command}.num_examples",
                                f"--gin.{command}.num_examples=100")
@@ -229,9 +234,9 @@ def evaluate(*, model_dir: Optional[str] = None, mixture_or_task_name: str = gin
   if step is None:
     step = evaluated_step(ctx.model, initial_checkpoint_path, deltas_file)
   metrics = evaluation.run_evaluation(evaluator, fns, step)
-  fs.makedirs(out_dir)
-  fs.write_json(fs.join(out_dir, f"metrics_{split}.json"), metrics)
-  writer = summaries.Writer(out_dir)
+  fs.makedirs(out_dir.root)
+  fs.write_json(out_dir.metrics(split), metrics)
+  writer = summaries.Writer(out_dir.tensorboard)
   writer.scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
   writer.close()
   print(f"step {step:,} {split}: written to {out_dir}", flush=True)
@@ -264,7 +269,7 @@ def infer(*, model_dir: Optional[str] = None, mixture_or_task_name: str = gin.RE
     model_ds = evaluator.cached_model_datasets[task.name]
     predictions = dict(fns.predict_fn(model_ds))
     vocab = task.output_features["targets"].vocabulary
-    path = fs.join(out_dir, f"{task.name}-{split}.jsonl")
+    path = out_dir.predictions(task.name, split)
     lines = []
     for i, ex in enumerate(evaluator.cached_task_datasets[task.name].as_numpy_iterator()):
       record = {"inputs": _text(ex, "inputs", task), "targets": _text(ex, "targets", task),

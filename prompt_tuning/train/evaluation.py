@@ -181,3 +181,28 @@ def run_evaluation(evaluator: seqio.Evaluator, fns: EvalModelFns, step: int) -> 
       except (TypeError, ValueError):
         logging.info("skipping non-scalar metric %s/%s", task, name)
   return flat
+
+
+class PeriodicEval:
+  """The trainer's evaluation every EVAL_PERIOD steps, on the variables of the moment.
+
+  The jitted model functions are built at the first evaluation and kept, so
+  they compile once per run.
+  """
+
+  def __init__(self, model, partitioner: Partitioner, shardings: Variables,
+               mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], split: str,
+               use_cached: bool, num_examples: Optional[int], task_tokens=None):
+    self.model, self.partitioner, self.shardings = model, partitioner, shardings
+    self.feature_lengths = task_feature_lengths
+    self.evaluator = make_evaluator(mixture_or_task_name, task_feature_lengths, split, use_cached,
+                                    num_examples, task_tokens)
+    self._fns: Optional[EvalModelFns] = None
+
+  def __call__(self, step: int, variables: Variables) -> Dict[str, float]:
+    if self._fns is None:
+      self._fns = EvalModelFns(self.model, self.partitioner, None, self.shardings,
+                               max_decode_length=self.feature_lengths["targets"],
+                               inputs_length=self.feature_lengths["inputs"])
+    self._fns.variables = variables
+    return run_evaluation(self.evaluator, self._fns, step)

@@ -3,16 +3,10 @@
 A run checkpoint (Orbax) holds the trainable tree and its optimizer state;
 what a user takes away is smaller: every variable the model defines beyond
 the backbone (LoRA pairs, adapters, biases, prefixes, the prompt and its
-reparameterization, masks), written by the trainer next to each checkpoint:
-
-    MODEL_DIR/exports/<step_N | best>/
-      deltas.safetensors   "<collection>/<parameter path>" -> array, e.g.
-                           "params/encoder/layers_0/attention/query/lora/a" [E, r]
-      export.json          what they are: format, step, methods, the delta plan
-                           (regexes and insertion settings), prompt length, the
-                           backbone's model config and path, trainable patterns,
-                           every tensor's shape and dtype, the records below
-      <records>            the plan's records, e.g. apet_selection.json
+reparameterization, masks), written by the trainer next to each checkpoint
+into `MODEL_DIR/exports/<step_N | best>/` (`run_dir.ExportDir`): the tensors
+as safetensors, a self-describing `export.json` (the delta plan as the model
+describes it, `DeltaPlan.to_json`) and the plan's records.
 
 `prompt-tuning eval` loads one with `DELTAS_FILE` (configs/runs/deltas_eval.gin)
 on a model built with the same method gin files (for APET:
@@ -29,12 +23,11 @@ import numpy as np
 
 from prompt_tuning import fs
 from prompt_tuning.errors import UserError
+from prompt_tuning.models.config import architecture_of
+from prompt_tuning.run_dir import ExportDir, RunDir
 from prompt_tuning.train.initialize import BACKBONE_COLLECTION, backbone_paths
 from prompt_tuning.train.partitioning import to_host
 
-EXPORTS_DIR = "exports"
-TENSORS_FILE = "deltas.safetensors"
-DESCRIPTION_FILE = "export.json"
 FORMAT = "prompt_tuning.export/1"
 Variables = Dict[str, Any]
 
@@ -55,32 +48,25 @@ def new_variable_paths(model: Any, variables: Variables) -> List[str]:
 
 
 def plan_to_json(plan: Any) -> List[Dict[str, Any]]:
-  """A `DeltaPlan`'s rules as JSON: `[{'modules': regex, 'insertion': {op, fields}}]`."""
-  if not plan:
-    return []
-  from prompt_tuning.methods.apet.ops import insertion_to_dict
-  return [{"modules": regex, "insertion": insertion_to_dict(ins)} for regex, ins in plan.rules]
+  """A `DeltaPlan`'s rules as JSON (none without a plan): how an export describes them."""
+  return plan.to_json() if plan else []
 
 
 def methods_of(model: Any) -> List[str]:
   """The kinds of new parameters `model` has: insertion ops, `prompt`, extras' names."""
-  ops = {type(ins).op for _, ins in (model.deltas.rules if model.deltas else ())}
+  kinds = set(model.deltas.ops() if model.deltas else ())
   if model.prompt is not None:
-    ops.add("prompt")
-  ops.update(name for name, _ in (model.extras or ()))
-  return sorted(ops)
+    kinds.add("prompt")
+  kinds.update(name for name, _ in (model.extras or ()))
+  return sorted(kinds)
 
 
-def export_dir(model_dir: str, name: str) -> str:
-  return fs.join(model_dir, EXPORTS_DIR, name)
-
-
-def export_new_variables(model_dir: str, name: str, model: Any, variables: Variables,
+def export_new_variables(run: RunDir, name: str, model: Any, variables: Variables,
                          info: Dict[str, Any]) -> Optional[str]:
   """Writes `MODEL_DIR/exports/<name>/` on the first host; its path, or None without new variables.
 
   Args:
-    model_dir: the run folder.
+    run: the run folder.
     name: `step_N` or `best`.
     model: the run's `T5`.
     variables: all of the run's variables (sharded arrays are gathered).
@@ -106,29 +92,29 @@ def export_new_variables(model_dir: str, name: str, model: Any, variables: Varia
       "tensors": {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in tensors.items()},
       "records": sorted(records),
   }
-  out = export_dir(model_dir, name)
-  fs.makedirs(out)
+  out = run.export(name)
+  fs.makedirs(out.root)
   for record, text in records.items():
-    fs.write_on_first_host(fs.join(out, record), lambda f, text=text: f.write(text.encode()))
-  fs.write_on_first_host(fs.join(out, TENSORS_FILE), lambda f: f.write(save(tensors)))
+    fs.write_on_first_host(out.record(record), lambda f, text=text: f.write(text.encode()))
+  fs.write_on_first_host(out.tensors, lambda f: f.write(save(tensors)))
   # The description last: a folder without it is an interrupted export.
-  fs.write_json(fs.join(out, DESCRIPTION_FILE), description)
-  return out
+  fs.write_json(out.description, description)
+  return out.root
 
 
-def export_if_missing(model_dir: str, name: str, model: Any, variables: Variables,
+def export_if_missing(run: RunDir, name: str, model: Any, variables: Variables,
                       info: Dict[str, Any]) -> Optional[str]:
   """`export_new_variables` unless `exports/<name>/export.json` exists (a resume after a kill)."""
-  if fs.exists(fs.join(export_dir(model_dir, name), DESCRIPTION_FILE)):
+  if fs.exists(run.export(name).description):
     return None
-  return export_new_variables(model_dir, name, model, variables, info)
+  return export_new_variables(run, name, model, variables, info)
 
 
 def export_files(path: str) -> Tuple[str, str]:
   """(tensors file, `export.json`) of an export folder or of its safetensors file."""
-  folder = path if fs.isdir(path) else os.path.dirname(path)
-  tensors_file = fs.join(folder, TENSORS_FILE) if fs.isdir(path) else path
-  return tensors_file, fs.join(folder, DESCRIPTION_FILE)
+  if fs.isdir(path):
+    return ExportDir(path).tensors, ExportDir(path).description
+  return path, ExportDir(os.path.dirname(path)).description
 
 
 def read_export(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
@@ -136,12 +122,12 @@ def read_export(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
   from safetensors.numpy import load
   if not fs.exists(path):
     raise UserError(f"DELTAS_FILE {path} does not exist; pass an export folder "
-                    f"MODEL_DIR/{EXPORTS_DIR}/step_N of the run")
+                    "MODEL_DIR/exports/step_N of the run")
   tensors_file, description_file = export_files(path)
   for f in (tensors_file, description_file):
     if not fs.exists(f):
       raise UserError(f"{f} does not exist; DELTAS_FILE must be an export folder "
-                      f"MODEL_DIR/{EXPORTS_DIR}/step_N (or its {TENSORS_FILE})")
+                      f"MODEL_DIR/exports/step_N (or its {os.path.basename(tensors_file)})")
   try:
     description = json.loads(fs.read_bytes(description_file))
   except ValueError:
@@ -167,7 +153,7 @@ def loading_edit(path: str, model: Any) -> Tuple[Callable[[Variables], Variables
     the edit and the parameter paths (within `params`) it loads.
   """
   tensors, d = read_export(path)
-  if d.get("model_config") != model.config.to_dict():
+  if architecture_of(d.get("model_config") or {}) != model.config.architecture():
     raise UserError(f"{path} was trained on another backbone config; use the backbone in its "
                     f"export.json ({d.get('initial_checkpoint_path')})")
   if d.get("plan", []) != plan_to_json(model.deltas):

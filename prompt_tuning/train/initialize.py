@@ -13,7 +13,7 @@ so vocabulary- and label-based prompt initializers see pretrained embeddings.
 import functools
 import logging
 import os
-from typing import Any, Callable, Dict, FrozenSet, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple, Union
 
 import flax
 import flax.linen as nn
@@ -37,18 +37,37 @@ BACKBONE_COLLECTION = "params"
 @gin.configurable
 def build_model(model_config: T5Config = gin.REQUIRED, prompt: Optional[nn.Module] = None,
                 extras: Mapping[str, Callable[[], nn.Module]] = None,
-                deltas: Union[DeltaPlan, Callable[[T5Config], DeltaPlan], None] = None) -> T5:
+                deltas: Union[DeltaPlan, Callable[[T5Config], DeltaPlan], None] = None,
+                dropout_rate: Optional[float] = None) -> T5:
   """The T5 model of a run (gin: `build_model.model_config`, `.prompt`, `.extras`, `.deltas`).
 
   `extras` maps a name to a module factory (e.g. `{'info': @infoprompt_heads()}`): a
   method's own parameters under `<name>/` (see `T5.extras`). `deltas` is a
   `DeltaPlan` or a function of the model config returning one (e.g.
-  `@apet_deltas`, whose positions depend on the model's shapes).
+  `@apet_deltas`, whose positions depend on the model's shapes). `dropout_rate`
+  (T5X's `DROPOUT_RATE`, bound by the run files: 0.1 to fine-tune as T5X's
+  `finetune.gin`, 0.0 to evaluate) replaces the config's; it is a training
+  choice, not a property of the backbone checkpoint.
   """
+  if dropout_rate is not None:
+    if (isinstance(dropout_rate, bool) or not isinstance(dropout_rate, (int, float))
+        or not 0.0 <= dropout_rate < 1.0):
+      raise UserError(f"DROPOUT_RATE (build_model.dropout_rate) = {dropout_rate!r} is not a rate "
+                      "in [0, 1); e.g. --gin.DROPOUT_RATE=0.1 (T5X's fine-tuning value)")
+    model_config = model_config.replace(dropout_rate=float(dropout_rate))
   if deltas is not None and not isinstance(deltas, DeltaPlan):
     deltas = deltas(model_config)
   return T5(model_config, prompt=prompt, deltas=deltas or NO_DELTAS,
             extras=tuple(sorted((extras or {}).items())))
+
+
+def model_config_bindings(config: T5Config) -> List[str]:
+  """Gin bindings that make `build_model` build `config` (for runs configured in code)."""
+  out = ["build_model.model_config = @T5Config()"]
+  for key, value in config.to_dict().items():
+    out.append(f"T5Config.{key} = {tuple(value)!r}" if isinstance(value, list)
+               else f"T5Config.{key} = {value!r}")
+  return out
 
 
 def _dummy_inputs(batch: int = 1, length: int = 4):

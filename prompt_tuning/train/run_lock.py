@@ -33,8 +33,8 @@ import jax
 
 from prompt_tuning import fs
 from prompt_tuning.errors import UserError
+from prompt_tuning.run_dir import RunDir
 
-LOCK_FILE = ".lock"
 _TAKEOVER_SUFFIX = ".takeover"
 _scopes = threading.local()
 
@@ -108,7 +108,7 @@ class _KvStoreFile:
       kvstore = {"driver": "gcs", "bucket": bucket}
       self._key = key
     else:
-      self._key = LOCK_FILE
+      self._key = os.path.basename(path)
     self._store = ts.KvStore.open(kvstore).result()
 
   def _read(self):
@@ -148,8 +148,7 @@ class RunLock:
 
   def __init__(self, model_dir: str, _kvstore: Optional[Dict[str, Any]] = None):
     self.model_dir = str(model_dir)
-    self.path = (self.model_dir.rstrip("/") + "/" + LOCK_FILE if fs.is_remote(self.model_dir)
-                 else os.path.join(os.path.abspath(self.model_dir), LOCK_FILE))
+    self.path = RunDir(fs.absolute(self.model_dir)).lock
     self._kvstore = _kvstore  # tests: a local kvstore standing in for gs://
     self._held: Optional[bytes] = None
     self._created: Optional[str] = None  # the outermost folder `acquire` created (local only)

@@ -14,6 +14,7 @@ import numpy as np
 
 from prompt_tuning import fs, multihost
 from prompt_tuning.errors import UserError
+from prompt_tuning.run_dir import RunDir
 
 Records = Sequence[Tuple[str, str]]
 
@@ -34,14 +35,14 @@ def _first_difference(saved: Any, current: Any) -> str:
   return "the contents differ"
 
 
-def check_records(model_dir: str, records: Records) -> None:
+def check_records(run: RunDir, records: Records) -> None:
   """Refuses a resume whose model would be built differently from the recorded one.
 
   Raises:
     UserError: naming the file, the first differing field and the ways out.
   """
   for name, text in records:
-    path = fs.join(model_dir, name)
+    path = run.record(name)
     if not fs.exists(path):
       continue
     raw = fs.read_bytes(path).decode()
@@ -58,7 +59,7 @@ def check_records(model_dir: str, records: Records) -> None:
                       f"original config{hint} or use a new MODEL_DIR")
 
 
-def write_records(model_dir: str, records: Records) -> None:
+def write_records(run: RunDir, records: Records) -> None:
   """Writes each record to MODEL_DIR on the first host (unless it holds the same JSON).
 
   Every host builds its model, and so its records, on its own: they must agree
@@ -67,7 +68,7 @@ def write_records(model_dir: str, records: Records) -> None:
   multihost.check_same_on_hosts("the run's records (" + ", ".join(n for n, _ in records) + ")",
                                 *[np.frombuffer(t.encode(), np.uint8) for _, t in records])
   for name, text in records:
-    path = fs.join(model_dir, name)
+    path = run.record(name)
     if fs.exists(path):
       try:
         if json.loads(fs.read_bytes(path).decode()) == json.loads(text):

@@ -20,6 +20,7 @@ import optax
 from prompt_tuning import checks
 from prompt_tuning.models.t5 import T5
 from prompt_tuning.prompts.prompt import encoder_prompt
+from prompt_tuning.train import optim
 from prompt_tuning.train.initialize import build_model, initialize_variables
 from prompt_tuning.train.partitioning import Partitioner, to_host
 from prompt_tuning.train.step import LossConfig, make_train_step
@@ -139,7 +140,7 @@ def build_run(*, initial_checkpoint_path: Optional[str] = None, seed: int = 0,
   model = model if model is not None else build_model()
   length = prompt_length(model)  # checked before any variable exists
   if task_feature_lengths is not None:
-    data_lib.validate_feature_lengths(task_feature_lengths, length)
+    data_lib.validate_feature_lengths(task_feature_lengths)
   partitioner = Partitioner()
   rng = jax.random.PRNGKey(seed)
   variables, shardings = initialize_variables(model, partitioner, initial_checkpoint_path,
@@ -194,13 +195,18 @@ class CompiledStep:
 
 
 def compile_train_step(ctx: RunContext, split: Split, optimizer: optax.GradientTransformation,
-                       num_microbatches: int = 1,
-                       loss_config: Optional[LossConfig] = None) -> CompiledStep:
-  """The sharded, jitted train step of `trainer.train` (also what `bench` times)."""
+                       num_microbatches: int = 1, loss_config: Optional[LossConfig] = None,
+                       start_step: int = 0) -> CompiledStep:
+  """The sharded, jitted train step of `trainer.train` (also what `bench` times).
+
+  The fresh optimizer state's global-step counters start at `start_step` (the
+  initial checkpoint's step: `optim.start_at_step`), as T5X's train state does.
+  """
   partitioner = ctx.partitioner
   opt_sh = optimizer_layouts(optimizer, split.trainable, split.trainable_shardings,
                              partitioner.replicated)
-  opt_state = jax.jit(optimizer.init, out_shardings=opt_sh)(split.trainable)
+  opt_state = jax.jit(lambda t: optim.start_at_step(optimizer.init(t), start_step),
+                      out_shardings=opt_sh)(split.trainable)
   step = jax.jit(
       make_train_step(ctx.model, optimizer, loss_config or LossConfig(), num_microbatches),
       in_shardings=(split.trainable_shardings, opt_sh, split.frozen_shardings,

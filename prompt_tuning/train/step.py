@@ -98,7 +98,8 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
   """Builds `train_step(trainable, opt_state, frozen, batch, rng)`.
 
   Returns `(trainable, opt_state, metrics)`; metrics are per-token means plus
-  the gradient norm, trainable-parameter norm and learning rate.
+  the gradient norm, trainable-parameter norm and the learning rate of each
+  optimizer group (`optim.learning_rates`).
   """
 
   def sums_and_grads(trainable, frozen, batch, rng, term_rng):
@@ -147,9 +148,8 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
       for key in sums:
         if key.startswith("example_sum/"):
           metrics[key[len("example_sum/"):]] = sums[key] / examples
-    lr = optim.current_learning_rate(opt_state)
-    if lr is not None:
-      metrics["learning_rate"] = jnp.asarray(lr, jnp.float32)
+    for name, lr in optim.learning_rates(optimizer, opt_state).items():  # one per group
+      metrics[name] = jnp.asarray(lr, jnp.float32)
     return new_trainable, new_opt_state, metrics
 
   return train_step

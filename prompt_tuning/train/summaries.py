@@ -1,4 +1,7 @@
-"""Console progress, TensorBoard summaries, the loss record and the gin config of a run."""
+"""Console progress, TensorBoard summaries, the loss record and the gin config of a run.
+
+`TrainLog` is the training loop's use of them all.
+"""
 import json
 import sys
 import time
@@ -9,8 +12,7 @@ import jax
 
 from prompt_tuning import fs
 from prompt_tuning.errors import UserError
-
-SUMMARY_FILE = "train_summary.json"
+from prompt_tuning.run_dir import RunDir
 
 
 class Progress:
@@ -92,11 +94,11 @@ class Writer:
       self._writer.close()
 
 
-def write_operative_config(model_dir: str) -> Optional[str]:
+def write_operative_config(run: RunDir) -> Optional[str]:
   """`MODEL_DIR/config.gin`: the gin bindings the run actually used."""
   if jax.process_index() != 0:
     return None
-  path = fs.join(model_dir, "config.gin")
+  path = run.config
   fs.atomic_write(path, lambda f: f.write(gin.operative_config_str().encode()))
   return path
 
@@ -104,7 +106,7 @@ def write_operative_config(model_dir: str) -> Optional[str]:
 # ---- the loss record: appended to across resumes -------------------------------
 
 
-def previous_history(model_dir: str, restored_step: Optional[int]
+def previous_history(run: RunDir, restored_step: Optional[int]
                      ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
   """(train_history, eval_history) of `MODEL_DIR/train_summary.json` up to `restored_step`.
 
@@ -112,7 +114,7 @@ def previous_history(model_dir: str, restored_step: Optional[int]
   restored step (a resume from an older checkpoint) are dropped so no step
   appears twice. ([], []) for a fresh run.
   """
-  path = fs.join(model_dir, SUMMARY_FILE)
+  path = run.train_summary
   if restored_step is None or not fs.exists(path):
     return [], []
   try:
@@ -125,10 +127,47 @@ def previous_history(model_dir: str, restored_step: Optional[int]
   return histories[0], histories[1]
 
 
-def write_history(model_dir: str, step: int, history: List[Dict[str, Any]],
+def write_history(run: RunDir, step: int, history: List[Dict[str, Any]],
                   eval_history: List[Dict[str, Any]]) -> None:
   """Records the loss so far in `train_summary.json` (with each checkpoint, so a killed
   run keeps it; the run's end rewrites the file with its full summary)."""
-  fs.write_json(fs.join(model_dir, SUMMARY_FILE),
-             {"model_dir": model_dir, "final_step": step, "train_history": history,
-              "eval_history": eval_history})
+  fs.write_json(run.train_summary, {"model_dir": run.root, "final_step": step,
+                                    "train_history": history, "eval_history": eval_history})
+
+
+class TrainLog:
+  """What the training loop reports: console lines, TensorBoard, the loss record, config.gin.
+
+  A resumed run extends the run folder's loss record (`previous_history`).
+  """
+
+  def __init__(self, run: RunDir, start_step: int, train_steps: int, resumed: bool):
+    self.run = run
+    self.history, self.eval_history = previous_history(run, start_step if resumed else None)
+    self.progress = Progress(start_step, train_steps)
+    self.writer = Writer(run.tensorboard)
+    self._wrote_config = False
+
+  def train(self, step: int, metrics: Dict[str, float]) -> None:
+    if not self._wrote_config:  # before any checkpoint: every save is a logged step
+      write_operative_config(self.run)
+      self._wrote_config = True
+    self.history.append({"step": step, **metrics})
+    self.writer.scalars(step, {f"train/{k}": v for k, v in metrics.items()})
+    print(self.progress.line(step, metrics), flush=True)
+
+  def eval(self, step: int, metrics: Dict[str, float]) -> None:
+    self.writer.scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
+    print(f"step {step} eval: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())),
+          flush=True)
+    self.eval_history.append({"step": step, **metrics})
+
+  def write_record(self, step: int) -> None:
+    """The loss record so far, `train_summary.json` (with each checkpoint)."""
+    write_history(self.run, step, self.history, self.eval_history)
+
+  def restart_clock(self, step: int) -> None:
+    self.progress.restart_clock(step)
+
+  def close(self) -> None:
+    self.writer.close()

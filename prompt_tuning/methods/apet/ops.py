@@ -1,7 +1,7 @@
 """The insertion operations of Su et al. 2023 (§5.1) as `Insertion` specs for a `DeltaPlan`.
 
 Each spec is a frozen dataclass (hashable, JSON-serialisable through
-`insertion_to_dict`) that builds a small Flax module; every one is the identity
+`Insertion.to_dict`) that builds a small Flax module; every one is the identity
 at initialisation, so a tuned model starts from the frozen model's outputs:
 
   Add      ADD (Eq. 4): `h + b`, b zero-initialised; on dense, norm, attention
@@ -307,15 +307,6 @@ class Prefix(Insertion):
 # ---- serialisation ----
 
 OPS: Dict[str, type] = {cls.op: cls for cls in (Add, LoRA, Adapter, Scale, Prefix)}
-
-
-def insertion_to_dict(ins: Insertion) -> Dict[str, Any]:
-  """`{'op': ..., <fields>}`, JSON-ready."""
-  d = {"op": type(ins).op}
-  for field in dataclasses.fields(ins):
-    value = getattr(ins, field.name)
-    d[field.name] = list(value) if isinstance(value, tuple) else value
-  return d
 
 
 def insertion_from_dict(d: Dict[str, Any]) -> Insertion:

@@ -44,8 +44,7 @@ import gin
 import numpy as np
 
 from prompt_tuning.errors import UserError
-from prompt_tuning.methods.apet.ops import (Adapter, Add, Prefix, insertion_from_dict,
-                                            insertion_to_dict)
+from prompt_tuning.methods.apet.ops import Adapter, Add, Prefix, insertion_from_dict
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.deltas import DeltaPlan, Insertion
 from prompt_tuning.models.t5 import delta_sites
@@ -136,7 +135,7 @@ class Selection:
         "settings": dataclasses.asdict(self.settings),
         "model_config": self.model_config.to_dict(),
         "counts_by_operation": self.counts_by_operation(),
-        "entries": [{"op": op, "path": path, "insertion": insertion_to_dict(ins)}
+        "entries": [{"op": op, "path": path, "insertion": ins.to_dict()}
                     for op, path, ins in self.entries],
     }, indent=1)
 
@@ -151,7 +150,7 @@ class Selection:
     if not isinstance(d, dict) or d.get("format") != FORMAT:
       raise UserError(f"{source} is not an APET selection (format {FORMAT!r} expected)")
     model_config = T5Config.from_dict(d["model_config"])
-    if config is not None and model_config != config:
+    if config is not None and model_config.architecture() != config.architecture():
       raise UserError(f"{source} was made for another model config ({model_config}); use the "
                       "backbone it was made for or select again")
     selection = cls(int(d["budget"]), int(d["seed"]), Settings(**d["settings"]), model_config,

@@ -1,11 +1,13 @@
 """Parameter-budget sweeps (Su et al. 2023, §4): every PET method at budgets from ~1e2 up.
 
-    backbone (a backbone folder, or the demo's tiny T5 pretrained into MODEL_DIR/backbone)
+    backbone (a backbone folder, or one the sweep is handed to pretrain: runs/sweep.gin
+              hands it the demo's tiny T5)
     -> chance: the frozen backbone on the task (every method starts there: identity at init)
     -> full fine-tuning: one ordinary run, every parameter trainable
     -> cells: method x budget (x APET seed), each an ordinary `trainer.train` run with gin
-       bindings in MODEL_DIR/cells/<cell>/, a done-marker `sweep_cell.json` when finished
-    -> MODEL_DIR/sweep.json (table, thresholds, spread) and MODEL_DIR/sweep.png
+       bindings in its own folder, with a done-marker when finished
+    -> the summary (table, thresholds, spread) and its figure
+Where each lives in MODEL_DIR: `run_dir.SweepDir`.
 
 A budget maps to each method's own knob (`method_setting`): prompt tuning
 `round(budget / d_model)` tokens, LoRA the rank whose count is nearest the budget
@@ -32,7 +34,7 @@ import dataclasses
 import math
 import os
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import gin
 import jax
@@ -44,12 +46,8 @@ from prompt_tuning.methods.apet import selection
 from prompt_tuning.methods.apet.counts import count_parameters
 from prompt_tuning.methods.apet.sweep_report import format_table, plot, summarize  # noqa: F401
 from prompt_tuning.models.config import T5Config
+from prompt_tuning.run_dir import SweepDir
 
-SUMMARY_FILE = "sweep.json"
-FIGURE_FILE = "sweep.png"
-CELL_MARKER = "sweep_cell.json"
-CHANCE_FILE = "chance.json"
-CELLS_DIR = "cells"
 METHODS = ("prompt", "lora", "adapter", "apet")
 # Gin files (under configs/) of each method, after the backbone bindings.
 METHOD_FILES = {
@@ -226,16 +224,17 @@ def run_sweep(model_dir: str = gin.REQUIRED, budgets: Sequence[float] = gin.REQU
               low_margin: float = 0.05, high_gap: float = 0.01, seed: int = 0,
               pretrain_steps: int = 800, pretrain_batch_size: int = 64,
               pretrain_learning_rate: float = 3e-3, extra_bindings: Sequence[str] = (),
-              method_bindings: Optional[Mapping[str, Sequence[str]]] = None) -> Dict[str, Any]:
+              method_bindings: Optional[Mapping[str, Sequence[str]]] = None,
+              pretrained_backbone: Optional[Callable[..., Any]] = None) -> Dict[str, Any]:
   """Runs (or resumes) the sweep; returns and writes `MODEL_DIR/sweep.json` and `sweep.png`.
 
   Args:
-    model_dir: output folder (`backbone/`, `cells/<cell>/`, `sweep.json`, `sweep.png`).
+    model_dir: output folder (`run_dir.SweepDir`).
     budgets: trainable-parameter budgets, each a whole number from 1 to the backbone's size.
     methods: any of `prompt`, `lora`, `adapter`, `apet`.
     apet_seeds: APET's selection seeds (one cell each per budget).
-    initial_checkpoint_path: a backbone folder (`prompt-tuning convert`); None pretrains the
-      demo's tiny T5 1.1 into MODEL_DIR/backbone (reused when present).
+    initial_checkpoint_path: a backbone folder (`prompt-tuning convert`); None pretrains
+      `pretrained_backbone` into MODEL_DIR/backbone (reused when present).
     task, task_module: the SeqIO task tuned (and its registering module).
     task_feature_lengths: `{'inputs': L, 'targets': Lt}`.
     steps, batch_size: of every run (including full fine-tuning).
@@ -247,40 +246,46 @@ def run_sweep(model_dir: str = gin.REQUIRED, budgets: Sequence[float] = gin.REQU
     max_prompt_length: longest prompt a budget may ask for (capped at the input length).
     low_margin, high_gap: threshold definitions, see the module doc.
     seed: every run's RANDOM_SEED (APET's positions come from `apet_seeds`).
-    pretrain_*: the demo backbone's pretraining (`demo.pretrain.pretrain_backbone`).
+    pretrain_*: the pretraining of `pretrained_backbone`.
     extra_bindings: gin bindings appended to every run.
     method_bindings: `{method: [bindings]}` appended to that method's runs
       (`full_finetune` included), e.g. learning rates.
+    pretrained_backbone: without `initial_checkpoint_path`, the backbone to pretrain: called
+      with `steps, batch_size, learning_rate, seed, feature_lengths` (the pretrain_* settings),
+      it gives an object with `config` (its `T5Config`) and `ensure(folder)` (pretrains into
+      `folder` unless a complete backbone is there). runs/sweep.gin binds the demo's
+      (`demo.pretrain.DemoBackbone`).
   """
-  from prompt_tuning.demo import experiment, tasks
-  from prompt_tuning.demo.pretrain import pretrain_backbone
-  from prompt_tuning.io.backbone import CONFIG_FILE, load_backbone_config
+  from prompt_tuning.io.backbone import load_backbone_config
   from prompt_tuning.train import data as data_lib
   from prompt_tuning.train import trainer
+  from prompt_tuning.train.initialize import model_config_bindings
   feature_lengths = dict(task_feature_lengths or {"inputs": 16, "targets": 8})
-  model_dir = fs.absolute(model_dir)
+  folder = SweepDir(fs.absolute(model_dir))
   if initial_checkpoint_path:
-    backbone_dir = initial_checkpoint_path
+    backbone_dir, pretrained = initial_checkpoint_path, None
     config = load_backbone_config(backbone_dir)
+  elif pretrained_backbone is None:
+    raise UserError("the sweep has no backbone: set INITIAL_CHECKPOINT_PATH to a backbone folder, "
+                    "or bind run_sweep.pretrained_backbone (runs/sweep.gin binds the demo's)")
   else:
-    backbone_dir = os.path.join(model_dir, "backbone")
-    config = experiment.demo_backbone()
+    backbone_dir = folder.backbone
+    pretrained = pretrained_backbone(steps=pretrain_steps, batch_size=pretrain_batch_size,
+                                     learning_rate=pretrain_learning_rate, seed=seed,
+                                     feature_lengths=feature_lengths)
+    config = pretrained.config
   budget_list = check_budgets(budgets, config)
-  # The project's prompts fit inside the input length (`data.validate_feature_lengths`).
-  max_prompt_length = min(max_prompt_length, feature_lengths["inputs"])
   cells, skipped = plan_cells(methods, budget_list, config, list(apet_seeds), max_prompt_length)
   data_lib.import_task_modules([task_module])
   data_lib.get_mixture_or_task(task)
   metric_key = f"{task}/{metric}"
-  os.makedirs(model_dir, exist_ok=True)
+  os.makedirs(folder.root, exist_ok=True)
 
-  if not initial_checkpoint_path and not os.path.exists(os.path.join(backbone_dir, CONFIG_FILE)):
-    print(f"pretraining the demo backbone ({pretrain_steps} steps) into {backbone_dir}", flush=True)
-    pretrain_backbone(backbone_dir, config, tasks.PRETRAIN_MIXTURE, feature_lengths,
-                      pretrain_steps, pretrain_batch_size, pretrain_learning_rate, seed=seed)
+  if pretrained is not None:
+    pretrained.ensure(backbone_dir)
   config = load_backbone_config(backbone_dir)
 
-  chance_file = os.path.join(model_dir, CHANCE_FILE)
+  chance_file = folder.chance
   chance_record = fs.read_json(chance_file)
   if chance_record is None or chance_record.get("task") != task:
     value = _frozen_backbone_metric(backbone_dir, task, task_module, feature_lengths, metric_key,
@@ -293,7 +298,7 @@ def run_sweep(model_dir: str = gin.REQUIRED, budgets: Sequence[float] = gin.REQU
     held_out_examples = eval_num_examples or _split_size(task)
 
   common = [
-      *experiment.config_bindings(config),
+      *model_config_bindings(config),
       f"MIXTURE_OR_TASK_NAME = {task!r}", f"MIXTURE_OR_TASK_MODULE = {task_module!r}",
       f"INITIAL_CHECKPOINT_PATH = {backbone_dir!r}",
       f"TASK_FEATURE_LENGTHS = {feature_lengths!r}", f"TRAIN_STEPS = {steps}",
@@ -310,8 +315,8 @@ def run_sweep(model_dir: str = gin.REQUIRED, budgets: Sequence[float] = gin.REQU
   rows, walls = [], []
   start = time.time()
   for i, cell in enumerate(cells, 1):
-    run_dir = os.path.join(model_dir, CELLS_DIR, cell.name)
-    marker = os.path.join(run_dir, CELL_MARKER)
+    run_dir = folder.cell(cell.name)
+    marker = run_dir.done
     label = (f"[{i}/{len(cells)}] {cell.name} "
              f"({', '.join(f'{k} {v}' for k, v in cell.setting) or 'all parameters'}; "
              f"{cell.parameters:,} trainable)")
@@ -321,7 +326,7 @@ def run_sweep(model_dir: str = gin.REQUIRED, budgets: Sequence[float] = gin.REQU
       print(f"{label}: done before, {metric} {done['metric']:.3f}", flush=True)
       continue
     print(f"{label}: training", flush=True)
-    bindings = [*common, f"MODEL_DIR = {run_dir!r}", *cell.bindings, *extra_bindings,
+    bindings = [*common, f"MODEL_DIR = {run_dir.root!r}", *cell.bindings, *extra_bindings,
                 *(method_bindings or {}).get(cell.method, ())]
     if cell.method != "prompt":
       bindings.append("build_model.prompt = None")
@@ -335,7 +340,7 @@ def run_sweep(model_dir: str = gin.REQUIRED, budgets: Sequence[float] = gin.REQU
     row = {"method": cell.method, "budget": cell.budget, "seed": cell.seed,
            "setting": dict(cell.setting), "parameters": cell.parameters,
            "metric": _final_metric(summary, metric_key), "steps": int(summary["final_step"]),
-           "wall_s": round(wall, 1), "run_dir": run_dir}
+           "wall_s": round(wall, 1), "run_dir": run_dir.root}
     fs.write_json(marker, row)
     rows.append(row)
     walls.append(wall)
@@ -357,16 +362,16 @@ def run_sweep(model_dir: str = gin.REQUIRED, budgets: Sequence[float] = gin.REQU
       "thresholds": summarize(tuned, chance, full["metric"] if full else None, held_out_examples,
                               low_margin, high_gap),
   }
-  figure = os.path.join(model_dir, FIGURE_FILE)
+  figure = folder.figure
   if jax.process_index() == 0:  # the figure, like the JSON, from the first host only
     plot(figure, summary)
   summary["figure"] = figure
-  fs.write_json(os.path.join(model_dir, SUMMARY_FILE), summary)
+  fs.write_json(folder.summary, summary)
   print("\n" + format_table(summary))
   t = summary["thresholds"]
   print(f"\nlow threshold (clearly above chance): {t['low_threshold']}; all methods: "
         f"{t['low_threshold_all_methods']}\nhigh threshold (within {high_gap} of full "
-        f"fine-tuning): {t['high_threshold']}\nsummary: {os.path.join(model_dir, SUMMARY_FILE)}; "
+        f"fine-tuning): {t['high_threshold']}\nsummary: {folder.summary}; "
         f"figure: {figure}", flush=True)
   return summary
 

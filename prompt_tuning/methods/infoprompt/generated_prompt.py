@@ -32,7 +32,7 @@ Array = jax.Array
 SOURCES = ("encoder", "embeddings")
 # Bindings of the fixed prompt that would silently do nothing with a generated one.
 _FIXED_PROMPT_BINDINGS = ("Prompt.reparameterizations", "Prompt.initializer")
-_DEFAULT_INITIALIZER = "sampled_vocab"
+_DEFAULT_INITIALIZER = "uniform"  # prompts/prompt.gin's, the reference code's default
 
 
 @gin.configurable

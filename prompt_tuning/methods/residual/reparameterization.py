@@ -12,8 +12,9 @@ computed in one einsum). The MLP is trained together with `P`; both live under
 `prompt/residual/`, so the default trainable regex `prompt/.*` picks them up.
 After training the MLP is folded away: `prompts.prompt.encoder_prompt` returns
 `P'`, which is what gets exported and what a plain `Prompt` initialised
-`from_file` evaluates with. `optim.partitioned` gives the MLP its own learning
-rate (`configs/methods/residual.gin`).
+`from_file` evaluates with. The official code trains `P` and the MLP with one
+AdamW at 0.3 (`configs/papers/residual2023.gin`); `optim.partitioned` can give
+the MLP its own optimizer (`configs/methods/residual.gin`).
 
 Parameters (relative to the module, `S = ()` shared or `(P,)` separate)::
 
@@ -122,9 +123,9 @@ class ResidualReparameterization(nn.Module):
     layer_norm: apply LayerNorm to the MLP output (paper: on).
     residual: add the skip connection `P +` (off only for ablation).
     separate_mlps: one MLP per prompt token instead of one shared MLP.
-    init_style: `lecun` (Flax: LeCun-normal kernels, zero biases) or `torch`
-      (PyTorch `nn.Linear`: kernels and biases uniform in ±1/√fan_in), the
-      official code's initialization.
+    init_style: `torch` (PyTorch `nn.Linear`: kernels and biases uniform in
+      ±1/√fan_in), the official code's initialization, or `lecun` (Flax:
+      LeCun-normal kernels, zero biases).
     down_init, up_init: explicit kernel initializers (override `init_style`);
       `up_init=nn.initializers.zeros` makes the MLP output constant at start
       (with LayerNorm off, `P' = P` at step 0).
@@ -135,7 +136,7 @@ class ResidualReparameterization(nn.Module):
   layer_norm: bool = True
   residual: bool = True
   separate_mlps: bool = False
-  init_style: str = "lecun"
+  init_style: str = "torch"
   down_init: Optional[Callable] = None
   up_init: Optional[Callable] = None
 

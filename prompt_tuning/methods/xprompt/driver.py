@@ -1,22 +1,17 @@
 """XPrompt's three stages as one resumable run (`prompt-tuning xprompt`).
 
-    MODEL_DIR/stage1_prompt_tuning/  trainer run with masks = 1  -> trainable.npz, stage.json
-    MODEL_DIR/xprompt/               importance + pruning search  -> token_mask.npy, piece_mask.npy,
-                                                                     report.json, importance.png,
-                                                                     stage.json
-    MODEL_DIR/stage3_rewinding/      trainer run from the rewound stage-1 prompt, masks fixed
-                                                                  -> trainable.npz, stage.json
-    MODEL_DIR/prompts/final.npy      the prompt the encoder sees, pruned entries zero
-    MODEL_DIR/xprompt_summary.json   what `run_xprompt` returns
+    stage 1: a trainer run with masks = 1          -> the stage's kept trainable tree
+    stage 2: importance scores + the pruning search  -> the chosen masks, report, heatmap
+    stage 3: a trainer run from the rewound stage-1 prompt, masks fixed
+    -> the final prompt (pruned entries zero) and the summary `run_xprompt` returns
 
-Every stage writes its `stage.json` last, so a stage is finished exactly when
+Where each lives in MODEL_DIR: `run_dir.XPromptDir`. Every stage writes its `stage.json` last, so a stage is finished exactly when
 that file exists: a restart skips finished stages, and the trainer resumes an
 unfinished training stage from its own checkpoints. Stages 1 and 3 are plain
 `trainer.train` runs with the same gin train config (optimizer, schedule,
 data order); only `model_dir` and the initial variables differ.
 """
 import inspect
-import os
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import flax
@@ -28,22 +23,13 @@ import numpy as np
 from prompt_tuning import checks, fs, multihost
 from prompt_tuning.errors import UserError
 from prompt_tuning.methods.xprompt import masks as xprompt
-from prompt_tuning.methods.xprompt.report import HEATMAP_NAME, REPORT_NAME
-from prompt_tuning.methods.xprompt.search import (PIECE_MASK_FILE, TOKEN_MASK_FILE, SearchContext,
-                                                  search_stage)
+from prompt_tuning.methods.xprompt.search import SearchContext, search_stage
+from prompt_tuning.run_dir import XPromptDir, XPromptSearchDir, XPromptStageDir
 from prompt_tuning.train import trainer
-from prompt_tuning.train.checkpoints import export_prompt, load_tree, save_tree
+from prompt_tuning.train.checkpoints import load_tree, save_tree, write_prompt
 from prompt_tuning.train.initialize import abstract_variables, build_model
 from prompt_tuning.train.partitioning import Partitioner, to_host
 from prompt_tuning.train.trainable import merge_variables
-
-STAGE1_DIR = "stage1_prompt_tuning"
-SEARCH_DIR = "xprompt"
-STAGE3_DIR = "stage3_rewinding"
-STAGE_FILE = "stage.json"
-TRAINABLE_FILE = "trainable.npz"
-FINAL_PROMPT = "final"  # MODEL_DIR/prompts/final.npy
-SUMMARY_FILE = "xprompt_summary.json"
 
 
 def _without_variables(summary: Mapping[str, Any]) -> Dict[str, Any]:
@@ -74,7 +60,7 @@ def _interrupted(summary: Mapping[str, Any], config: Mapping[str, Any]) -> bool:
   return stop is not None and stop < config["train_steps"] and summary["final_step"] == stop
 
 
-def _training_stage(title: str, stage_dir: str, config: Mapping[str, Any],
+def _training_stage(title: str, stage_dir: XPromptStageDir, config: Mapping[str, Any],
                     edit: Optional[Callable] = None) -> Tuple[Optional[Dict[str, Any]], Any]:
   """Runs (or resumes) one trainer stage.
 
@@ -83,7 +69,8 @@ def _training_stage(title: str, stage_dir: str, config: Mapping[str, Any],
     `train.stop_after_steps`.
   """
   print(f"=== xprompt {title} -> {stage_dir} ===", flush=True)
-  summary = trainer.train(model_dir=stage_dir, return_variables=True, edit_initial_variables=edit)
+  summary = trainer.train(model_dir=stage_dir.root, return_variables=True,
+                          edit_initial_variables=edit)
   if _interrupted(summary, config):
     print(f"xprompt {title}: stopped at step {summary['final_step']} (train.stop_after_steps); "
           "run the same command again to resume", flush=True)
@@ -91,7 +78,7 @@ def _training_stage(title: str, stage_dir: str, config: Mapping[str, Any],
   # The paper keeps the best dev-set checkpoint of each stage (train.early_stopping_metric;
   # without one, the last step).
   kept = summary.get("best_trainable") or summary["trainable"]
-  save_tree(os.path.join(stage_dir, TRAINABLE_FILE), kept)
+  save_tree(stage_dir.kept_trainable, kept)
   return _without_variables(summary), merge_variables(kept, summary["frozen"])
 
 
@@ -117,9 +104,9 @@ def rewinding_edit(stage1_trainable: Any, token_mask: np.ndarray,
   return edit
 
 
-def _load_masks(search_dir: str) -> Tuple[np.ndarray, np.ndarray]:
-  return tuple(np.load(os.path.join(search_dir, name), allow_pickle=False)
-               for name in (TOKEN_MASK_FILE, PIECE_MASK_FILE))
+def _load_masks(search_dir: XPromptSearchDir) -> Tuple[np.ndarray, np.ndarray]:
+  return tuple(np.load(path, allow_pickle=False)
+               for path in (search_dir.token_mask, search_dir.piece_mask))
 
 
 def _combined_histories(stage1: Mapping[str, Any], search: Mapping[str, Any],
@@ -197,11 +184,10 @@ def run_xprompt(model_dir: Optional[str] = None, importance_batches: Optional[in
   check_search_settings(token_ratios, piece_ratios, importance_batches)
   if metric_name is None:
     metric_name = config.get("early_stopping_metric")
-  dirs = {"prompt_tuning": os.path.join(model_dir, STAGE1_DIR),
-          "pruning": os.path.join(model_dir, SEARCH_DIR),
-          "rewinding": os.path.join(model_dir, STAGE3_DIR)}
-  summary_path = os.path.join(model_dir, SUMMARY_FILE)
-  finished = fs.read_json(os.path.join(dirs["rewinding"], STAGE_FILE))
+  folder = XPromptDir(model_dir)
+  stage1_dir, search_dir, stage3_dir = folder.stage1, folder.search, folder.stage3
+  summary_path = folder.summary
+  finished = fs.read_json(stage3_dir.stage_record)
   if finished is not None and fs.exists(summary_path):
     print(f"xprompt: all three stages of {model_dir} are finished; skipping "
           f"(final prompt {finished['final_prompt']})", flush=True)
@@ -218,48 +204,50 @@ def run_xprompt(model_dir: Optional[str] = None, importance_batches: Optional[in
     return backbone
 
   # Stage 1: plain prompt tuning (masks at one).
-  stage1 = fs.read_json(os.path.join(dirs["prompt_tuning"], STAGE_FILE))
+  stage1 = fs.read_json(stage1_dir.stage_record)
   trained = None
   if stage1 is None:
-    stage1, trained = _training_stage("stage 1/3: prompt tuning", dirs["prompt_tuning"], config)
+    stage1, trained = _training_stage("stage 1/3: prompt tuning", stage1_dir, config)
     if stage1 is None:
-      return {"interrupted": "prompt_tuning", "model_dir": model_dir, "stage_dirs": dirs}
-    fs.write_json(os.path.join(dirs["prompt_tuning"], STAGE_FILE), stage1)
+      return {"interrupted": "prompt_tuning", "model_dir": model_dir,
+              "stage_dirs": _stage_dirs(folder)}
+    fs.write_json(stage1_dir.stage_record, stage1)
   else:
     print(f"xprompt stage 1/3: prompt tuning finished earlier ({_steps(stage1)} steps); "
           "skipping", flush=True)
   multihost.sync("xprompt stage 1 written")  # process 0 wrote the file every host reads
-  stage1_trainable = load_tree(os.path.join(dirs["prompt_tuning"], TRAINABLE_FILE))
+  stage1_trainable = load_tree(stage1_dir.kept_trainable)
 
   # Stage 2: importance scores and the pruning search.
-  search = fs.read_json(os.path.join(dirs["pruning"], STAGE_FILE))
+  search = fs.read_json(search_dir.stage_record)
   if search is None:
-    search = search_stage(get_backbone(trained), stage1_trainable, dirs["pruning"],
+    search = search_stage(get_backbone(trained), stage1_trainable, search_dir,
                            importance_batches=importance_batches, per_example=per_example,
                            tolerance=tolerance,
                            token_ratios=token_ratios, piece_ratios=piece_ratios,
                            metric_name=metric_name, higher_is_better=higher_is_better)
-    fs.write_json(os.path.join(dirs["pruning"], STAGE_FILE), search)
+    fs.write_json(search_dir.stage_record, search)
   else:
     print(f"xprompt stage 2/3: pruning search finished earlier (chosen {search['chosen']}); "
           "skipping", flush=True)
   multihost.sync("xprompt stage 2 written")
-  token_mask, piece_mask = _load_masks(dirs["pruning"])
+  token_mask, piece_mask = _load_masks(search_dir)
 
   # Stage 3: rewinding and retraining with the masks fixed.
-  stage3 = fs.read_json(os.path.join(dirs["rewinding"], STAGE_FILE))
+  stage3 = fs.read_json(stage3_dir.stage_record)
   if stage3 is None:
     trained = None
     if backbone is not None:
       backbone.release_variables()
     stage3, trained = _training_stage(
-        "stage 3/3: rewinding", dirs["rewinding"], config,
+        "stage 3/3: rewinding", stage3_dir, config,
         edit=rewinding_edit(stage1_trainable, token_mask, piece_mask))
     if stage3 is None:
-      return {"interrupted": "rewinding", "model_dir": model_dir, "stage_dirs": dirs}
-    stage3.update(_finish(get_backbone(trained), trained, stage3, search, model_dir))
-    fs.write_json(os.path.join(dirs["rewinding"], STAGE_FILE), stage3)
-  summary = _summary(model_dir, dirs, stage1, search, stage3, token_mask, piece_mask)
+      return {"interrupted": "rewinding", "model_dir": model_dir,
+              "stage_dirs": _stage_dirs(folder)}
+    stage3.update(_finish(get_backbone(trained), trained, stage3, search, folder))
+    fs.write_json(stage3_dir.stage_record, stage3)
+  summary = _summary(folder, stage1, search, stage3, token_mask, piece_mask)
   fs.write_json(summary_path, summary)
   print(f"xprompt finished: {summary['metric_name']} " +
         ", ".join(f"{k}={v:.4f}" for k, v in summary["stages"].items()) +
@@ -295,7 +283,7 @@ def _check_masks_configured() -> None:
 
 
 def _finish(backbone: SearchContext, trained: Dict[str, Any], stage3: Mapping[str, Any],
-            search: Mapping[str, Any], model_dir: str) -> Dict[str, Any]:
+            search: Mapping[str, Any], folder: XPromptDir) -> Dict[str, Any]:
   """Stage-3 validation metric, the exported final prompt and the completed report.
 
   `trained` are the variables stage 3 ended with (its masks included).
@@ -315,8 +303,8 @@ def _finish(backbone: SearchContext, trained: Dict[str, Any], stage3: Mapping[st
   kept = np.asarray(xprompt.effective_mask(jnp.asarray(token_mask), jnp.asarray(piece_mask),
                                            prompt.shape[-1]))
   prompt = np.where(kept > 0, prompt, 0.0).astype(np.float32)  # exact zeros where pruned
-  path = export_prompt(model_dir, FINAL_PROMPT, prompt)
-  report_path = os.path.join(model_dir, SEARCH_DIR, REPORT_NAME)
+  path = write_prompt(folder.final_prompt, prompt)
+  report_path = folder.search.report
   report = fs.read_json(report_path)
   report["stages"] = {**report["stages"], "rewinding": float(metric)}
   if held_out is not None:
@@ -327,17 +315,22 @@ def _finish(backbone: SearchContext, trained: Dict[str, Any], stage3: Mapping[st
           "kept_parameters": int(np.sum(kept > 0))}
 
 
+def _stage_dirs(folder: XPromptDir) -> Dict[str, str]:
+  return {"prompt_tuning": folder.stage1.root, "pruning": folder.search.root,
+          "rewinding": folder.stage3.root}
+
+
 def _steps(stage: Mapping[str, Any]) -> int:
   """Steps a training stage ran (its final step minus the initial checkpoint's step)."""
   return stage["final_step"] - stage.get("initial_step", 0)
 
 
-def _summary(model_dir: str, dirs: Mapping[str, str], stage1: Mapping[str, Any],
-             search: Mapping[str, Any], stage3: Mapping[str, Any], token_mask: np.ndarray,
+def _summary(folder: XPromptDir, stage1: Mapping[str, Any], search: Mapping[str, Any],
+             stage3: Mapping[str, Any], token_mask: np.ndarray,
              piece_mask: np.ndarray) -> Dict[str, Any]:
   train_history, eval_history = _combined_histories(stage1, search, stage3)
   return {
-      "model_dir": model_dir,
+      "model_dir": folder.root,
       "metric_name": search["metric_name"],
       "higher_is_better": search["higher_is_better"],
       "stages": {**search["stages"], "rewinding": stage3["metric"]},
@@ -353,11 +346,11 @@ def _summary(model_dir: str, dirs: Mapping[str, str], stage1: Mapping[str, Any],
                           if stage3.get("held_out_metric") is not None else {}),
       "note": search.get("note"),
       "final_prompt": stage3["final_prompt"],
-      "report": os.path.join(dirs["pruning"], REPORT_NAME),
-      "heatmap": os.path.join(dirs["pruning"], HEATMAP_NAME),
+      "report": folder.search.report,
+      "heatmap": folder.search.heatmap,
       "final_step": stage1["final_step"] + _steps(stage3),
       "stage_steps": {"prompt_tuning": _steps(stage1), "rewinding": _steps(stage3)},
       "train_history": train_history,
       "eval_history": eval_history,
-      "stage_dirs": dict(dirs),
+      "stage_dirs": _stage_dirs(folder),
   }

@@ -28,9 +28,8 @@ import numpy as np
 
 from prompt_tuning import fs
 from prompt_tuning.methods.xprompt.masks import Candidate, SearchResult
+from prompt_tuning.run_dir import XPromptSearchDir
 
-REPORT_NAME = "report.json"
-HEATMAP_NAME = "importance.png"
 
 
 def _list(x, integer: bool = False):
@@ -165,7 +164,7 @@ def plot_heatmap(path: str, token_scores: np.ndarray, piece_scores: np.ndarray,
   plt.close(fig)
 
 
-def write_report(directory: str, result: SearchResult, stages: Dict[str, float],
+def write_report(directory: XPromptSearchDir, result: SearchResult, stages: Dict[str, float],
                  metric_name: str = "metric", higher_is_better: bool = True) -> Dict[str, str]:
   """Writes `report.json` and `importance.png` into `directory` (created if needed).
 
@@ -173,9 +172,9 @@ def write_report(directory: str, result: SearchResult, stages: Dict[str, float],
     `{"report": path, "heatmap": path}`.
   """
   report = build_report(result, stages, metric_name, higher_is_better)
-  report_path = fs.join(directory, REPORT_NAME)
+  report_path = directory.report
   fs.write_json(report_path, report)
-  heatmap_path = fs.join(directory, HEATMAP_NAME)
+  heatmap_path = directory.heatmap
   token_scores, piece_scores = decisive_scores(result)
   if jax.process_index() == 0:  # every host holds the same result; one writes
     plot_heatmap(heatmap_path, token_scores, piece_scores, result.best.token_mask,

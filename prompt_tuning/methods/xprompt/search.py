@@ -16,8 +16,10 @@ from prompt_tuning import fs, multihost
 from prompt_tuning.errors import UserError
 from prompt_tuning.methods.xprompt import masks as xprompt
 from prompt_tuning.methods.xprompt.report import write_report
+from prompt_tuning.run_dir import XPromptSearchDir
 from prompt_tuning.train import data as data_lib
 from prompt_tuning.train import evaluation
+from prompt_tuning.train.best import metric_key
 from prompt_tuning.train.initialize import build_model, variable_shardings
 from prompt_tuning.train.partitioning import Partitioner, check_batch_size, to_host
 from prompt_tuning.train.run_setup import RunContext, build_run
@@ -25,22 +27,6 @@ from prompt_tuning.train.step import LossConfig, token_loss_sums
 from prompt_tuning.train.trainable import merge_variables
 
 IMPORTANCE_CHUNK = 32  # batches per compiled importance call
-TOKEN_MASK_FILE = "token_mask.npy"
-PIECE_MASK_FILE = "piece_mask.npy"
-
-
-def resolve_metric(metrics: Mapping[str, float], metric_name: Optional[str]) -> str:
-  """The key of `metrics` that `metric_name` names (`task/metric` or a unique `metric`)."""
-  if metric_name in metrics:
-    return metric_name
-  if metric_name is None:
-    matches = list(metrics)
-  else:
-    matches = [k for k in metrics if k.split("/")[-1] == metric_name]
-  if len(matches) == 1:
-    return matches[0]
-  raise UserError(f"XPrompt's validation metric {metric_name!r} is not one of the eval metrics "
-                  f"{sorted(metrics)}; set run_xprompt.metric_name to one of them")
 
 
 class SearchContext:
@@ -144,8 +130,8 @@ class SearchContext:
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in chunk.items()}
 
 
-def search_stage(backbone: SearchContext, stage1_trainable: Any, search_dir: str, *,
-                 importance_batches: Optional[int], per_example: bool,
+def search_stage(backbone: SearchContext, stage1_trainable: Any, search_dir: XPromptSearchDir,
+                 *, importance_batches: Optional[int], per_example: bool,
                  token_ratios: Sequence[float], piece_ratios: Sequence[float],
                  metric_name: Optional[str], higher_is_better: bool,
                  tolerance: Optional[float] = None) -> Dict[str, Any]:
@@ -176,7 +162,7 @@ def search_stage(backbone: SearchContext, stage1_trainable: Any, search_dir: str
   def evaluate_fn(token_mask, piece_mask):
     metrics = backbone.evaluate(backbone.with_masks(variables, token_mask, piece_mask))
     if "key" not in resolved:
-      resolved["key"] = resolve_metric(metrics, metric_name)
+      resolved["key"] = metric_key(metrics, metric_name, "run_xprompt.metric_name")
     return metrics[resolved["key"]]
 
   result = xprompt.search(score_fn, evaluate_fn, token_ones, piece_ones, token_ratios,
@@ -194,9 +180,9 @@ def search_stage(backbone: SearchContext, stage1_trainable: Any, search_dir: str
   multihost.check_same_on_hosts("XPrompt's chosen masks (run_xprompt)",
                                 result.best.token_mask, result.best.piece_mask)
   paths = write_report(search_dir, result, stages, resolved["key"], higher_is_better)
-  for name, mask in ((TOKEN_MASK_FILE, result.best.token_mask),
-                     (PIECE_MASK_FILE, result.best.piece_mask)):
-    fs.write_on_first_host(fs.join(search_dir, name),
+  for path, mask in ((search_dir.token_mask, result.best.token_mask),
+                     (search_dir.piece_mask, result.best.piece_mask)):
+    fs.write_on_first_host(path,
                            lambda f, m=mask: np.save(f, m.astype(np.float32), allow_pickle=False))
   multihost.sync("xprompt report written")  # process 0 wrote it; every host reads it
   report = fs.read_json(paths["report"])

@@ -94,9 +94,10 @@ def check_batches_fit(config, prompt_length: int, batches: Sequence[np.ndarray],
     memory_bound.check_fits(
         config, shape, f"the batch holding example {longest + 1} of {path} "
         f"({len(inputs[longest]):,} input tokens)",
-        "truncate inputs with --max_input_length (e.g. 512, as T5X's TASK_FEATURE_LENGTHS), "
-        "shorten the longest examples, or lower --batch_size" +
-        (" or --max_decode_length / --beam_size" if decoding else ""))
+        ("lower --max_decode_length, --beam_size or --batch_size, or truncate inputs with "
+         "--max_input_length" if decoding else
+         "truncate inputs with --max_input_length (e.g. 512, as T5X truncates to "
+         "TASK_FEATURE_LENGTHS), shorten the longest examples, or lower --batch_size"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -81,7 +81,7 @@ def check_fits(config, p: Pass, what: str, way_out: str, limit: Optional[int] = 
   available, where = (limit, "the limit") if limit is not None else machine_bytes()
   if needed > available:
     raise UserError(f"{what} needs at least {_gib(needed)} of memory (batch {p.batch:,}"
-                    f"{f' x {p.copies} beams' if p.copies > 1 else ''}, encoder "
+                    f"{f' x {p.copies:,} beams' if p.copies > 1 else ''}, encoder "
                     f"{p.encoder_length:,} and decoder {p.decoder_length:,} positions), more than "
                     f"the {_gib(available)} of {where}; {way_out}")
 

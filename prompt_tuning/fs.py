@@ -5,11 +5,18 @@ SeqIO); local paths use the standard library. Writes of run outputs (JSON,
 `.npy`, `.npz`) are atomic locally (write, then rename) and whole-object on
 object stores, and happen on the first JAX process only.
 """
+import contextlib
+import errno
+import hashlib
 import json
 import os
-from typing import Any, Callable, Dict, List, Optional
+import shutil
+import tempfile
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import jax
+
+from prompt_tuning.errors import UserError
 
 
 def is_remote(path: str) -> bool:
@@ -41,11 +48,26 @@ def isdir(path: str) -> bool:
   return _gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
 
 
+def io_error(path: str, error: OSError, doing: str = "write") -> UserError:
+  """The one line of an I/O failure at `path`: what the system said and a way out."""
+  reason = error.strerror or str(error) or type(error).__name__
+  if error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+    way_out = "free space on its disk (or raise the file-size limit, `ulimit -f`) and rerun"
+  elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    way_out = "make it writable for this user, or choose another folder"
+  else:
+    way_out = "check the path and the disk, then rerun"
+  return UserError(f"cannot {doing} {path} ({reason}); {way_out}")
+
+
 def makedirs(path: str) -> None:
   if is_remote(path):
     _gfile().makedirs(path)
-  else:
+    return
+  try:
     os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise io_error(path, e, "create the folder") from None
 
 
 def listdir(path: str) -> List[str]:
@@ -54,23 +76,40 @@ def listdir(path: str) -> List[str]:
   return os.listdir(path)
 
 
+def size(path: str) -> int:
+  """The size of the file at `path` in bytes."""
+  return _gfile().stat(path).length if is_remote(path) else os.path.getsize(path)
+
+
 def read_bytes(path: str) -> bytes:
   with open_file(path, "rb") as f:
     return f.read()
 
 
 def move(source: str, target: str) -> None:
-  """Renames a folder; object stores (no folder rename) copy it, then remove the source."""
+  """Renames a file or folder; object stores (no folder rename) copy it, then remove the source."""
   if not is_remote(source):
     os.rename(source, target)
     return
   gfile = _gfile()
+  if not gfile.isdir(source):
+    gfile.rename(source, target)
+    return
   for folder, _, files in gfile.walk(source):
     relative = folder[len(source):].lstrip("/")
     gfile.makedirs(join(target, relative))
     for name in files:
       gfile.copy(join(folder, name), join(target, relative, name))
   gfile.rmtree(source)
+
+
+def remove_tree(path: str) -> None:
+  """Removes a folder and everything in it (nothing when it is gone already)."""
+  if is_remote(path):
+    if _gfile().exists(path):
+      _gfile().rmtree(path)
+    return
+  shutil.rmtree(path, ignore_errors=True)
 
 
 def open_file(path: str, mode: str = "rb"):
@@ -80,8 +119,10 @@ def open_file(path: str, mode: str = "rb"):
 def atomic_write(path: str, write: Callable[[Any], None]) -> None:
   """Calls `write(binary file)`; readers never see a half-written file.
 
-  Local files are written beside the target and renamed over it; object
-  stores (gs://) only ever publish whole objects.
+  Local files are written beside the target (`<path>.tmp`) and renamed over
+  it; object stores (gs://) only ever publish whole objects. A failed write
+  (a full disk, a file-size limit, no permission) removes the temporary file
+  and is one UserError naming `path`.
   """
   makedirs(os.path.dirname(str(path)) or ".")
   if is_remote(path):
@@ -89,9 +130,45 @@ def atomic_write(path: str, write: Callable[[Any], None]) -> None:
       write(f)
     return
   tmp = f"{path}.tmp"
-  with open(tmp, "wb") as f:
-    write(f)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "wb") as f:
+      write(f)
+    os.replace(tmp, path)
+  except BaseException as e:
+    try:
+      os.remove(tmp)
+    except OSError:
+      pass  # never created, or its folder is gone: nothing is left behind either way
+    if isinstance(e, OSError):
+      raise io_error(path, e) from None
+    raise
+
+
+@contextlib.contextmanager
+def staged_folder(output: str, doing: str) -> Iterator[str]:
+  """Yields where to write the new folder `output`: a hidden sibling `.<name>.<doing>-*/<name>`,
+  renamed to `output` when the block ends without error and removed either way, so a failed or
+  interrupted write leaves no partial folder (`output` may exist empty beforehand). Object
+  stores publish whole objects: `output` itself is yielded."""
+  if is_remote(output):
+    yield output
+    return
+  output = os.path.abspath(output)
+  parent, name = os.path.split(output)
+  makedirs(parent)
+  try:
+    staging = tempfile.mkdtemp(prefix=f".{name}.{doing}-", dir=parent)
+  except OSError as e:
+    raise io_error(parent, e) from None
+  try:
+    yield os.path.join(staging, name)
+    if os.path.isdir(output):  # an empty folder the user made beforehand
+      os.rmdir(output)
+    os.replace(os.path.join(staging, name), output)
+  except OSError as e:
+    raise io_error(output, e) from None
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_on_first_host(path: str, write: Callable[[Any], None]) -> None:
@@ -100,14 +177,63 @@ def write_on_first_host(path: str, write: Callable[[Any], None]) -> None:
     atomic_write(path, write)
 
 
+class Damaged(Exception):
+  """A file that fails its check when read back; the message says how."""
+
+
+_CHECKED_HEADER = ("# Written by prompt_tuning. The last line is a checksum of the lines between, "
+                   "checked when a run reads this file back.\n")
+_CHECKED_FOOTER = "# sha256: "
+
+
+def write_checked_text(path: str, text: str) -> None:
+  """Writes `text` (a format with `#` comments, e.g. gin) between a header and a checksum line,
+  atomically, on the first host; `read_checked_text` reads it back verified."""
+  body = text if text.endswith("\n") else text + "\n"
+  digest = hashlib.sha256(body.encode("utf-8")).hexdigest()
+  write_on_first_host(path, lambda f: f.write(
+      (_CHECKED_HEADER + body + _CHECKED_FOOTER + digest + "\n").encode("utf-8")))
+
+
+def read_checked_text(path: str) -> str:
+  """The text `write_checked_text` wrote at `path`, its checksum verified.
+
+  A file without the header (written before checksums) is returned as it is.
+
+  Raises:
+    Damaged: the file is not UTF-8, lacks its checksum line (truncated) or does not match it.
+  """
+  try:
+    text = read_bytes(path).decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise Damaged(f"not UTF-8 text at byte {e.start}") from None
+  if not text.startswith(_CHECKED_HEADER):
+    return text
+  body, _, last = text[len(_CHECKED_HEADER):].rstrip("\n").rpartition("\n")
+  if not last.startswith(_CHECKED_FOOTER):
+    raise Damaged("its checksum line is missing: truncated")
+  body += "\n"
+  if hashlib.sha256(body.encode("utf-8")).hexdigest() != last[len(_CHECKED_FOOTER):].strip():
+    raise Damaged("its text does not match its checksum")
+  return body
+
+
 def write_json(path: str, value: Any) -> None:
   """Pretty, key-sorted JSON, written atomically by the first host."""
   write_on_first_host(path, lambda f: f.write(json.dumps(value, indent=2, sort_keys=True).encode()))
 
 
 def read_json(path: str) -> Optional[Dict[str, Any]]:
-  """The parsed JSON at `path`, or None when the file does not exist."""
+  """The parsed JSON at `path`, or None when the file does not exist.
+
+  A damaged file (truncated, not UTF-8, not JSON) is one UserError naming it:
+  files read here are a run's own records, which nothing else can rebuild.
+  """
   if not exists(path):
     return None
-  with open_file(path, "r") as f:
-    return json.load(f)
+  try:
+    return json.loads(read_bytes(path))
+  except (ValueError, UnicodeDecodeError) as e:
+    raise UserError(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:100]}); "
+                    "restore it from a copy of the run, or move it away so that the run writes "
+                    "it anew") from None

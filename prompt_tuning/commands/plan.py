@@ -23,10 +23,10 @@ from prompt_tuning.models.config import remat_policy
 
 def add_arguments(parser) -> None:
   gin_utils.add_gin_arguments(parser)
-  parser.add_argument("--num_devices", type=int, default=None,
+  parser.add_argument("--num_devices", type=checks.int_flag(1), default=None,
                       help="devices of the mesh to plan for (default: jax.device_count())")
   parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-  parser.add_argument("--device_memory_gib", type=float, default=None,
+  parser.add_argument("--device_memory_gib", type=checks.float_flag(above=0), default=None,
                       help="memory of one device in GiB (e.g. 16 for a TPU v3 core): exit with an "
                       "error when the run does not fit (scripts/tpu/train_rte.sh checks this)")
 
@@ -57,7 +57,7 @@ def plan_run(num_devices: Optional[int] = None) -> Dict[str, Any]:
   """The plan of the parsed gin configuration (see module docstring)."""
   from prompt_tuning.train import data as data_lib, initialize, run_setup
   from prompt_tuning.train import trainable as trainable_lib
-  from prompt_tuning.train.partitioning import DEFAULT_RULES
+  from prompt_tuning.train.partitioning import DEFAULT_RULES, check_batch_split
   from prompt_tuning.train.run_setup import optimizer_layouts
   num_devices = num_devices or jax.device_count()
   try:
@@ -76,6 +76,7 @@ def plan_run(num_devices: Optional[int] = None) -> Dict[str, Any]:
                               "--gin.BATCH_SIZE=32")
   microbatches = checks.positive_int(_gin_value("train.num_microbatches", 1),
                                      "train.num_microbatches", "--gin.train.num_microbatches=1")
+  check_batch_split(batch, axis_sizes["data"], microbatches)  # the trainer's rule, on this mesh
   def init():
     tokens = jax.numpy.ones((1, 4), np.int32)
     return model.init(jax.random.PRNGKey(0), tokens, tokens)
@@ -153,8 +154,6 @@ def format_plan(p: Dict[str, Any]) -> str:
 
 def run(args) -> int:
   configurables.setup_from_args(args)
-  if args.num_devices is not None and args.num_devices < 1:
-    raise UserError(f"--num_devices={args.num_devices} must be at least 1")
   result = plan_run(args.num_devices)
   print(json.dumps(result) if args.json else format_plan(result), flush=True)
   if args.device_memory_gib is not None:

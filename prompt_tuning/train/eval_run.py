@@ -197,6 +197,9 @@ def _prepare(command, model_dir, t5x_output_dir, mixture_or_task_name, mixture_o
                    batch_size, num_examples)
   ctx = load_run(mixture_or_task_name, mixture_or_task_module, task_feature_lengths,
                  initial_checkpoint_path, allow_random_parameters, deltas_file, split)
+  ctx.check_pass_fits(batch_size, f"decoding TASK_FEATURE_LENGTHS {dict(task_feature_lengths)} "
+                      f"in batches of {batch_size}", "lower TASK_FEATURE_LENGTHS or BATCH_SIZE",
+                      decoding=True, copies=getattr(ctx.model.prompt, "ensemble_size", 1))
   fns = evaluation.EvalModelFns(ctx.model, ctx.partitioner, ctx.variables, ctx.shardings,
                                 batch_size=batch_size,
                                 max_decode_length=task_feature_lengths["targets"],

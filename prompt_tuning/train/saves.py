@@ -4,18 +4,25 @@ A save writes, in this order: the loss record (by the caller), the Orbax
 checkpoint of the trainable state (`checkpoints.RunCheckpoints`), then the
 exports of that step: the prompt `.npy` and every new parameter
 (`exports.export_new_variables`). Killed between the checkpoint and its
-exports, a rerun writes the missing exports of the step it resumes from.
+exports, a rerun writes the missing exports of the step it resumes from; one it
+finds damaged (truncated, or not what the checkpoint gives) it moves to
+`damaged/` and writes again (`rebuild_exports`).
 Where each file lives: `run_dir.RunDir`.
 """
 import dataclasses
 import logging
+import os
+import time
 from typing import Any, Mapping, Optional
 
+import jax
+
+from prompt_tuning import fs, multihost
 from prompt_tuning.errors import UserError
 from prompt_tuning.run_dir import RunDir
 from prompt_tuning.train import config_check, exports, run_records
-from prompt_tuning.train.checkpoints import (RunCheckpoints, export_prompt,
-                                             export_prompt_if_missing)
+from prompt_tuning.train.checkpoints import (RunCheckpoints, export_prompt, prompt_files,
+                                             prompt_problem)
 from prompt_tuning.train.run_setup import CompiledStep, RunContext, Split, abstract_arrays
 
 
@@ -74,10 +81,7 @@ class Saves:
     print(f"resumed from {self.checkpoints.directory} at step {step:,}", flush=True)
     state = TrainState(restored["trainable"], restored["opt_state"], step,
                        first_step=step - int(meta.get("batches_consumed", step)), resumed=True)
-    variables = self.split.merged(state.trainable)
-    export_prompt_if_missing(self.run, f"step_{step}", self.ctx.exported_prompt(variables))
-    exports.export_if_missing(self.run, f"step_{step}", self.ctx.model, variables,
-                              {"step": step, **self.description})
+    self.rebuild_exports(f"step_{step}", step, state.trainable, f"checkpoint {step}")
     return state
 
   def save(self, state: TrainState) -> None:
@@ -96,6 +100,46 @@ class Saves:
       export_prompt(self.run, name, value)
     exports.export_new_variables(self.run, name, self.ctx.model, variables,
                                  {"step": step, **self.description})
+
+  def rebuild_exports(self, name: str, step: int, trainable: Any, source: str) -> None:
+    """Writes the exports of `name` (`export`) that are missing, or that do not hold what
+    `trainable` exports to; a damaged one is first moved to `damaged/` with one printed line.
+
+    Killed between a checkpoint and its exports, a run leaves them missing; a copy, a full
+    disk or a bad sector can leave one truncated or changed. `source` names where
+    `trainable` came from (e.g. `checkpoint 40`), for the line.
+    """
+    variables = self.split.merged(trainable)
+    prompt = self.ctx.exported_prompt(variables)  # every host: these gather sharded arrays
+    contents = exports.export_contents(self.ctx.model, variables,
+                                       {"step": step, **self.description})
+    if jax.process_index() == 0:
+      if prompt is not None:
+        files = prompt_files(self.run, name, prompt)
+        damaged = {p: prompt_problem(p, v) for p, v in files.items() if fs.exists(p)}
+        if len(damaged) < len(files) or any(damaged.values()):
+          self._set_aside({p: why for p, why in damaged.items() if why}, source)
+          export_prompt(self.run, name, prompt)
+      out = self.run.export(name)
+      if contents is not None and not fs.exists(out.description):
+        exports.write_export(out, contents)
+      elif contents is not None:
+        problem = exports.export_problem(out, contents)
+        if problem:
+          self._set_aside({out.root: problem}, source)
+          exports.write_export(out, contents)
+    multihost.sync(f"exports of {name} checked")
+
+  def _set_aside(self, damaged: Mapping[str, str], source: str) -> None:
+    """Moves each damaged file or folder (path -> why) to `damaged/<time>/`, one line each."""
+    when = int(time.time())
+    for path, why in damaged.items():
+      target = self.run.damaged(when, os.path.relpath(path, self.run.root))
+      fs.makedirs(os.path.dirname(target))
+      fs.move(path, target)
+      why = why.split("; ")[0]  # the reader's way out is this rebuild
+      print(f"warning: {path} is damaged ({why}); moved it to {target} and wrote it again from "
+            f"{source}", flush=True)
 
   def close(self) -> None:
     self.checkpoints.close()

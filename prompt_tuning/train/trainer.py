@@ -47,9 +47,10 @@ from prompt_tuning.train.trainable import (check_extras_train, count_parameters,
 def _check_arguments(*, model_dir, train_steps, batch_size, eval_period, checkpoint_period,
                      keep_checkpoints, early_stopping_mode, early_stopping_patience,
                      num_microbatches, log_every, max_trainable_norm, eval_num_examples,
-                     stop_after_steps) -> None:
+                     stop_after_steps, seed) -> None:
   """The cheap checks of `train`'s arguments, before the model is built or anything written."""
   checks.output_dir(model_dir, "MODEL_DIR")
+  checks.seed(seed, "RANDOM_SEED (train.seed)", "--gin.RANDOM_SEED=0")
   checks.positive_int(train_steps, "TRAIN_STEPS (train.train_steps)", "--gin.TRAIN_STEPS=1000")
   checks.positive_int(batch_size, "BATCH_SIZE (train.batch_size)", "--gin.BATCH_SIZE=32")
   if eval_period not in (None, 0):
@@ -129,7 +130,11 @@ def _compile_run(initial_checkpoint_path, seed, mixture_or_task_name, train_spli
                   mixture_or_task_module=mixture_or_task_module,
                   task_feature_lengths=task_feature_lengths, frozen_dtype=frozen_dtype,
                   edit_initial_variables=edit_initial_variables)
-  local_batch = _local_batch_size(batch_size, num_microbatches, ctx.partitioner)
+  local_batch = check_batch_size(batch_size, ctx.partitioner, num_microbatches)
+  ctx.check_pass_fits(batch_size // num_microbatches, "a train step of TASK_FEATURE_LENGTHS "
+                      f"{dict(task_feature_lengths)} and BATCH_SIZE={batch_size}",
+                      "lower TASK_FEATURE_LENGTHS or BATCH_SIZE, or raise "
+                      "train.num_microbatches or make_mesh.model_parallel_size")
   split = ctx.split(trainable_patterns())
   check_extras_train(ctx.model, split.trainable, split.patterns)
   ctx.variables = None  # the split holds them; the backbone is not kept twice
@@ -137,12 +142,6 @@ def _compile_run(initial_checkpoint_path, seed, mixture_or_task_name, train_spli
   return ctx, split, compiled, local_batch
 
 
-def _local_batch_size(batch_size: int, num_microbatches: int, partitioner: Partitioner) -> int:
-  local_batch = check_batch_size(batch_size, partitioner)
-  if num_microbatches < 1 or batch_size % (num_microbatches * partitioner.data_parallel_size):
-    raise UserError(f"BATCH_SIZE={batch_size} does not split into {num_microbatches} microbatches "
-                    f"over {partitioner.data_parallel_size} data shards")
-  return local_batch
 
 
 def _print_steps(start_step: int, train_steps: int, end_step: int) -> None:
@@ -219,7 +218,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                    early_stopping_patience=early_stopping_patience,
                    num_microbatches=num_microbatches, log_every=log_every,
                    max_trainable_norm=max_trainable_norm, eval_num_examples=eval_num_examples,
-                   stop_after_steps=stop_after_steps)
+                   stop_after_steps=stop_after_steps, seed=seed)
   eval_name = (eval_mixture_or_task_name or mixture_or_task_name) if eval_period else None
   initial_step, length_buckets = _check_data(
       mixture_or_task_name, mixture_or_task_module, task_feature_lengths, length_buckets,

@@ -95,11 +95,13 @@ def plan_run(num_devices: Optional[int] = None) -> Dict[str, Any]:
 
   optimizer = _gin_value("train.optimizer")
   opt_fp = plan_lib.Footprint()
+  groups = []
   if optimizer is not None:
     # The trainer's own rule (run_setup.optimizer_layouts), on PartitionSpecs.
     opt_state = jax.eval_shape(optimizer.init, trainable)
     opt_specs = optimizer_layouts(optimizer, trainable, trainable_specs, PartitionSpec())
     opt_fp = plan_lib.footprint(_leaves(opt_state, opt_specs), axis_sizes)
+    groups = optimizer_groups(optimizer, trainable, opt_state, opt_specs, axis_sizes)
   frozen_fp = plan_lib.footprint(_leaves(frozen, frozen_specs), axis_sizes)
   trainable_fp = plan_lib.footprint(_leaves(trainable, trainable_specs), axis_sizes)
 
@@ -120,12 +122,33 @@ def plan_run(num_devices: Optional[int] = None) -> Dict[str, Any]:
                 "frozen_dtype": frozen_dtype or config.param_dtype, "prompt_length": prompt_length},
       "trainable_patterns": list(patterns),
       "frozen": dataclass_dict(frozen_fp), "trainable": dataclass_dict(trainable_fp),
-      "optimizer_state": dataclass_dict(opt_fp),
+      "optimizer_state": dataclass_dict(opt_fp), "optimizer_groups": groups,
       "activations": {"device_bytes": activations, "batch": batch, "num_microbatches": microbatches,
                       "encoder_length": shape.encoder_length, "decoder_length": shape.decoder_length,
                       "remat": remat_policy(config)},
       "device_bytes": per_device,
   }
+
+
+def optimizer_groups(optimizer, trainable: Any, opt_state: Any, opt_specs: Any,
+                     axis_sizes: Dict[str, int]) -> list:
+  """Each parameter group of a `partitioned` optimizer (T5X's MultiOptimizer): its
+  pattern, its parameters and its own optimizer state per device. Empty for one optimizer."""
+  from prompt_tuning.train import optim
+  if not isinstance(optimizer, optim.Partitioned):
+    return []
+  sizes = {optim.key_path_name(kp): int(np.prod(x.shape))
+           for kp, x in jax.tree_util.tree_flatten_with_path(trainable)[0]}
+  rows = []
+  for label, paths in optim.parameter_groups(optimizer, trainable).items():
+    # multi_transform keeps one inner state per group label, masked to that group.
+    state = opt_state.inner_states[label]
+    specs = opt_specs.inner_states[label]
+    fp = plan_lib.footprint(_leaves(state, specs), axis_sizes)
+    rows.append({"group": label, "pattern": optimizer.patterns.get(label, "(the rest)"),
+                 "parameters": sum(sizes[p] for p in paths), "tensors": len(paths),
+                 "state_device_bytes": fp.device_bytes})
+  return rows
 
 
 def dataclass_dict(fp: plan_lib.Footprint) -> Dict[str, int]:
@@ -145,6 +168,9 @@ def format_plan(p: Dict[str, Any]) -> str:
                     ("optimizer state", "optimizer_state")):
     fp = p[key]
     lines.append(f"{name:<28}{c(fp['count']):>10}{h(fp['total_bytes']):>13}{h(fp['device_bytes']):>13}")
+  for g in p.get("optimizer_groups", []):
+    lines.append(f"  optimizer group {g['pattern']:<12}{c(g['parameters']):>10}{'':>13}"
+                 f"{h(g['state_device_bytes']):>13}   {g['tensors']} tensors")
   lines.append(f"{'activations (estimate)':<28}{'':>10}{'':>13}{h(a['device_bytes']):>13}"
                f"   batch {a['batch']}/{a['num_microbatches']} microbatch(es), encoder "
                f"{a['encoder_length']}, decoder {a['decoder_length']}, remat {a['remat']}")

@@ -16,7 +16,6 @@ Writes `OUT/results.json` and the Markdown table `OUT/table.md`.
 """
 import argparse
 import os
-import statistics
 import sys
 from typing import Sequence
 
@@ -36,13 +35,13 @@ METRICS = (("test_exact_match", 3), ("steps_to_90_percent", 1))
 
 def paired_difference(results, size: int, key: str, digits: int) -> str:
   """InfoPrompt − prompt tuning at `size`, paired by seed: `mean ± standard error`."""
-  by_seed = {(r["method"], r["seed"]): r[key] for r in results if r["train_examples"] == size}
-  seeds = sorted(s for m, s in by_seed if m == "infoprompt" and ("prompt_tuning", s) in by_seed)
-  diffs = [by_seed[("infoprompt", s)] - by_seed[("prompt_tuning", s)] for s in seeds]
-  if len(diffs) < 2:
+  cell = lambda method: [r for r in results  # noqa: E731
+                         if r["method"] == method and r["train_examples"] == size]
+  try:
+    d = demo_grid.paired_difference(cell("infoprompt"), cell("prompt_tuning"), key)
+  except ValueError:  # fewer than two seeds of both so far
     return "–"
-  se = statistics.stdev(diffs) / len(diffs) ** 0.5
-  return f"{statistics.mean(diffs):+.{digits}f} ± {se:.{digits}f}"
+  return f"{d['mean']:+.{digits}f} ± {d['se']:.{digits}f}"
 
 
 def table(results, sizes: Sequence[int]) -> str:

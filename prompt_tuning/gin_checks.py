@@ -180,13 +180,14 @@ def check_flag_macros(bindings: Sequence[str], configs_dir: str,
                       f"files reads, so it would be ignored.{hint}")
 
 
-def _replaced_readers(macro: str, readers: Sequence[str], root: str, bindings: Sequence[str],
+def _replaced_readers(macro: str, readers: Sequence[str], configs_dir: str,
+                      bindings: Sequence[str],
                       set_by_t5x: Mapping[str, str]) -> Optional[Tuple[str, str]]:
   """`(parameter, what set it)` for a parameter that reads `%macro` in one of `readers` (the
   package's gin files) but that a flag or a T5X name set instead, if any."""
   flags = {_flag(b)[0]: b for b in bindings}
   for reader in readers:
-    with open(os.path.join(root, reader), encoding="utf-8") as f:
+    with open(os.path.join(configs_dir, reader), encoding="utf-8") as f:
       text = f.read()
     try:
       statements = _statements(text)

@@ -201,6 +201,9 @@ def set_tfds_data_dir(path: Optional[str]) -> None:
   """Where every TFDS dataset is read (and prepared), as T5X's `--tfds_data_dir` does."""
   if not path:
     return
+  from prompt_tuning import fs  # pylint: disable=g-import-not-at-top
+  fs.check_reachable(path, "pass a local --tfds_data_dir (TFDS data prepared or copied there), "
+                     "or the tasks' official files with --gin.DATA_DIR")
   import seqio
   seqio.set_tfds_data_dir_override(path)
   # Our own TFDS look-ups (`tfds.builder(...)` without data_dir) follow the same folder.

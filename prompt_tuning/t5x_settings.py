@@ -316,8 +316,8 @@ def _train_dataset_config(binding: _Binding, rewrites: _Rewrites) -> None:
                   "not run here; the train-time evaluation is T5X's infer_eval (SeqIO metrics)",
                   f"infer_eval/utils.DatasetConfig.{field}")
   if field in _SHARED:
-    raise _refuse(binding, f"one setting here serves the training data and its evaluation "
-                  f"together", f"--gin.{_SHARED[field]}=...")
+    raise _refuse(binding, "one setting here serves the training data and its evaluation "
+                  "together", f"--gin.{_SHARED[field]}=...")
   fields = _TRAIN_FIELDS if scope == "train" else _INFER_EVAL_FIELDS
   if field in fields:
     if scope == "train" and field == "mixture_or_task_name":
@@ -372,7 +372,7 @@ def _partitioner(binding: _Binding, bindings: Sequence[_Binding], rewrites: _Rew
   both = [b for b in bindings if b.selector == binding.selector and not b.scope
           and _resolved(b.value) is not None]
   if len(both) > 1:
-    raise UserError(f"partitioning.PjitPartitioner: num_partitions and model_parallel_submesh are "
+    raise UserError("partitioning.PjitPartitioner: num_partitions and model_parallel_submesh are "
                     "both set; T5X allows at most one: keep one (here both set "
                     "make_mesh.model_parallel_size)")
   if binding.field == "model_parallel_submesh":

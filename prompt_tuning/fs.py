@@ -5,12 +5,15 @@ SeqIO); local paths use the standard library. Writes of run outputs (JSON,
 `.npy`, `.npz`) are atomic locally (write, then rename) and whole-object on
 object stores, and happen on the first JAX process only.
 """
+import concurrent.futures
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
@@ -24,7 +27,54 @@ def is_remote(path: str) -> bool:
   return "://" in str(path)
 
 
-def _gfile():
+# Where `gs://` objects are served. Without network, TensorFlow's and tensorstore's GCS
+# clients retry for minutes and then end in a long traceback; one short connection attempt
+# first fails in seconds instead. PROMPT_TUNING_GCS_PROBE=host:port probes another endpoint
+# (tests: a closed local port, an unreachable "bucket" without relying on the network).
+GCS_ENDPOINT = "storage.googleapis.com:443"
+GCS_PROBE_ENV = "PROMPT_TUNING_GCS_PROBE"
+GCS_PROBE_TIMEOUT_S = 5.0
+
+
+@functools.lru_cache(maxsize=None)
+def _gcs_unreachable(endpoint: str) -> Optional[str]:
+  """Why `endpoint` cannot be connected to within GCS_PROBE_TIMEOUT_S, or None when it can."""
+  host, _, port = endpoint.rpartition(":")
+
+  def connect():
+    socket.create_connection((host, int(port)), timeout=GCS_PROBE_TIMEOUT_S).close()
+  # A thread bounds the name lookup too, which the socket's timeout does not cover.
+  pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+  try:
+    pool.submit(connect).result(timeout=GCS_PROBE_TIMEOUT_S)
+  except concurrent.futures.TimeoutError:
+    return f"no answer within {GCS_PROBE_TIMEOUT_S:g} s"
+  except (OSError, ValueError) as e:
+    return (getattr(e, "strerror", None) or str(e) or type(e).__name__).strip()
+  finally:
+    pool.shutdown(wait=False)
+  return None
+
+
+def local_copy_hint(path: str) -> str:
+  return f"copy it to this machine (gsutil -m cp -r {path} /some/local/dir) and pass the local path"
+
+
+def check_reachable(path: str, way_out: Optional[str] = None) -> None:
+  """Raises within seconds, naming `path` and `way_out`, when `path` is on `gs://` and GCS
+  cannot be reached (no network, blocked). Local paths pass unchecked."""
+  if not str(path).startswith("gs://"):
+    return
+  endpoint = os.environ.get(GCS_PROBE_ENV) or GCS_ENDPOINT
+  reason = _gcs_unreachable(endpoint)
+  if reason:
+    raise UserError(f"{path} cannot be reached: no connection to {endpoint} ({reason}); "
+                    f"{way_out or local_copy_hint(path)}")
+
+
+def _gfile(path: Optional[str] = None):
+  if path is not None:
+    check_reachable(path)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   return tf.io.gfile
 
@@ -41,11 +91,11 @@ def join(base: str, *parts: str) -> str:
 
 
 def exists(path: str) -> bool:
-  return _gfile().exists(path) if is_remote(path) else os.path.exists(path)
+  return _gfile(path).exists(path) if is_remote(path) else os.path.exists(path)
 
 
 def isdir(path: str) -> bool:
-  return _gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
+  return _gfile(path).isdir(path) if is_remote(path) else os.path.isdir(path)
 
 
 def io_error(path: str, error: OSError, doing: str = "write") -> UserError:
@@ -62,7 +112,7 @@ def io_error(path: str, error: OSError, doing: str = "write") -> UserError:
 
 def makedirs(path: str) -> None:
   if is_remote(path):
-    _gfile().makedirs(path)
+    _gfile(path).makedirs(path)
     return
   try:
     os.makedirs(path, exist_ok=True)
@@ -72,13 +122,13 @@ def makedirs(path: str) -> None:
 
 def listdir(path: str) -> List[str]:
   if is_remote(path):
-    return [name.rstrip("/") for name in _gfile().listdir(path)]
+    return [name.rstrip("/") for name in _gfile(path).listdir(path)]
   return os.listdir(path)
 
 
 def size(path: str) -> int:
   """The size of the file at `path` in bytes."""
-  return _gfile().stat(path).length if is_remote(path) else os.path.getsize(path)
+  return _gfile(path).stat(path).length if is_remote(path) else os.path.getsize(path)
 
 
 def read_bytes(path: str) -> bytes:
@@ -91,7 +141,7 @@ def move(source: str, target: str) -> None:
   if not is_remote(source):
     os.rename(source, target)
     return
-  gfile = _gfile()
+  gfile = _gfile(source)
   if not gfile.isdir(source):
     gfile.rename(source, target)
     return
@@ -106,14 +156,14 @@ def move(source: str, target: str) -> None:
 def remove_tree(path: str) -> None:
   """Removes a folder and everything in it (nothing when it is gone already)."""
   if is_remote(path):
-    if _gfile().exists(path):
-      _gfile().rmtree(path)
+    if _gfile(path).exists(path):
+      _gfile(path).rmtree(path)
     return
   shutil.rmtree(path, ignore_errors=True)
 
 
 def open_file(path: str, mode: str = "rb"):
-  return _gfile().GFile(path, mode) if is_remote(path) else open(path, mode)
+  return _gfile(path).GFile(path, mode) if is_remote(path) else open(path, mode)
 
 
 def atomic_write(path: str, write: Callable[[Any], None]) -> None:
@@ -126,7 +176,7 @@ def atomic_write(path: str, write: Callable[[Any], None]) -> None:
   """
   makedirs(os.path.dirname(str(path)) or ".")
   if is_remote(path):
-    with _gfile().GFile(path, "wb") as f:
+    with _gfile(path).GFile(path, "wb") as f:
       write(f)
     return
   tmp = f"{path}.tmp"

@@ -62,6 +62,10 @@ def _check_args(args: argparse.Namespace) -> None:
                     f"Choose one of {', '.join(FORMATS)}")
   if args.dtype is not None and args.dtype not in DTYPES:
     raise UserError(f"unknown --dtype {args.dtype!r}; choose one of {', '.join(DTYPES)}")
+  # Without network a gs:// checkpoint would be retried for minutes: say so in seconds.
+  fs.check_reachable(args.input, f"copy the checkpoint folder to this machine (gsutil -m cp -r "
+                     f"{args.input} /local/dir) and pass --input with the local folder")
+  fs.check_reachable(args.output, "pass a local --output folder")
   if not fs.is_remote(args.output) and os.path.exists(args.output) and (
       not os.path.isdir(args.output) or os.listdir(args.output)):
     raise UserError(f"--output {args.output} already exists; choose a new folder or delete it")

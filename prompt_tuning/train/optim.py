@@ -120,6 +120,64 @@ def linear_warmup_cosine_schedule(peak: float = 0.3, warmup_steps: int = 100,
   return optax.warmup_cosine_decay_schedule(0.0, peak, warmup_steps, decay_steps, end_value)
 
 
+@gin.configurable("create_learning_rate_scheduler", module="utils")
+def create_learning_rate_scheduler(factors: str = "constant * linear_warmup * rsqrt_decay",
+                                   base_learning_rate: float = 0.5, warmup_steps: int = 1000,
+                                   step_offset: int = 0, min_learning_rate: float = 1e-8,
+                                   decay_factor: None = None, steps_per_decay: None = None,
+                                   steps_per_cycle: None = None) -> optax.Schedule:
+  """T5X's `utils.create_learning_rate_scheduler` (same name, defaults and values) for the
+  factors it shares with us.
+
+  The rate at step t is the product of the `*`-separated factors at s = max(0, t - step_offset),
+  raised to at least `min_learning_rate`: `constant` = base_learning_rate, `linear_warmup` =
+  min(1, s / warmup_steps), `rsqrt_decay` = 1 / sqrt(max(s, warmup_steps)),
+  `rsqrt_normalized_decay` = sqrt(warmup_steps / max(s, warmup_steps)). T5X evaluates it at its
+  train state's step, which starts at the initial checkpoint's: give it to an optimizer that
+  counts global steps (`adafactor` does by default). T5X's `linear_decay`, `decay_every` and
+  `cosine_decay` are refused (`t5x_settings` maps T5X's bindings of it onto the run's optimizer).
+  """
+  from prompt_tuning import t5x_settings  # pylint: disable=g-import-not-at-top
+  name = "utils.create_learning_rate_scheduler"
+  # T5X's fields of the factors refused here: accepted by gin so that a binding is refused by
+  # name (`t5x_settings`), never set.
+  for field, value in (("decay_factor", decay_factor), ("steps_per_decay", steps_per_decay),
+                       ("steps_per_cycle", steps_per_cycle)):
+    if value is not None:
+      raise UserError(f"{name}.{field} is read only by T5X's "
+                      f"{', '.join(t5x_settings.LR_FACTORS_NOT_HERE)} factors, which are not "
+                      "available here; leave it out")
+  names = [f.strip() for f in factors.split("*")] if isinstance(factors, str) else [factors]
+  unknown = [f for f in names if f not in t5x_settings.LR_FACTORS]
+  if unknown:
+    raise UserError(f"{name}.factors: {unknown[0]!r} is not available here (exact: "
+                    f"{', '.join(t5x_settings.LR_FACTORS)}); use a product of those, e.g. "
+                    "'constant * rsqrt_decay'")
+  base = checks.number(base_learning_rate, f"{name}.base_learning_rate",
+                       f"--gin.{name}.base_learning_rate=0.3", at_least=0)
+  checks.positive_int(warmup_steps, f"{name}.warmup_steps", f"--gin.{name}.warmup_steps=1000")
+  if not isinstance(step_offset, int) or isinstance(step_offset, bool):
+    raise UserError(f"{name}.step_offset must be an int, not {step_offset!r}; e.g. "
+                    f"--gin.{name}.step_offset=0")
+  floor = checks.number(min_learning_rate, f"{name}.min_learning_rate",
+                        f"--gin.{name}.min_learning_rate=1e-8", at_least=0)
+
+  def schedule(step):
+    s = jnp.maximum(0, jnp.asarray(step) - step_offset).astype(jnp.float32)
+    rate = jnp.float32(1.0)
+    for factor in names:
+      if factor == "constant":
+        rate = rate * base
+      elif factor == "linear_warmup":
+        rate = rate * jnp.minimum(1.0, s / warmup_steps)
+      elif factor == "rsqrt_decay":
+        rate = rate / jnp.sqrt(jnp.maximum(s, warmup_steps))
+      else:  # rsqrt_normalized_decay
+        rate = rate * jnp.sqrt(warmup_steps / jnp.maximum(s, warmup_steps))
+    return jnp.maximum(rate, floor).astype(jnp.float32)
+  return schedule
+
+
 @gin.configurable
 def adafactor(learning_rate: Schedule = 0.3, decay_rate: float = 0.8, step_offset: int = 0,
               multiply_by_parameter_scale: bool = False, weight_decay_rate: Optional[float] = 1e-5,

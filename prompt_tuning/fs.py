@@ -11,7 +11,9 @@ import errno
 import functools
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -166,6 +168,16 @@ def open_file(path: str, mode: str = "rb"):
   return _gfile(path).GFile(path, mode) if is_remote(path) else open(path, mode)
 
 
+def _check_all_written(f, path: str) -> None:
+  """Raises the OSError of a write that stopped short. `np.save` writes arrays through a C
+  stream (`ndarray.tofile`) whose failure it does not report: on a full disk or past a file-size
+  limit the file would silently end early."""
+  written, meant = os.fstat(f.fileno()).st_size, f.tell()
+  if written < meant:
+    raise OSError(errno.EIO, f"only {written:,} of {meant:,} bytes were written: is the disk "
+                  "full?", path)
+
+
 def atomic_write(path: str, write: Callable[[Any], None]) -> None:
   """Calls `write(binary file)`; readers never see a half-written file.
 
@@ -183,6 +195,8 @@ def atomic_write(path: str, write: Callable[[Any], None]) -> None:
   try:
     with open(tmp, "wb") as f:
       write(f)
+      f.flush()
+      _check_all_written(f, path)
     os.replace(tmp, path)
   except BaseException as e:
     try:
@@ -194,12 +208,45 @@ def atomic_write(path: str, write: Callable[[Any], None]) -> None:
     raise
 
 
+# How libraries that write through their own code name the OS error under their failure:
+# safetensors "I/O error: File too large (os error 27)", tensorstore (Orbax)
+# "... File too large [os_error_code='27']".
+_WRAPPED_OS_ERROR = re.compile(r"\(os error (\d+)\)|os_error_code='(\d+)'")
+
+
+def os_error_of(error: BaseException, path: str) -> Optional[OSError]:
+  """`error` when it is an OSError, else the OSError that a library's own error type wraps
+  (see `_WRAPPED_OS_ERROR`) at `path`; None when it wraps none."""
+  if isinstance(error, OSError):
+    return error
+  code = _WRAPPED_OS_ERROR.search(str(error))
+  if code is None:
+    return None
+  number = int(code.group(1) or code.group(2))
+  return OSError(number, os.strerror(number), path)
+
+
+@contextlib.contextmanager
+def writer_threads_quiet() -> Iterator[None]:
+  """Within the block, the `absl` logger (Orbax's) shows only critical records: Orbax's writer
+  threads log the traceback of a failed write (a full disk) before the save raises it, and the
+  caller reports that failure in one line."""
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    absl_logger.setLevel(level)
+
+
 @contextlib.contextmanager
 def staged_folder(output: str, doing: str) -> Iterator[str]:
   """Yields where to write the new folder `output`: a hidden sibling `.<name>.<doing>-*/<name>`,
   renamed to `output` when the block ends without error and removed either way, so a failed or
-  interrupted write leaves no partial folder (`output` may exist empty beforehand). Object
-  stores publish whole objects: `output` itself is yielded."""
+  interrupted write leaves no partial folder (`output` may exist empty beforehand). A write that
+  fails for an OS error (also one wrapped by safetensors or Orbax) is one UserError naming
+  `output`. Object stores publish whole objects: `output` itself is yielded."""
   if is_remote(output):
     yield output
     return
@@ -215,8 +262,11 @@ def staged_folder(output: str, doing: str) -> Iterator[str]:
     if os.path.isdir(output):  # an empty folder the user made beforehand
       os.rmdir(output)
     os.replace(os.path.join(staging, name), output)
-  except OSError as e:
-    raise io_error(output, e) from None
+  except Exception as e:  # pylint: disable=broad-except  (writers' own types wrap OS errors)
+    cause = os_error_of(e, output)
+    if cause is None:
+      raise
+    raise io_error(output, cause) from None
   finally:
     shutil.rmtree(staging, ignore_errors=True)
 
@@ -248,17 +298,23 @@ def write_checked_text(path: str, text: str) -> None:
 def read_checked_text(path: str) -> str:
   """The text `write_checked_text` wrote at `path`, its checksum verified.
 
-  A file without the header (written before checksums) is returned as it is.
+  A file without the header or the checksum line (written before checksums) is returned as
+  it is.
 
   Raises:
-    Damaged: the file is not UTF-8, lacks its checksum line (truncated) or does not match it.
+    Damaged: the file is not UTF-8, is empty or cut within its header, has a changed header,
+      lacks its checksum line (truncated) or does not match it.
   """
   try:
     text = read_bytes(path).decode("utf-8")
   except UnicodeDecodeError as e:
     raise Damaged(f"not UTF-8 text at byte {e.start}") from None
   if not text.startswith(_CHECKED_HEADER):
-    return text
+    if _CHECKED_HEADER.startswith(text):
+      raise Damaged(f"truncated to {len(text)} bytes, within its first line")
+    if "\n" + _CHECKED_FOOTER in text:
+      raise Damaged("its first line is not the one it was written with")
+    return text  # written before checksums
   body, _, last = text[len(_CHECKED_HEADER):].rstrip("\n").rpartition("\n")
   if not last.startswith(_CHECKED_FOOTER):
     raise Damaged("its checksum line is missing: truncated")

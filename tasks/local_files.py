@@ -94,7 +94,7 @@ def json_rows(path: str, convert: Callable[[Row], Iterable[Row]],
   A line that is not a JSON object of UTF-8 text, or that lacks a field
   `convert` reads, is a UserError naming the file, the line and the field.
   """
-  for number, value in jsonl.objects(path, expected):
+  for number, value in jsonl.objects(path, f"with fields {expected}"):
     try:
       for row in convert(value):
         yield number, row
@@ -223,6 +223,14 @@ def _tsv_rows(f, path: str, headerless: bool) -> Iterator[Tuple[int, Dict[str, A
       yield reader.line_num, dict(zip(header, fields))
 
 
+def _utf8_checked(rows: Iterator[Any], path: str) -> Iterator[Any]:
+  """`rows`, with a decoding error (the file is decoded in blocks) named by its line."""
+  try:
+    yield from rows
+  except UnicodeDecodeError:
+    raise jsonl.not_utf8_error(path) from None
+
+
 def glue_reader(config: str) -> Callable[[str, str], Iterator[NumberedRow]]:
   """(line, row) of one GLUE TSV file for TFDS config `config` (`mnli` for all MNLI
   files). Like TFDS: quoting off, CoLA's train/dev files have no header, rows
@@ -234,7 +242,7 @@ def glue_reader(config: str) -> Callable[[str, str], Iterator[NumberedRow]]:
     # utf-8-sig drops the byte-order mark some MRPC files start with.
     with open(path, encoding="utf-8-sig") as f:
       rows = _tsv_rows(f, path, headerless=config == "cola" and split != "test")
-      for n, (line, row) in enumerate(rows):
+      for n, (line, row) in enumerate(_utf8_checked(rows, path)):
         example: Row = {k: row.get(col) for k, col in text_columns.items()}
         example["idx"] = n
         if label_column in row:

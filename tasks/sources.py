@@ -14,7 +14,7 @@ there are read; otherwise TFDS.
 import functools
 import logging
 import os
-from typing import Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import gin
 import numpy as np
@@ -85,8 +85,15 @@ def _expected(feature: tfds.features.FeatureConnector) -> str:
     return "text"
   dtype = getattr(feature, "dtype", None)
   if dtype is not None and not isinstance(feature, tfds.features.FeaturesDict):
-    return f"a {getattr(dtype, 'name', dtype)} value"
+    return f"a value of type {getattr(dtype, 'name', dtype)}"
   return f"what TFDS's {type(feature).__name__} feature holds"
+
+
+def _is_text(value: Any) -> bool:
+  """Whether `value` is text or a (nested) list of texts: what a string feature holds."""
+  if isinstance(value, (list, tuple)):
+    return all(_is_text(v) for v in value)
+  return isinstance(value, (str, bytes))
 
 
 def check_row(features: tfds.features.FeaturesDict, row: Row, where: str) -> None:
@@ -97,6 +104,8 @@ def check_row(features: tfds.features.FeaturesDict, row: Row, where: str) -> Non
       raise UserError(f"{where} has no field {key!r}")
     try:
       feature.encode_example(row[key])
+      if feature.tf_dtype == tf.string and not _is_text(row[key]):
+        raise TypeError("TFDS passes a non-string to tf.data, which fails there")
     except Exception:  # pylint: disable=broad-except  (TFDS raises many types)
       shown = repr(row[key])
       shown = shown if len(shown) <= 60 else shown[:57] + "..."

@@ -47,12 +47,12 @@ class Prepared:
     return self.root / Prepared.FILES[name]
 
 
-def run_cli(argv: Sequence, capsys) -> Tuple[int, str]:
-  """`prompt-tuning ARGV` in-process: (exit code, stderr)."""
+def run_cli(argv: Sequence, capsys, stdout: bool = False) -> Tuple[int, str]:
+  """`prompt-tuning ARGV` in-process: (exit code, stderr; with `stdout`, stdout and stderr)."""
   with pytest.raises(SystemExit) as exit_info:
     cli.main([str(a) for a in argv])
-  _, err = capsys.readouterr()
-  return exit_info.value.code, err
+  out, err = capsys.readouterr()
+  return exit_info.value.code, out + err if stdout else err
 
 
 def one_error_line(code, err: str, needles: Sequence[str] = (), absent: Sequence[str] = ()) -> str:
@@ -130,7 +130,8 @@ def is_one_line_refusal(argv, p: Prepared, capsys, needles: Sequence[str] = (),
 # ---- argv builders --------------------------------------------------------------------
 
 
-def _gin(files: Sequence[str], bindings: Sequence[str]):
+def gin_flags(files: Sequence[str], bindings: Sequence[str]):
+  """`--gin_file=` and `--gin.` flags of gin files and `NAME = value` bindings."""
   return ([f"--gin_file={f}" for f in files] +
           [f"--gin.{b.replace(' = ', '=', 1)}" for b in bindings])
 
@@ -143,13 +144,13 @@ def train(*flags, model_dir=None, steps=4):
   """`prompt-tuning train` of the toy run (MODEL_DIR: the prepared run unless given)."""
   def argv(p):
     folder = model_dir(p) if callable(model_dir) else model_dir or p.run
-    return ["train", *_gin(TOY_FILES, TOY_BINDINGS), f"--gin.MODEL_DIR='{folder}'",
+    return ["train", *gin_flags(TOY_FILES, TOY_BINDINGS), f"--gin.MODEL_DIR='{folder}'",
             f"--gin.TRAIN_STEPS={steps}", *_resolve(flags, p)]
   return argv
 
 
 def evaluate(*flags, command="eval", files=EVAL_FILES):
-  return lambda p: [command, *_gin(files, TASK_BINDINGS), f"--gin.MODEL_DIR='{p.run}'",
+  return lambda p: [command, *gin_flags(files, TASK_BINDINGS), f"--gin.MODEL_DIR='{p.run}'",
                     f"--gin.PROMPT_FILE='{p.prompt}'", *_resolve(flags, p)]
 
 
@@ -158,12 +159,13 @@ def infer(*flags):
 
 
 def xprompt(*flags, files=XPROMPT_FILES):
-  return lambda p: ["xprompt", *_gin(files, TOY_BINDINGS), f"--gin.MODEL_DIR='{p.root / 'xp'}'",
-                    "--gin.TRAIN_STEPS=2", *flags]
+  return lambda p: ["xprompt", *gin_flags(files, TOY_BINDINGS),
+                    f"--gin.MODEL_DIR='{p.root / 'xp'}'", "--gin.TRAIN_STEPS=2", *flags]
 
 
 def plan(*flags):
-  return lambda p: ["plan", *_gin(TOY_FILES, TOY_BINDINGS), f"--gin.MODEL_DIR='{p.run}'", *flags]
+  return lambda p: ["plan", *gin_flags(TOY_FILES, TOY_BINDINGS), f"--gin.MODEL_DIR='{p.run}'",
+                    *flags]
 
 
 def score(*args, command="score"):

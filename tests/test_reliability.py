@@ -7,7 +7,7 @@ Each case must print exactly one `error:` line naming the thing (and, where
 there is one, the way out), no traceback, exit non-zero, and leave every
 prepared file byte-identical and no new file or folder behind (`snapshot`). Nothing here needs a network or
 `../shared/data`. Issue 28's four classes (sizes, data errors, run files,
-numbers) each have a file: tests/test_reliability_{sizes,data_errors,run_files,numbers}.py.
+numbers) each have a file: tests/test_reliability_{sizes,data,files,numbers}.py.
 """
 import os
 import pathlib

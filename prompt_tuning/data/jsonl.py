@@ -19,6 +19,10 @@ from prompt_tuning.errors import UserError
 DEFAULT_EXTRA_IDS = 100
 
 
+_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
 def objects(path: str, expected: str) -> Iterator[Tuple[int, Dict[str, Any]]]:
   """(line number, JSON object) of each non-blank line of a JSONL file.
 
@@ -36,8 +40,7 @@ def objects(path: str, expected: str) -> Iterator[Tuple[int, Dict[str, Any]]]:
       try:
         line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a leading BOM is fine
       except UnicodeDecodeError as e:
-        raise UserError(f"{where} is not UTF-8 text (byte 0x{raw[e.start]:02x} at "
-                        f"column {e.start + 1}); save the file as UTF-8") from None
+        raise _not_utf8(where, raw, e) from None
       if not line.strip():
         continue
       try:
@@ -46,10 +49,28 @@ def objects(path: str, expected: str) -> Iterator[Tuple[int, Dict[str, Any]]]:
         raise UserError(f"{where} is not valid JSON ({e.msg} at column {e.colno}); each line "
                         f"must be one JSON object {expected}") from None
       if not isinstance(value, dict):
-        raise UserError(f"{where} is a JSON {type(value).__name__}, not an object {expected}")
+        raise UserError(f"{where} is a JSON {_JSON_TYPES.get(type(value), 'value')}, not an object "
+                        f"{expected}")
       if "\\u" in line:  # only \u escapes can make a lone surrogate
         _check_text(value, where)
       yield number, value
+
+
+def _not_utf8(where: str, raw: bytes, error: UnicodeDecodeError) -> UserError:
+  return UserError(f"{where} is not UTF-8 text (byte 0x{raw[error.start]:02x} at column "
+                   f"{error.start + 1}); save the file as UTF-8")
+
+
+def not_utf8_error(path: str) -> UserError:
+  """The error naming the first line of `path` that is not UTF-8 text, for readers that decode
+  in blocks and so cannot say which line failed (e.g. `csv` over a text file)."""
+  with open(path, "rb") as f:
+    for number, raw in enumerate(f, start=1):
+      try:
+        raw.decode("utf-8-sig" if number == 1 else "utf-8")
+      except UnicodeDecodeError as e:
+        return _not_utf8(f"{path} line {number}", raw, e)
+  return UserError(f"{path} is not UTF-8 text; save the file as UTF-8")
 
 
 def _check_text(value: Any, where: str, field: str = "") -> None:

@@ -83,9 +83,10 @@ class RunCheckpoints:
     """
     meta = {**meta, STATE_CHECKSUMS: checksums.tree_records(state)}
     try:
-      self._manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
-      self._manager.wait_until_finished()
+      with fs.writer_threads_quiet():
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        self._manager.wait_until_finished()
     except Exception as e:  # Orbax and tensorstore raise OSError, ValueError, their own types
       self._remove_unfinished(step)
       first = _first_line(e)

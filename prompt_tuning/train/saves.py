@@ -57,16 +57,15 @@ class Saves:
                         "mixture_or_task_name": mixture_or_task_name,
                         "trainable_patterns": list(split.patterns)}
 
-  def resume(self, compiled: CompiledStep, initial_step: int, allow_config_change: bool,
+  def resume(self, compiled: CompiledStep, initial_step: int,
              records: run_records.Records) -> TrainState:
     """The newest intact checkpoint's state, or the fresh one (`compiled`'s) without any.
 
-    A rerun is checked first: its config must not change results
-    (`config_check`) nor rebuild the plan's records elsewhere (`run_records`).
+    A rerun is checked first: it must not rebuild the plan's records elsewhere (`run_records`);
+    its config was checked before the model was built (`check_rerun_config`).
     """
     fresh = TrainState(self.split.trainable, compiled.opt_state, initial_step, initial_step)
     if self.checkpoints.latest_step() is not None:
-      config_check.check_config_unchanged(self.run, allow_config_change)
       run_records.check_records(self.run, records)  # e.g. APET's positions: never resumed elsewhere
     abstract = {"trainable": abstract_arrays(fresh.trainable, self.split.trainable_shardings),
                 "opt_state": abstract_arrays(fresh.opt_state, compiled.opt_shardings)}
@@ -143,6 +142,18 @@ class Saves:
 
   def close(self) -> None:
     self.checkpoints.close()
+
+
+def check_rerun_config(run: RunDir, allow_config_change: bool) -> None:
+  """Refuses a rerun whose saved `config.gin` is damaged or differs in a binding that changes
+  results (`config_check`); a folder without a saved step has nothing to compare with.
+
+  `train` calls it before the model is built, so such a rerun fails in seconds rather than after
+  the backbone loads and the step compiles.
+  """
+  folder = run.checkpoints
+  if fs.isdir(folder) and any(name.isdigit() for name in fs.listdir(folder)):
+    config_check.check_config_unchanged(run, allow_config_change)
 
 
 def _check_resumed_steps(meta: Mapping[str, Any], step: int, initial_step: int,

@@ -38,7 +38,7 @@ from prompt_tuning.train.initialize import checkpoint_step
 from prompt_tuning.train.partitioning import Partitioner, check_batch_size
 from prompt_tuning.train.run_setup import (CompiledStep, RunContext, Split, build_run,
                                             compile_train_step)
-from prompt_tuning.train.saves import Saves, TrainState
+from prompt_tuning.train.saves import Saves, TrainState, check_rerun_config
 from prompt_tuning.train.summaries import TrainLog
 from prompt_tuning.train.trainable import (check_extras_train, count_parameters,
                                            trainable_patterns)
@@ -219,6 +219,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                    num_microbatches=num_microbatches, log_every=log_every,
                    max_trainable_norm=max_trainable_norm, eval_num_examples=eval_num_examples,
                    stop_after_steps=stop_after_steps, seed=seed)
+  check_rerun_config(RunDir(model_dir), allow_config_change)  # before anything loads
   eval_name = (eval_mixture_or_task_name or mixture_or_task_name) if eval_period else None
   initial_step, length_buckets = _check_data(
       mixture_or_task_name, mixture_or_task_module, task_feature_lengths, length_buckets,
@@ -232,7 +233,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   run_lock.acquire(model_dir)  # one writer per MODEL_DIR; released when train() ends or raises
   saves = Saves(run, ctx, split, keep_checkpoints, initial_checkpoint_path, mixture_or_task_name)
   records = run_records.model_records(ctx.model)
-  state = saves.resume(compiled, initial_step, allow_config_change, records)
+  state = saves.resume(compiled, initial_step, records)
   start_step = state.step
   end_step = train_steps if stop_after_steps is None else min(train_steps, stop_after_steps)
   _print_steps(start_step, train_steps, end_step)

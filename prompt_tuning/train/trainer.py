@@ -219,7 +219,6 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                    num_microbatches=num_microbatches, log_every=log_every,
                    max_trainable_norm=max_trainable_norm, eval_num_examples=eval_num_examples,
                    stop_after_steps=stop_after_steps, seed=seed)
-  check_rerun_config(RunDir(model_dir), allow_config_change)  # before anything loads
   eval_name = (eval_mixture_or_task_name or mixture_or_task_name) if eval_period else None
   initial_step, length_buckets = _check_data(
       mixture_or_task_name, mixture_or_task_module, task_feature_lengths, length_buckets,
@@ -228,6 +227,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       initial_checkpoint_path, seed, mixture_or_task_name, train_split, eval_name, eval_split,
       mixture_or_task_module, task_feature_lengths, frozen_dtype, edit_initial_variables,
       optimizer, batch_size, num_microbatches, initial_step)
+  # After the arguments' own checks (their errors are the more specific), before a resume
+  # reads or anything writes.
+  check_rerun_config(RunDir(model_dir), allow_config_change)
 
   run = RunDir(model_dir)
   run_lock.acquire(model_dir)  # one writer per MODEL_DIR; released when train() ends or raises

@@ -70,14 +70,20 @@ def load_array(path: str, what: str, way_out: str) -> np.ndarray:
   except IsADirectoryError:
     raise UserError(f"{named} is a folder, not a .npy file; {way_out}") from None
   except ValueError as e:
-    if "pickle" in str(e).lower() or "object arrays" in str(e).lower():
-      raise UserError(f"{named} holds pickled Python objects, which are never loaded (that "
-                      f"could run arbitrary code); {way_out}") from None
-    raise UserError(f"{named} is a damaged .npy file ({_first_line(e)}); {way_out}") from None
+    raise _unreadable_values(named, "a damaged .npy file", e, way_out) from None
   except (EOFError, OSError) as e:
     raise UserError(f"{named} cannot be read ({_first_line(e)}); {way_out}") from None
   _check_numeric(value, named, way_out)
   return value
+
+
+def _unreadable_values(named: str, damaged: str, error: ValueError, way_out: str) -> UserError:
+  """numpy's ValueError on reading arrays, as one line: pickled objects (refused, never loaded)
+  or a damaged file."""
+  if "pickle" in str(error).lower() or "object arrays" in str(error).lower():
+    return UserError(f"{named} holds pickled Python objects, which are never loaded (that "
+                     f"could run arbitrary code); {way_out}")
+  return UserError(f"{named} is {damaged} ({_first_line(error)}); {way_out}")
 
 
 def load_npz(path: str, what: str, way_out: str) -> Dict[str, np.ndarray]:
@@ -105,10 +111,7 @@ def load_npz(path: str, what: str, way_out: str) -> Dict[str, np.ndarray]:
   except FileNotFoundError:
     raise UserError(f"{named} does not exist; {way_out}") from None
   except ValueError as e:
-    if "pickle" in str(e).lower() or "object arrays" in str(e).lower():
-      raise UserError(f"{named} holds pickled Python objects, which are never loaded (that "
-                      f"could run arbitrary code); {way_out}") from None
-    raise UserError(f"{named} is damaged ({_first_line(e)}); {way_out}") from None
+    raise _unreadable_values(named, "damaged", e, way_out) from None
   except (zipfile.BadZipFile, EOFError, OSError) as e:
     raise UserError(f"{named} is damaged or unreadable ({_first_line(e)}); {way_out}") from None
 

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
@@ -234,10 +235,31 @@ def writer_threads_quiet() -> Iterator[None]:
   absl_logger = logging.getLogger("absl")
   level = absl_logger.level
   absl_logger.setLevel(logging.CRITICAL)
+  _drop_late_writer_callbacks()
   try:
     yield
   finally:
     absl_logger.setLevel(level)
+
+
+def _drop_late_writer_callbacks() -> None:
+  """From now on, drops the unraisable "Event loop is closed" errors of a failed write's leftover
+  tensorstore writes: Orbax's event loop closes at the first failure, the writes still in flight
+  complete on tensorstore's threads (some before the save raises, some after), and each one's
+  callback into the closed loop would print a traceback around the one-line error. Installed
+  before the write, as those callbacks may come before the failure reaches the caller; any other
+  unraisable error still prints."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_late_writer_callbacks", False):
+    return
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.drops_late_writer_callbacks = True
+  sys.unraisablehook = hook
 
 
 @contextlib.contextmanager

@@ -230,10 +230,6 @@ def _temporary_files(root: pathlib.Path):
   return found
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known bug, issue 28 (fails on main, also idle; passed on the issue-28 branch before the merges): an Orbax background thread of the failed "
-    "checkpoint save (case b) prints an asyncio 'Event loop is closed' traceback into a later "
-    "case's output; the one error line and the no-temporary-files checks hold"))
 def test_a_failed_write_names_the_path_and_leaves_nothing_temporary(finished, tmp_path):
   backbone, prompt = tmp_path / "backbone", tmp_path / "prompt.npy"
   np.save(prompt, np.ones((3, 32), np.float32))

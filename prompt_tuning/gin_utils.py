@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import gin
 
-from prompt_tuning import gin_checks, multihost, t5x_settings
+from prompt_tuning import gin_checks, multihost, reference_configs, t5x_settings
 from prompt_tuning.errors import UserError
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -53,11 +53,16 @@ def package_config_path(name: str) -> Optional[str]:
 
 
 def _open_package_config(name: str):
-  return open(package_config_path(name))
+  path = package_config_path(name)
+  if path is None:  # a reference file with no counterpart file (`_is_package_config`)
+    raise UserError(f"gin file {name} (of the reference code) has no counterpart here: "
+                    f"{reference_configs.replacement(name)}")
+  return open(path)
 
 
 def _is_package_config(name: str) -> bool:
-  return not os.path.exists(name) and package_config_path(name) is not None
+  return not os.path.exists(name) and (package_config_path(name) is not None
+                                       or reference_configs.replacement(name) is not None)
 
 
 # Gin tries its readers in order, the plain `open` first: a file that exists at
@@ -160,7 +165,7 @@ def _check_required_macros() -> None:
 def _gin_file_exists(name: str, search_paths: Iterable[str]) -> bool:
   candidates = [name, os.path.join(package_configs_dir(), name)]
   candidates += [os.path.join(p, name) for p in search_paths if p]
-  return any(os.path.exists(c) for c in candidates) or package_config_path(name) is not None
+  return any(os.path.exists(c) for c in candidates) or _is_package_config(name)
 
 
 def call(fn: Callable, *args, **kwargs):

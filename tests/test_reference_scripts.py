@@ -157,3 +157,28 @@ def test_sst2_demo_then_sst2_demo_eval(setup):
   assert (work / "eval" / "metrics_validation.json").exists()
   # Summaries at the evaluated prompt's step, not 0.
   assert [step for step, _ in _scalars(work / "eval", f"eval/{TASK}/accuracy")] == [FINAL_STEP]
+
+
+# sst2-demo-xxl.sh: the XXL model file and a model-parallel submesh. Substituted besides the
+# above: the model is the reference's own tiny test model (its test/t5_1_1_tiny_prompt.gin, two
+# heads), and the submesh (4, 4, 1, 2) (32-way model parallelism, a v3-256 slice's) becomes
+# (1, 1, 1, 2) on 4 fake CPU devices: a data 2 x model 2 mesh.
+TRAIN_XXL = TRAIN.replace(
+    "prompt_tuning/configs/models/t5_1_1_tiny_prompt.gin",
+    "prompt_tuning/configs/test/t5_1_1_tiny_prompt.gin").replace(
+    "  --tfds_data_dir=${TFDS_DATA_DIR}",
+    "  --gin.BATCH_SIZE=\"32\" \\\n"
+    "  --gin.partitioning.PjitPartitioner.model_parallel_submesh=\"(1, 1, 1, 2)\" \\\n"
+    "  --tfds_data_dir=${TFDS_DATA_DIR}")
+
+
+def test_sst2_demo_xxl_on_a_model_parallel_mesh(setup):
+  work, env = setup
+  assert "model_parallel_submesh" in TRAIN_XXL and "test/t5_1_1_tiny_prompt.gin" in TRAIN_XXL
+  env = {**env, "MODEL_DIR": str(work / "model_xxl"),
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  train = _bash(TRAIN_XXL, work, env)
+  assert "mesh {'data': 2, 'model': 2}" in train.stdout, train.stdout[-2000:]
+  assert f"from step {INITIAL_STEP:,} to {FINAL_STEP:,}: 2 steps" in train.stdout
+  prompt = np.load(work / "model_xxl" / "prompts" / f"step_{FINAL_STEP}.npy")
+  assert prompt.shape == (100, 4) and np.isfinite(prompt).all()

@@ -91,6 +91,26 @@ def class_labels(labels: Sequence[str] = gin.REQUIRED, vocabulary=None,
 
 
 @gin.configurable
+def embeddings_from_file(path: str = gin.REQUIRED,
+                         initializer: Initializer = gin.REQUIRED) -> Initializer:
+  """`initializer` (`sampled_vocab`, `class_labels`) reading a saved `[V, E]` embedding table
+  (`EMBEDDING_FILE`, a `.npy`) instead of the backbone's: the reference's `*_numpy.gin`
+  initializers, which sample from an exported copy of the table."""
+  def init(rng, shape, embedding_table):
+    from prompt_tuning.io.npy import load_array
+    way_out = "set EMBEDDING_FILE to a [vocab, d_model] .npy of the model's embedding table"
+    table = load_array(path, "embedding file", way_out)
+    if table.ndim != 2 or table.shape[1] != shape[1]:
+      raise UserError(f"embedding file {path} has shape {tuple(table.shape)}, not [vocab, "
+                      f"{shape[1]}] (this model's d_model); {way_out}")
+    if table.shape[0] > embedding_table.shape[0]:
+      raise UserError(f"embedding file {path} has {table.shape[0]} rows, more than the model's "
+                      f"{embedding_table.shape[0]}-row vocabulary; {way_out}")
+    return initializer(rng, shape, jnp.asarray(table, jnp.float32))
+  return init
+
+
+@gin.configurable
 def from_file(path: str = gin.REQUIRED) -> Initializer:
   """The prompt saved at `path` (`PROMPT_FILE`): an exported `.npy`, or a Hugging Face
   PEFT prompt-tuning adapter folder or its `.safetensors` (`prompts.files.read_prompt`)."""

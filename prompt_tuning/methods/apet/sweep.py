@@ -125,7 +125,7 @@ def method_setting(method: str, budget: int, config: T5Config, seed: int = 0,
       raise Skipped(f"below one prompt token ({e:,} parameters)")
     if tokens > max_prompt_length:
       raise Skipped(f"{tokens} prompt tokens exceed the longest prompt, {max_prompt_length} "
-                    "(sweep.max_prompt_length, at most the input length)")
+                    "(run_sweep.max_prompt_length)")
     return Cell(method, budget, 0, (("tokens", tokens),), tokens * e,
                 (f"PROMPT_LENGTH = {tokens}",))
   if method == "lora":
@@ -243,7 +243,7 @@ def run_sweep(model_dir: str = gin.REQUIRED, budgets: Sequence[float] = gin.REQU
     held_out_examples: how many examples that is (for the standard error); None: the
       validation split's size as SeqIO reports it, or eval_num_examples.
     full_finetune: also run full fine-tuning (the reference of the high threshold).
-    max_prompt_length: longest prompt a budget may ask for (capped at the input length).
+    max_prompt_length: longest prompt a budget may ask for.
     low_margin, high_gap: threshold definitions, see the module doc.
     seed: every run's RANDOM_SEED (APET's positions come from `apet_seeds`).
     pretrain_*: the pretraining of `pretrained_backbone`.

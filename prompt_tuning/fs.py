@@ -18,6 +18,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import jax
@@ -165,6 +166,29 @@ def remove_tree(path: str) -> None:
   shutil.rmtree(path, ignore_errors=True)
 
 
+# A failed Orbax write returns while tensorstore's other writes of it are still in flight; they
+# land afterwards and recreate the folders of their files. Removing the failed write's folder
+# again until nothing has reappeared for this long leaves nothing behind.
+_LATE_WRITES_SETTLE_S = 1.0
+_LATE_WRITES_LIMIT_S = 30.0
+
+
+def remove_failed_write(path: str) -> None:
+  """Removes the folder of a write that failed, and again whatever its writes still in flight
+  recreate, until it has stayed gone for a second (at most 30 s)."""
+  remove_tree(path)
+  if is_remote(path):
+    return
+  start = last_seen = time.monotonic()
+  while time.monotonic() - last_seen < _LATE_WRITES_SETTLE_S:
+    if time.monotonic() - start > _LATE_WRITES_LIMIT_S:
+      return
+    time.sleep(0.05)
+    if os.path.lexists(path):
+      shutil.rmtree(path, ignore_errors=True)
+      last_seen = time.monotonic()
+
+
 def open_file(path: str, mode: str = "rb"):
   return _gfile(path).GFile(path, mode) if is_remote(path) else open(path, mode)
 
@@ -288,6 +312,7 @@ def staged_folder(output: str, doing: str) -> Iterator[str]:
     cause = os_error_of(e, output)
     if cause is None:
       raise
+    remove_failed_write(staging)
     raise io_error(output, cause) from None
   finally:
     shutil.rmtree(staging, ignore_errors=True)

@@ -102,7 +102,7 @@ class RunCheckpoints:
       return
     for name in fs.listdir(self.directory):
       if name.startswith(f"{step}.orbax-checkpoint-tmp"):
-        fs.remove_tree(fs.join(self.directory, name))
+        fs.remove_failed_write(fs.join(self.directory, name))
 
   def restore(self, step: int, abstract_state: Any) -> Tuple[Any, Dict[str, Any]]:
     """(state, meta) of `step`, verified against its checksums; a UserError says what is wrong."""

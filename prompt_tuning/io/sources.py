@@ -33,7 +33,7 @@ def identify(path: str, what: str) -> str:
   fs.check_reachable(path, f"copy the checkpoint to this machine (gsutil -m cp -r {path} "
                      f"/local/dir) and set {what} to the local folder")
   if not fs.is_remote(path) and not os.path.exists(path):
-    raise UserError(f"{what} {path} does not exist; pass a folder written by "
+    raise UserError(f"{what} {path} does not exist; pass a backbone folder written by "
                     "`prompt-tuning convert`, a T5X checkpoint_N folder or a Hugging Face folder")
   if fs.exists(fs.join(path, "params")) and fs.exists(fs.join(path, "config.json")):
     return "backbone"

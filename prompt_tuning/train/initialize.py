@@ -12,7 +12,6 @@ so vocabulary- and label-based prompt initializers see pretrained embeddings.
 """
 import functools
 import logging
-import os
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple, Union
 
 import flax

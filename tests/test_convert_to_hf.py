@@ -102,6 +102,25 @@ def test_to_hf_failures_are_one_line_and_write_nothing(tmp_path, capsys):
   assert not [p for p in tmp_path.iterdir() if ".converting-" in p.name]
 
 
+def test_unreachable_gcs_checkpoint_is_one_line(tmp_path, capsys, monkeypatch):
+  from tests.test_offline_gcs import _free_port  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import fs  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv(fs.GCS_PROBE_ENV, f"127.0.0.1:{_free_port()}")  # nothing listens there
+  fs._gcs_unreachable.cache_clear()  # pylint: disable=protected-access
+  source = "gs://bucket/t5x/checkpoint_1100000"
+  (tmp_path / "in.jsonl").write_text('{"inputs": "x", "targets": "y"}\n')
+  try:
+    assert _run("score", "--checkpoint", source, "--vocab", str(tmp_path / "in.jsonl"),
+                "--inputs_file", str(tmp_path / "in.jsonl")) == 2
+    _one_error_line(capsys, source, "cannot be reached", "--checkpoint")
+    assert _run("convert", "--to", "hf", "--input", source, "--output",
+                str(tmp_path / "hf")) == 2
+    _one_error_line(capsys, source, "cannot be reached", "--input")
+  finally:
+    fs._gcs_unreachable.cache_clear()  # pylint: disable=protected-access
+  assert not (tmp_path / "hf").exists()
+
+
 def test_score_generate_export_take_a_t5x_checkpoint(shared_data, vocab, tmp_path, capsys):
   checkpoint = str(shared_data / "t5x_t5_1_1_tiny" / "checkpoint_3")
   assert _run("convert", "--to", "hf", "--input", checkpoint, "--output", str(tmp_path / "hf"),

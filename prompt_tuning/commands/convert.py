@@ -105,7 +105,8 @@ def _to_hf(args: argparse.Namespace) -> int:
     raise UserError(f"--to hf writes local folders only, not {args.output}; write locally and "
                     "copy it (gsutil -m cp -r)")
   if kind == "backbone":
-    config, params = sources.read_backbone(args.input, "--input", args.relative_attention_max_distance)
+    config, params = sources.read_backbone(args.input, "--input",
+                                           args.relative_attention_max_distance)
   else:
     config, params = read_checkpoint(kind, args.input, None, args.relative_attention_max_distance)
   params = jax.tree_util.tree_map(np.asarray, params)

@@ -58,7 +58,8 @@ def check_common_arguments(args: argparse.Namespace):
   if args.output is not None:
     checks.output_file(args.output, "--output")
   from prompt_tuning.io import sources
-  config = sources.read_config(args.checkpoint, "--checkpoint", args.relative_attention_max_distance)
+  config = sources.read_config(args.checkpoint, "--checkpoint",
+                               args.relative_attention_max_distance)
   note = sources.max_distance_note(args.checkpoint, "--checkpoint",
                                    args.relative_attention_max_distance)
   if note:

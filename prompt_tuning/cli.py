@@ -16,7 +16,7 @@ from prompt_tuning.errors import UserError
 
 # name -> one-line help
 COMMANDS = {
-    "convert": "convert a T5X or Hugging Face checkpoint into a backbone folder",
+    "convert": "convert a T5X or Hugging Face checkpoint into a backbone folder (or --to hf)",
     "score": "log-likelihood of targets given inputs (rank classification)",
     "generate": "greedy / beam / sampled decoding of inputs",
     "train": "prompt-tune a frozen backbone (gin-driven)",

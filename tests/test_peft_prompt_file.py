@@ -10,7 +10,7 @@ from prompt_tuning.cli import main
 from prompt_tuning.errors import UserError
 from prompt_tuning.io.peft import save_peft_prompt
 from prompt_tuning.models.config import T5Config
-from prompt_tuning.prompts.files import read_prompt
+from prompt_tuning.prompts.files import read_prompt, read_prompts
 from prompt_tuning.prompts.initializers import from_file
 
 PROMPT = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
@@ -41,18 +41,27 @@ def test_npy_adapter_folder_and_safetensors_give_the_same_prompt(tmp_path):
     np.testing.assert_array_equal(read_prompt(path), PROMPT)
     init = from_file(path)
     np.testing.assert_array_equal(np.asarray(init(None, (4, 8), None)), PROMPT)
-  with pytest.raises(UserError, match=r"has shape \(4, 8\) but the prompt is \(5, 8\)"):
+  with pytest.raises(UserError, match=r"PROMPT_LENGTH 5 disagrees with the 4 tokens of"):
     from_file(folder)(None, (5, 8), None)
 
 
-def test_seq2seq_default_adapter_is_refused_with_the_way_out(tmp_path):
-  # PEFT's default for seq2seq models puts a prompt on the decoder too.
-  folder = _peft_folder(tmp_path / "two", np.concatenate([PROMPT, PROMPT]), submodules=2)
-  with pytest.raises(UserError) as error:
-    read_prompt(folder)
-  message = str(error.value)
-  assert "num_transformer_submodules=2" in message and "decoder" in message
-  assert "num_transformer_submodules=1" in message and "first 4 rows" in message
+def test_seq2seq_default_adapter_gives_its_first_half(tmp_path, capsys):
+  # PEFT's default for seq2seq models stores 2 x num_virtual_tokens rows but applies the first
+  # half only (tests/test_peft_default_adapter.py checks against PEFT itself).
+  half = np.full_like(PROMPT, 7.0)
+  folder = _peft_folder(tmp_path / "two", np.concatenate([PROMPT, half]), submodules=2)
+  np.testing.assert_array_equal(read_prompt(folder), PROMPT)
+  assert "its other 4 rows are not applied" in capsys.readouterr().err
+  np.testing.assert_array_equal(read_prompts(folder)[1], half)
+  # PEFT fills in 2 for SEQ_2_SEQ_LM when the config leaves it out.
+  config = json.loads((tmp_path / "two" / "adapter_config.json").read_text())
+  config["num_transformer_submodules"] = None
+  (tmp_path / "two" / "adapter_config.json").write_text(json.dumps(config))
+  np.testing.assert_array_equal(read_prompt(folder), PROMPT)
+  # Rows that are not num_virtual_tokens x submodules are refused.
+  bad = _peft_folder(tmp_path / "bad", np.concatenate([PROMPT, PROMPT[:1]]), submodules=2)
+  with pytest.raises(UserError, match="shape \\(5, 8\\).*2 submodules"):
+    read_prompt(bad)
 
 
 def test_other_files_are_refused_in_one_line(tmp_path):
@@ -75,22 +84,37 @@ def test_other_files_are_refused_in_one_line(tmp_path):
     read_prompt(lora)
 
 
-def test_eval_loads_a_peft_adapter_as_prompt_file(tmp_path):
+def _eval_context(tmp_path, folder, *bindings):
   import gin  # pylint: disable=g-import-not-at-top
   from prompt_tuning import configurables  # pylint: disable=g-import-not-at-top
   from prompt_tuning.train import eval_run  # pylint: disable=g-import-not-at-top
+  configurables.parse(["models/t5_1_1_toy_prompt.gin", "runs/prompt_eval.gin"],
+                      ["MIXTURE_OR_TASK_NAME = 'toy_parity'",
+                       "MIXTURE_OR_TASK_MODULE = 'prompt_tuning.data.toy_tasks'",
+                       "INITIAL_CHECKPOINT_PATH = None",
+                       "TASK_FEATURE_LENGTHS = {'inputs': 16, 'targets': 8}",
+                       f"MODEL_DIR = '{tmp_path}'", f"PROMPT_FILE = '{folder}'", *bindings])
+  config = gin.get_bindings(eval_run.evaluate)
+  return eval_run.load_run(config["mixture_or_task_name"], config["mixture_or_task_module"],
+                           config["task_feature_lengths"], config["initial_checkpoint_path"])
+
+
+def test_eval_loads_a_peft_adapter_as_prompt_file(tmp_path):
   prompt = np.random.default_rng(1).normal(size=(4, 32)).astype(np.float32)  # the toy model
   folder = _peft_folder(tmp_path / "adapter", prompt)
-  configurables.parse(["models/t5_1_1_toy_prompt.gin", "runs/prompt_eval.gin"],
-                  ["MIXTURE_OR_TASK_NAME = 'toy_parity'",
-                   "MIXTURE_OR_TASK_MODULE = 'prompt_tuning.data.toy_tasks'",
-                   "INITIAL_CHECKPOINT_PATH = None",
-                   "TASK_FEATURE_LENGTHS = {'inputs': 16, 'targets': 8}",
-                   f"MODEL_DIR = '{tmp_path}'", f"PROMPT_FILE = '{folder}'"])
-  config = gin.get_bindings(eval_run.evaluate)
-  ctx = eval_run.load_run(config["mixture_or_task_name"], config["mixture_or_task_module"],
-                          config["task_feature_lengths"], config["initial_checkpoint_path"])
-  np.testing.assert_array_equal(ctx.exported_prompt(), prompt)
+  np.testing.assert_array_equal(_eval_context(tmp_path, folder).exported_prompt(), prompt)
+
+
+def test_prompt_length_comes_from_the_adapter(tmp_path):
+  # 6 tokens, PEFT's seq2seq layout; the toy model's gin says PROMPT_LENGTH = 4.
+  prompt = np.random.default_rng(2).normal(size=(6, 32)).astype(np.float32)
+  folder = _peft_folder(tmp_path / "adapter", np.concatenate([prompt, 0 * prompt]), submodules=2)
+  np.testing.assert_array_equal(_eval_context(tmp_path, folder).exported_prompt(), prompt)
+  with pytest.raises(UserError) as error:
+    _eval_context(tmp_path, folder, "PROMPT_LENGTH = 5")
+  message = str(error.value)
+  assert "PROMPT_LENGTH 5 disagrees with the 6 tokens of PROMPT_FILE" in message
+  assert "\n" not in message
 
 
 def test_export_names_the_backbone_by_absolute_path(tmp_path, monkeypatch):

@@ -5,8 +5,16 @@
 writes a run's export (`prompt_tuning.train.exports`) of a LoRA run as a PEFT
 LoRA adapter (or of a plain prompt run as a prompt-tuning adapter). With
 `--hf_output`, also the backbone as a Hugging Face T5 folder to load it on.
+`--checkpoint` is a backbone folder, a T5X checkpoint_N folder or a Hugging Face folder.
+
+`--num_transformer_submodules 2` writes PEFT's default seq2seq layout (what
+`PromptTuningConfig(task_type=SEQ_2_SEQ_LM)` builds and loads): the prompt, then
+as many rows that PEFT never applies (`io.peft`): those of a `--prompt` adapter
+that had them, else zeros. The default keeps the layout of `--prompt`: 2 for
+such an adapter, 1 (encoder only) otherwise.
 """
 import os
+import sys
 from typing import Dict, Tuple
 
 import numpy as np
@@ -21,7 +29,16 @@ def add_arguments(parser) -> None:
   source.add_argument("--prompt", help="an exported prompt, e.g. MODEL_DIR/prompts/step_N.npy")
   source.add_argument("--deltas", help="a run's export folder, e.g. MODEL_DIR/exports/step_N "
                       "(LoRA or a plain prompt)")
-  parser.add_argument("--checkpoint", required=True, help="the backbone folder it was tuned on")
+  parser.add_argument("--checkpoint", required=True,
+                      help="the backbone it was tuned on: a folder written by `prompt-tuning "
+                      "convert`, a T5X checkpoint_N folder or a Hugging Face T5 1.1 folder")
+  parser.add_argument("--relative_attention_max_distance", type=checks.int_flag(1), default=None,
+                      help="for a T5X --checkpoint, which does not store it (default 128, "
+                      "T5 1.1's value)")
+  parser.add_argument("--num_transformer_submodules", type=int, default=None,
+                      metavar="{1,2}", help="PEFT layout of a prompt adapter: 1 (encoder only) "
+                      "or 2 (PEFT's seq2seq default; its second half is not applied by PEFT); "
+                      "default: that of --prompt")
   parser.add_argument("--output", required=True, help="new folder for the PEFT adapter")
   parser.add_argument("--hf_output", default=None,
                       help="also write the backbone as a Hugging Face T5 folder here")
@@ -70,8 +87,9 @@ def _check_new_folder(path: str, flag: str) -> None:
 
 
 def run(args) -> int:
-  from prompt_tuning.io import backbone, hf, peft
-  from prompt_tuning.prompts.files import read_prompt
+  import jax
+  from prompt_tuning.io import hf, peft, sources
+  from prompt_tuning.prompts.files import read_prompts
   # Everything is checked before the first file is written.
   checks.output_dir(args.output, "--output")
   if os.path.exists(os.path.join(args.output, peft.CONFIG)):
@@ -83,13 +101,29 @@ def run(args) -> int:
     if os.path.exists(os.path.join(hf_output, hf.CONFIG_FILE)):
       raise UserError(f"--hf_output {args.hf_output} already holds a model; choose a new folder")
     _check_new_folder(hf_output, "--hf_output")
-  config = backbone.load_backbone_config(args.checkpoint)
+  if args.num_transformer_submodules not in (None, 1, 2):
+    raise UserError(f"--num_transformer_submodules {args.num_transformer_submodules}: PEFT's "
+                    "prompt tuning has 1 (encoder only) or 2 (its seq2seq default)")
+  if args.deltas and args.num_transformer_submodules is not None:
+    raise UserError("--num_transformer_submodules is for prompt adapters; pass it with --prompt")
+  config = sources.read_config(args.checkpoint, "--checkpoint",
+                               args.relative_attention_max_distance)
+  note = sources.max_distance_note(args.checkpoint, "--checkpoint",
+                                   args.relative_attention_max_distance)
+  if note and hf_output:
+    print(note, file=sys.stderr, flush=True)
   if args.prompt:
-    prompt = read_prompt(args.prompt, "--prompt")
+    prompt, decoder_half = read_prompts(args.prompt, "--prompt")
     _check_prompt(prompt, args.prompt, config, args.checkpoint)
+    submodules = args.num_transformer_submodules or (1 if decoder_half is None else 2)
+    if submodules == 1:
+      decoder_half = None
+    elif decoder_half is None:
+      decoder_half = np.zeros_like(prompt)  # PEFT never applies these rows
     write = lambda out: peft.save_peft_prompt(out, prompt, config,
-                                              base_model_name_or_path=hf_output)
-    what = f"{prompt.shape[0]} virtual tokens"
+                                              base_model_name_or_path=hf_output,
+                                              decoder_half=decoder_half)
+    what = f"{prompt.shape[0]} virtual tokens, num_transformer_submodules={submodules}"
   else:
     from prompt_tuning.train import exports
     tensors, description = exports.read_export(args.deltas)
@@ -114,7 +148,9 @@ def run(args) -> int:
   # Each folder is written beside its place and renamed into it: a failed export leaves none.
   if hf_output:  # written first: the adapter names it by its absolute path
     with fs.staged_folder(hf_output, "exporting") as staging:
-      hf.save_hf(staging, config, backbone.load_backbone(args.checkpoint)[1])
+      params = sources.read_backbone(args.checkpoint, "--checkpoint",
+                                     args.relative_attention_max_distance)[1]
+      hf.save_hf(staging, config, jax.tree_util.tree_map(np.asarray, params))
   with fs.staged_folder(args.output, "exporting") as staging:
     write(staging)
   print(f"wrote PEFT adapter {os.path.abspath(args.output)} ({what})"

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
   batches = length_sorted_batches([len(i) for i in inputs], args.batch_size)
   check_batches_fit(config, prompt_length, batches, inputs, args.batch_size,
                     lambda b: args.max_decode_length, True, args.inputs_file, args.beam_size)
-  model = load_tuned_model(args.checkpoint, args.prompt)
+  model = load_tuned_model(args.checkpoint, args.prompt, args.relative_attention_max_distance)
   jsonl.check_token_range(inputs, model.vocab_size, args.vocab)
 
   predictions = [""] * len(examples)

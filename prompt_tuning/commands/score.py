@@ -28,7 +28,11 @@ from prompt_tuning.train.summaries import Progress
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
   """Flags shared by `score` and `generate`."""
   parser.add_argument("--checkpoint", required=True,
-                      help="backbone folder written by `prompt-tuning convert`")
+                      help="backbone folder written by `prompt-tuning convert`, a T5X "
+                      "checkpoint_N folder or a Hugging Face T5 1.1 folder")
+  parser.add_argument("--relative_attention_max_distance", type=checks.int_flag(1), default=None,
+                      help="for a T5X --checkpoint, which does not store it (default 128, "
+                      "T5 1.1's value)")
   parser.add_argument("--vocab", required=True, help="SentencePiece model file")
   parser.add_argument("--inputs_file", required=True, help="JSONL file, one object per line")
   parser.add_argument("--prompt", default=None,
@@ -53,8 +57,13 @@ def check_common_arguments(args: argparse.Namespace):
   length)."""
   if args.output is not None:
     checks.output_file(args.output, "--output")
-  from prompt_tuning.io.backbone import load_backbone_config
-  config = load_backbone_config(args.checkpoint)
+  from prompt_tuning.io import sources
+  config = sources.read_config(args.checkpoint, "--checkpoint",
+                               args.relative_attention_max_distance)
+  note = sources.max_distance_note(args.checkpoint, "--checkpoint",
+                                   args.relative_attention_max_distance)
+  if note:
+    print(note, file=sys.stderr, flush=True)
   prompt_length = 0
   if args.prompt is not None:
     from prompt_tuning.prompts.files import read_prompt
@@ -115,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
   check_batches_fit(config, prompt_length, batches, inputs, args.batch_size,
                     lambda b: jsonl.bucket_length(max(len(targets[i]) for i in b)), False,
                     args.inputs_file)
-  model = load_tuned_model(args.checkpoint, args.prompt)
+  model = load_tuned_model(args.checkpoint, args.prompt, args.relative_attention_max_distance)
   jsonl.check_token_range(inputs + targets, model.vocab_size, args.vocab)
 
   log_likelihoods = np.zeros(len(examples), np.float64)

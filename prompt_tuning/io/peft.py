@@ -1,9 +1,19 @@
 """Export tuned prompts and LoRA pairs as Hugging Face PEFT adapters (and read prompts back).
 
-PEFT's encoder-only prompt tuning of a seq2seq model (`num_transformer_submodules=1`)
-prepends `prompt_embeddings [P, E]` to the encoder's input embeddings, exactly as
-the `prefix` placement here does, so a prompt tuned with this project runs in
-PEFT on the same backbone exported with `prompt_tuning.io.hf.save_hf`.
+PEFT's prompt tuning of a seq2seq model holds `prompt_embeddings`
+`[num_virtual_tokens * num_transformer_submodules, E]`; the first
+`num_virtual_tokens` rows are prepended to the encoder's input embeddings, exactly
+as the `prefix` placement here does. `num_transformer_submodules=2` (PEFT's default
+for SEQ_2_SEQ_LM) adds as many rows again, a *decoder half* that PEFT 0.4 to 0.22
+(the versions read: `PeftModelForSeq2SeqLM.forward` and `.generate`, branch
+`PeftType.PROMPT_TUNING`) never applies: its forward and generate() prepend
+`prompts[:, :num_virtual_tokens]` to the encoder input only, so the decoder half
+gets no gradient and keeps its initial values (checked: perturbing it leaves
+PEFT's logits unchanged). Only PEFT 0.3.0 prepended it to the decoder input.
+Reading such an adapter therefore applies its encoder half, as PEFT does, and
+says so once (`DECODER_HALF_NOTE`); `save_peft_prompt` writes either layout, so a
+prompt goes back into PEFT's default seq2seq config (`num_transformer_submodules=2`)
+with the decoder half it came with (or zeros).
 
 PEFT's LoRA on a `torch.nn.Linear` computes `x Wᵀ + (lora_alpha / r) · x Aᵀ Bᵀ`
 with `lora_A.weight` `[r, in]` and `lora_B.weight` `[out, r]`; ours is
@@ -12,13 +22,11 @@ with `lora_A.weight` `[r, in]` and `lora_B.weight` `[out, r]`; ours is
 are those of `T5ForConditionalGeneration` (`io.hf.hf_name_map`), keys as PEFT
 saves them: `base_model.model.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight`.
 
-Layout: `DIR/adapter_model.safetensors` + `DIR/adapter_config.json`.
-
-Layout: `DIR/adapter_model.safetensors` (`prompt_embeddings`) + `DIR/adapter_config.json`.
-`base_model_name_or_path` is written as an absolute path, so
-`AutoPeftModelForSeq2SeqLM.from_pretrained(DIR)` finds the backbone from any
-working directory. `load_peft_prompt` reads such an adapter (or one trained in
-PEFT) back; `PROMPT_FILE` and `--prompt` accept it.
+Layout: `DIR/adapter_model.safetensors` (`prompt_embeddings`, or the LoRA pairs) +
+`DIR/adapter_config.json`. `base_model_name_or_path` is written as an absolute
+path, so `AutoPeftModelForSeq2SeqLM.from_pretrained(DIR)` finds the backbone from
+any working directory. `load_peft_prompts` reads such an adapter (or one trained
+in PEFT) back; `PROMPT_FILE` and `--prompt` accept it.
 """
 import json
 import os
@@ -31,6 +39,12 @@ from prompt_tuning.models.config import T5Config
 
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
+# Said once per adapter read with a decoder half: it is not applied, as in PEFT.
+DECODER_HALF_NOTE = (
+    "note: {what} {path} is a PEFT adapter with num_transformer_submodules=2 (PEFT's seq2seq "
+    "default): its first {tokens} rows are the prompt, prepended to the encoder input; its other "
+    "{tokens} rows are not applied, as PEFT 0.4 and later never applies them (neither in "
+    "forward nor in generate)")
 
 
 def _absolute(base_model: Optional[str]) -> Optional[str]:
@@ -42,21 +56,37 @@ def _absolute(base_model: Optional[str]) -> Optional[str]:
 
 
 def save_peft_prompt(path: str, prompt: np.ndarray, config: T5Config,
-                     base_model_name_or_path: Optional[str] = None) -> None:
-  """Writes `prompt` `[P, E]` as a PEFT PROMPT_TUNING adapter folder."""
+                     base_model_name_or_path: Optional[str] = None,
+                     decoder_half: Optional[np.ndarray] = None) -> None:
+  """Writes `prompt` `[P, E]` as a PEFT PROMPT_TUNING adapter folder.
+
+  Args:
+    decoder_half: None: `num_transformer_submodules=1` (encoder only). Else the `[P, E]`
+      rows written after the prompt, with `num_transformer_submodules=2` (PEFT's seq2seq
+      default layout); PEFT does not apply them (see the module docstring).
+  """
   from safetensors.numpy import save_file
   prompt = np.asarray(prompt, np.float32)
   if prompt.ndim != 2 or prompt.shape[1] != config.emb_dim:
     raise UserError(f"prompt of shape {prompt.shape} does not fit d_model {config.emb_dim}; "
                     "export a prompt tuned on this backbone")
+  rows = prompt
+  if decoder_half is not None:
+    decoder_half = np.asarray(decoder_half, np.float32)
+    if decoder_half.shape != prompt.shape:
+      raise UserError(f"decoder half of shape {decoder_half.shape} is not the prompt's "
+                      f"{prompt.shape}; PEFT's num_transformer_submodules=2 holds two blocks of "
+                      "num_virtual_tokens rows")
+    rows = np.concatenate([prompt, decoder_half], axis=0)
   if os.path.exists(os.path.join(path, CONFIG)):
     raise UserError(f"{path} already holds a PEFT adapter; choose a new --output folder")
   os.makedirs(path, exist_ok=True)
-  save_file({"prompt_embeddings": np.ascontiguousarray(prompt)}, os.path.join(path, WEIGHTS))
+  save_file({"prompt_embeddings": np.ascontiguousarray(rows)}, os.path.join(path, WEIGHTS))
   adapter = {
       "peft_type": "PROMPT_TUNING", "task_type": "SEQ_2_SEQ_LM",
       "num_virtual_tokens": int(prompt.shape[0]), "token_dim": config.emb_dim,
-      "num_transformer_submodules": 1, "num_attention_heads": config.num_heads,
+      "num_transformer_submodules": 1 if decoder_half is None else 2,
+      "num_attention_heads": config.num_heads,
       "num_layers": config.num_encoder_layers, "prompt_tuning_init": "RANDOM",
       "inference_mode": True, "base_model_name_or_path": _absolute(base_model_name_or_path),
   }
@@ -132,17 +162,17 @@ def is_safetensors(path: str) -> bool:
   return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1
 
 
-def load_peft_prompt(path: str) -> np.ndarray:
-  """The encoder prompt `[P, E]` of a PEFT PROMPT_TUNING adapter (folder or its safetensors).
+def load_peft_prompts(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+  """(prompt `[P, E]`, decoder half `[P, E]` or None) of a PEFT PROMPT_TUNING adapter; the
+  decoder half is that of `num_transformer_submodules=2`, which PEFT does not apply.
 
   Args:
     path: the adapter folder (`adapter_config.json` + `adapter_model.safetensors`)
       or its `.safetensors` file (the config beside it is read too).
 
   Raises:
-    UserError: not a PEFT prompt-tuning adapter, pickled weights, or an adapter
-      whose prompt also feeds the decoder (`num_transformer_submodules=2`, PEFT's
-      seq2seq default), which this model cannot apply.
+    UserError: not a PEFT prompt-tuning adapter, pickled weights, or rows that do not
+      match the config's `num_virtual_tokens` x `num_transformer_submodules`.
   """
   from safetensors.numpy import load as load_safetensors
 
@@ -168,21 +198,26 @@ def load_peft_prompt(path: str) -> np.ndarray:
     raise UserError(f"{folder} is a {adapter.get('peft_type')} adapter; only PEFT PROMPT_TUNING "
                     "adapters hold a soft prompt")
   tokens = int(adapter.get("num_virtual_tokens") or 0)
-  submodules = int(adapter.get("num_transformer_submodules") or 1)
+  # PEFT itself fills in 2 for SEQ_2_SEQ_LM when the config leaves it out (None).
+  default = 2 if adapter.get("task_type") == "SEQ_2_SEQ_LM" else 1
+  submodules = int(adapter.get("num_transformer_submodules") or default)
+  if submodules not in (1, 2):
+    raise UserError(f"{config_path} has num_transformer_submodules={submodules}; PEFT's "
+                    "prompt tuning has 1 (encoder) or 2 (encoder and decoder)")
   with fs.open_file(weights, "rb") as f:
     tensors = load_safetensors(f.read())
   if "prompt_embeddings" not in tensors:
     raise UserError(f"{weights} holds {sorted(tensors)}, not PEFT's prompt_embeddings")
   value = np.asarray(tensors["prompt_embeddings"], np.float32)
-  if value.ndim != 2 or (tokens and value.shape[0] != tokens * submodules):
+  if value.ndim != 2 or (tokens and value.shape[0] != tokens * submodules) or (
+      value.shape[0] % submodules):
     raise UserError(f"{weights}: prompt_embeddings has shape {value.shape}, but {CONFIG} says "
                     f"{tokens} virtual tokens x {submodules} submodules")
-  if submodules != 1:
-    count = tokens or value.shape[0] // submodules
-    raise UserError(
-        f"{folder} is a PEFT adapter with num_transformer_submodules={submodules} (PEFT's seq2seq "
-        f"default: its prompt also feeds the decoder), which prompt tuning here cannot apply; "
-        f"train it with PromptTuningConfig(..., num_transformer_submodules=1) (encoder-only, what "
-        f"`prompt-tuning export` writes), or save its first {count} rows (the encoder prompt) "
-        "as .npy to use them alone")
-  return value
+  count = value.shape[0] // submodules
+  return value[:count], (value[count:] if submodules == 2 else None)
+
+
+def load_peft_prompt(path: str) -> np.ndarray:
+  """The prompt `[P, E]` of a PEFT PROMPT_TUNING adapter (`load_peft_prompts`): what PEFT
+  prepends to the encoder input."""
+  return load_peft_prompts(path)[0]

@@ -6,6 +6,8 @@ adapter trained in PEFT (or exported by `prompt-tuning export`) is accepted
 wherever an exported `prompts/step_N.npy` is.
 """
 import os
+import sys
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -14,8 +16,12 @@ from prompt_tuning.errors import UserError
 from prompt_tuning.io.npy import NPY_MAGIC, load_array
 
 
-def read_prompt(path: str, what: str = "prompt file") -> np.ndarray:
-  """The `[P, E]` float32 prompt saved at `path` (local or `gs://`).
+def read_prompts(path: str, what: str = "prompt file") -> Tuple[np.ndarray, Optional[np.ndarray]]:
+  """(prompt `[P, E]`, decoder half `[P, E]` or None) saved at `path` (local or `gs://`).
+
+  Only a PEFT adapter with `num_transformer_submodules=2` (PEFT's seq2seq default) has a
+  decoder half; PEFT never applies it (`io.peft`), so neither does anything here: it is
+  read only to be written back by `export`.
 
   Args:
     path: a `.npy` array, a PEFT PROMPT_TUNING adapter folder, or its
@@ -29,18 +35,44 @@ def read_prompt(path: str, what: str = "prompt file") -> np.ndarray:
   if not fs.exists(path):
     raise UserError(f"{what} {path} does not exist; pass an exported prompts/step_N.npy or a "
                     "PEFT prompt-tuning adapter folder")
+  decoder_half = None
   if fs.isdir(path):
-    value = peft.load_peft_prompt(path)
+    value, decoder_half = peft.load_peft_prompts(path)
   else:
     with fs.open_file(path, "rb") as f:
       head = f.read(len(NPY_MAGIC))
     if head != NPY_MAGIC and peft.is_safetensors(path):
-      value = peft.load_peft_prompt(path)
+      value, decoder_half = peft.load_peft_prompts(path)
     else:
       value = load_array(path, what, "pass a prompt exported by training (prompts/step_N.npy) or "
                          "a PEFT prompt-tuning adapter folder or .safetensors")
   check_prompt(value, f"{what} {path}")
-  return np.asarray(value, np.float32) if value.dtype != np.float32 else value
+  if decoder_half is not None:
+    decoder_half = np.asarray(decoder_half, np.float32)
+  return np.asarray(value, np.float32), decoder_half
+
+
+_noted = set()
+
+
+def read_prompt(path: str, what: str = "prompt file") -> np.ndarray:
+  """The `[P, E]` prompt saved at `path` (`read_prompts`), prepended to the encoder input.
+
+  An adapter's unapplied decoder half is named in one note line on stderr (once per path),
+  so that nobody takes it for applied.
+  """
+  value, decoder_half = read_prompts(path, what)
+  if decoder_half is not None and path not in _noted:
+    _noted.add(path)
+    from prompt_tuning.io.peft import DECODER_HALF_NOTE
+    print(DECODER_HALF_NOTE.format(what=what, path=path, tokens=value.shape[0]),
+          file=sys.stderr, flush=True)
+  return value
+
+
+def prompt_length(path: str, what: str = "PROMPT_FILE") -> int:
+  """Rows of the prompt saved at `path`: what `PROMPT_LENGTH` is when `PROMPT_FILE` names it."""
+  return int(read_prompts(path, what)[0].shape[0])
 
 
 def check_prompt(value: np.ndarray, source: str) -> None:

@@ -118,10 +118,26 @@ def from_file(path: str = gin.REQUIRED) -> Initializer:
     del rng, embedding_table
     from prompt_tuning.prompts.files import read_prompt
     value = read_prompt(path, "PROMPT_FILE")
+    if value.shape[0] != shape[0] and value.shape[1:] == tuple(shape[1:]):
+      raise UserError(f"PROMPT_LENGTH {shape[0]} disagrees with the {value.shape[0]} tokens of "
+                      f"PROMPT_FILE {path}; drop the PROMPT_LENGTH setting, or pass "
+                      "prompts/from_file.gin after the model's gin file (it reads the length from "
+                      "the file)")
     return _checked(value, shape, f"prompt file {path}")
   init.loads_saved_values = True  # eval/infer accept it as a trained prompt
   init.path = path  # eval names its summaries' step after a `step_N.npy` file
   return init
+
+
+@gin.configurable
+def prompt_file_length(path: str = gin.REQUIRED) -> int:
+  """`PROMPT_LENGTH` of the prompt at `path` (prompts/from_file.gin), so that a prompt file,
+  `.npy` or PEFT adapter, sets its own length."""
+  if path is None:
+    raise UserError("PROMPT_LENGTH is read from PROMPT_FILE, which is None; set "
+                    "--gin.PROMPT_FILE to the prompt, or set --gin.PROMPT_LENGTH")
+  from prompt_tuning.prompts.files import prompt_length
+  return prompt_length(path)
 
 
 @gin.configurable

@@ -12,7 +12,6 @@ so vocabulary- and label-based prompt initializers see pretrained embeddings.
 """
 import functools
 import logging
-import os
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple, Union
 
 import flax
@@ -119,19 +118,8 @@ def split_backbone(tree: Variables, paths: FrozenSet[str]) -> Tuple[Variables, V
 
 def identify_checkpoint(path: str) -> str:
   """'backbone' (ours), 't5x' or 'hf' — by the files in the folder."""
-  fs.check_reachable(path, f"copy the checkpoint to this machine (gsutil -m cp -r {path} "
-                     "/local/dir) and set INITIAL_CHECKPOINT_PATH to the local folder")
-  if not fs.is_remote(path) and not os.path.exists(path):
-    raise UserError(f"INITIAL_CHECKPOINT_PATH {path} does not exist; pass a folder written by "
-                    "`prompt-tuning convert`, a T5X checkpoint_N folder or a Hugging Face folder")
-  if fs.exists(fs.join(path, "params")) and fs.exists(fs.join(path, "config.json")):
-    return "backbone"
-  if fs.exists(fs.join(path, "checkpoint")):
-    return "t5x"
-  if fs.exists(fs.join(path, "config.json")):
-    return "hf"
-  raise UserError(f"{path} is not a backbone folder (config.json + params/), a T5X checkpoint "
-                  "(checkpoint file) or a Hugging Face folder; check INITIAL_CHECKPOINT_PATH")
+  from prompt_tuning.io.sources import identify
+  return identify(path, "INITIAL_CHECKPOINT_PATH")
 
 
 def checkpoint_step(path: Optional[str]) -> int:

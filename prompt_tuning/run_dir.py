@@ -95,10 +95,10 @@ class InferenceEvalDir(Folder):
   """T5X's `inference_eval/` folder (seqio's JSON and TensorBoard loggers' files), written at
   every evaluation: train-time in `MODEL_DIR/inference_eval/`, `prompt-tuning eval` in
   `<its results folder>/inference_eval/`."""
-  predictions = Entry("{task}-{step:06}.jsonl", "one line per example: `{\"input\": the task's "
-                      "features (`inputs_pretokenized`, `targets_pretokenized`, ...), \"target\": "
-                      "the postprocessed target, then \"output\" + \"prediction\" (decoding) or "
-                      "\"score\" (rank classification)}`", shown="<task>-<step:06>.jsonl")
+  predictions = Entry("{task}-{step:06}.jsonl", "one JSON object per example: `input` (the "
+                      "task's features: `inputs_pretokenized`, `targets_pretokenized`, ...), "
+                      "`target` (the postprocessed target), then `output` and `prediction` "
+                      "(decoding) or `score` (rank classification)", shown="<task>-<step:06>.jsonl")
   metrics = Entry("{task}-metrics.jsonl", "`{\"step\": N, <metric>: value}`, a line appended per "
                   "evaluation")
   tensorboard = Entry("{task}/", "TensorBoard scalars `eval/<metric>` at the evaluated step")

@@ -46,13 +46,22 @@ class InferenceEvalLogger(seqio_loggers.Logger):
     super().__init__(output_dir)
     self.folder = InferenceEvalDir(output_dir)
     self._writers: Dict[str, Writer] = {}  # one TensorBoard run per task, as seqio's
+    self.failure: Optional[UserError] = None
 
   def __call__(self, task_name: str, step: Optional[int],
                metrics: Mapping[str, seqio_metrics.MetricValue], dataset: Any,
                inferences: Optional[Mapping[str, Sequence[Any]]],
                targets: Optional[Sequence[Any]]) -> None:
-    if jax.process_index() != 0:  # every host computes the same results
+    if jax.process_index() != 0 or self.failure:  # every host computes the same results
       return
+    # Kept for `raise_failure` rather than raised: seqio would log it with its own error line
+    # and raise it again wrapped in a ValueError.
+    try:
+      self._write(task_name, step, metrics, dataset, inferences, targets)
+    except UserError as e:
+      self.failure = e
+
+  def _write(self, task_name, step, metrics, dataset, inferences, targets) -> None:
     step = -1 if step is None else int(step)  # seqio's loggers' value for "no step"
     scalars = {name: value.value for name, value in metrics.items()
                if isinstance(value, seqio_metrics.Scalar)}
@@ -131,6 +140,15 @@ def _failed(path: str, error: Exception, doing: str) -> UserError:
   first = (str(error).strip().splitlines() or [type(error).__name__])[0]
   return UserError(f"cannot {doing} {path} ({first}); check that its folder is reachable and "
                    "writable, then rerun")
+
+
+def raise_failure(evaluator) -> None:
+  """Raises the first failed write of the evaluator's `InferenceEvalLogger`s (after its
+  evaluation: no later file of that evaluation was written)."""
+  for logger in getattr(evaluator, "loggers", ()):
+    if isinstance(logger, InferenceEvalLogger) and logger.failure:
+      failure, logger.failure = logger.failure, None
+      raise failure
 
 
 def close_loggers(evaluator) -> None:

@@ -183,6 +183,7 @@ def run_evaluation(evaluator: seqio.Evaluator, fns: EvalModelFns, step: int) -> 
   """Runs every task of the evaluator; returns flat `{'task/metric': value}`."""
   metrics, _ = evaluator.evaluate(compute_metrics=True, step=step,
                                   predict_fn=fns.predict_fn, score_fn=fns.score_fn)
+  eval_logs.raise_failure(evaluator)
   flat = {}
   for task, values in (metrics.result() or {}).items():
     for name, value in values.items():

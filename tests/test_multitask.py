@@ -232,8 +232,14 @@ def test_mixture_run_on_a_mesh_resumes_reports_each_task_and_exports_per_task(tm
   # (A multi-task prompt's per-task file names no step: the initial checkpoint's, 0.)
   check_predictions(InferenceEvalDir(str(tmp_path / "single" / "inference_eval"))
                     .predictions("toy_first_parity", 0), 32)
-  # Train scalars under T5X's tags in MODEL_DIR/train/, across both launches.
-  assert [step for step, _ in scalars(run / "train", "loss")] == [1, 2, 3, 4]
+  # Train scalars under T5X's tags in MODEL_DIR/train/, across both launches: the per-token
+  # loss of the history, and T5X's `loss`, its sum over the step's target tokens.
+  means = scalars(run / "train", "loss_per_nonpadding_target_token")
+  assert [step for step, _ in means] == [1, 2, 3, 4]
+  np.testing.assert_allclose([v for _, v in means], result["resumed"], rtol=1e-6)
+  sums = [v for _, v in scalars(run / "train", "loss")]
+  tokens = [v for _, v in scalars(run / "train", "target_tokens")]
+  np.testing.assert_allclose(sums, np.multiply(result["resumed"], tokens), rtol=1e-6)
   assert [step for step, _ in scalars(run / "train", "timing/steps_per_second")] == [1, 2, 3, 4]
 
 

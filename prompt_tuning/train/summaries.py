@@ -175,16 +175,28 @@ def write_history(run: RunDir, step: int, history: List[Dict[str, Any]],
 
 def train_scalars(metrics: Dict[str, float], steps_per_second: float,
                   batch_size: int) -> Dict[str, float]:
-  """The TensorBoard scalars of a logged train step, under T5X's tags.
+  """The TensorBoard scalars of a logged train step, under T5X's tags and with T5X's meanings.
 
-  The step's metrics keep their names, which are T5X's where T5X has the
-  metric (`loss`, `accuracy`, `z_loss`, `learning_rate`) and ours where it has
-  none (`grad_norm`, `trainable_norm`, `prompt_norm`, a method's terms); T5X's
-  `timing/steps_per_second` and `timing/seqs_per_second` are added, measured
+  T5X's `loss` and `z_loss` are the step's sums over its target tokens (the
+  reference's `LOSS_NORMALIZING_FACTOR = None`), and `cross_ent_loss` their
+  difference; the per-token mean that the console and `train_summary.json`
+  show as `loss` is T5X's `loss_per_nonpadding_target_token`. `accuracy` and
+  `learning_rate` mean the same in both. Metrics T5X has no name for keep ours
+  (`grad_norm`, `trainable_norm`, `prompt_norm`, `target_tokens`, a method's
+  terms). `timing/steps_per_second` and `timing/seqs_per_second` are measured
   over the steps since the last logged one, without evaluations and saves.
   """
-  return {**metrics, "timing/steps_per_second": steps_per_second,
-          "timing/seqs_per_second": steps_per_second * batch_size}
+  scalars = dict(metrics)
+  tokens = metrics.get("target_tokens")
+  if tokens is not None and "loss" in metrics:
+    scalars["loss_per_nonpadding_target_token"] = metrics["loss"]
+    scalars["loss"] = metrics["loss"] * tokens
+    if "z_loss" in metrics:
+      scalars["z_loss"] = metrics["z_loss"] * tokens
+      scalars["cross_ent_loss"] = scalars["loss"] - scalars["z_loss"]
+  scalars["timing/steps_per_second"] = steps_per_second
+  scalars["timing/seqs_per_second"] = steps_per_second * batch_size
+  return scalars
 
 
 class TrainLog:

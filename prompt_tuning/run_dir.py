@@ -91,12 +91,25 @@ class ExportDir(Folder):
                  "(eval: `APET_SELECTION_FILE`)", shown="<record>")
 
 
+class InferenceEvalDir(Folder):
+  """T5X's `inference_eval/` folder (seqio's JSON and TensorBoard loggers' files), written at
+  every evaluation: train-time in `MODEL_DIR/inference_eval/`, `prompt-tuning eval` in
+  `<its results folder>/inference_eval/`."""
+  predictions = Entry("{task}-{step:06}.jsonl", "one JSON object per example: `input` (the "
+                      "task's features: `inputs_pretokenized`, `targets_pretokenized`, ...), "
+                      "`target` (the postprocessed target), then `output` and `prediction` "
+                      "(decoding) or `score` (rank classification)", shown="<task>-<step:06>.jsonl")
+  metrics = Entry("{task}-metrics.jsonl", "`{\"step\": N, <metric>: value}`, a line appended per "
+                  "evaluation")
+  tensorboard = Entry("{task}/", "TensorBoard scalars `eval/<metric>` at the evaluated step")
+
+
 class ResultsDir(Folder):
   """What `prompt-tuning eval` / `infer` write: `MODEL_DIR/eval/`, `MODEL_DIR/inference/`, or
   T5X's `EVAL_OUTPUT_DIR` / `INFER_OUTPUT_DIR`."""
   metrics = Entry("metrics_{split}.json", "eval: every task's metrics on the split")
-  tensorboard = Entry("", "eval: TensorBoard scalars `eval/<task>/<metric>` at the evaluated "
-                      "step", shown="events.out.tfevents.*")
+  inference_eval = Entry("inference_eval/", "eval: T5X's prediction files and TensorBoard "
+                         "scalars, at the evaluated step", layout=InferenceEvalDir)
   predictions = Entry("{task}-{split}.jsonl", "infer: one `{\"inputs\", \"targets\", "
                       "\"prediction\"}` line per example")
 
@@ -140,10 +153,13 @@ class RunDir(Folder):
                  "config changes a result-changing binding (not e.g. `TRAIN_STEPS`, "
                  "`EVAL_PERIOD`, `CHECKPOINT_PERIOD`) is refused unless "
                  "`--gin.train.allow_config_change=True`")
-  tensorboard = Entry("", "TensorBoard scalars (the Scalars dashboard, "
-                      "`EventAccumulator.Scalars()`): loss, z-loss, token accuracy, learning "
-                      "rate, gradient norm, prompt norm, eval metrics",
-                      shown="events.out.tfevents.*")
+  train_tensorboard = Entry("train/", "TensorBoard scalars of training under T5X's tags "
+                            "(`loss`, `accuracy`, `learning_rate`, `z_loss`, "
+                            "`timing/steps_per_second`, `timing/seqs_per_second`) and ours "
+                            "(`grad_norm`, `trainable_norm`, `prompt_norm`, a method's terms)")
+  inference_eval = Entry("inference_eval/", "train-time evaluations, as T5X writes them: "
+                         "predictions, metrics and TensorBoard scalars per task",
+                         layout=InferenceEvalDir)
   train_summary = Entry("train_summary.json", "loss and eval history, updated at each checkpoint "
                         "and extended (never replaced) by a resumed run; the run's summary at "
                         "its end")
@@ -211,8 +227,8 @@ class SweepDir(Folder):
 
 
 # Every layout, in the order docs/architecture.md shows them.
-LAYOUTS = (RunDir, ExportDir, ResultsDir, XPromptDir, XPromptStageDir, XPromptSearchDir,
-           DemoDir, SweepDir, SweepCellDir)
+LAYOUTS = (RunDir, ExportDir, ResultsDir, InferenceEvalDir, XPromptDir, XPromptStageDir,
+           XPromptSearchDir, DemoDir, SweepDir, SweepCellDir)
 
 
 def layout_markdown() -> str:

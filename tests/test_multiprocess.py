@@ -161,6 +161,6 @@ def test_only_process_zero_writes_and_the_lock_is_released(runs):
   # TensorBoard: one events file per run of a stage, from process 0 (stage 1 ran twice:
   # killed, then resumed; stage 3 once).
   def events(stage):
-    return [f for f in os.listdir(stage.tensorboard) if f.startswith("events.out")]
+    return [f for f in os.listdir(stage.train_tensorboard) if f.startswith("events.out")]
   assert len(events(folder.stage1)) == 2
   assert len(events(folder.stage3)) == 1

@@ -1,4 +1,6 @@
 """Multi-task prompts: per-example task prompts in mixed batches, isolation, data tokens, runs."""
+import json
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,6 +13,8 @@ from prompt_tuning.models.t5 import T5
 from prompt_tuning.prompts import initializers
 from prompt_tuning.prompts.multitask import MultiTaskPrompt
 from prompt_tuning.prompts.prompt import Prompt, encoder_prompt, place_prompt
+from prompt_tuning.run_dir import InferenceEvalDir
+from tests.test_eval_logs import check_predictions, scalars
 from tests.train_helpers import run_on_eight_devices
 
 CONFIG = T5Config(vocab_size=40, emb_dim=8, num_heads=2, head_dim=4, mlp_dim=16,
@@ -212,6 +216,31 @@ def test_mixture_run_on_a_mesh_resumes_reports_each_task_and_exports_per_task(tm
   metrics = gin_utils.call(eval_run.evaluate)
   for task in ("toy_parity", "toy_first_parity"):
     assert metrics[f"{task}/accuracy"] == evaluated[f"{task}/accuracy"]
+  # T5X's inference_eval files of each task: the run's at each evaluation (step 2, where the
+  # first launch stopped, and 4), then eval's under its results folder.
+  for task in ("toy_parity", "toy_first_parity"):
+    logs = InferenceEvalDir(str(run / "inference_eval"))
+    for step in (2, 4):
+      check_predictions(logs.predictions(task, step), 32)
+    lines = [json.loads(l) for l in open(logs.metrics(task), encoding="utf-8")]
+    assert [line["step"] for line in lines] == [2, 4]
+    assert lines[-1]["accuracy"] == evaluated[f"{task}/accuracy"]
+    assert scalars(logs.tensorboard(task), "eval/accuracy") == [
+        (2, lines[0]["accuracy"]), (4, lines[1]["accuracy"])]
+    check_predictions(InferenceEvalDir(str(tmp_path / "all" / "eval" / "inference_eval"))
+                      .predictions(task, 4), 32)
+  # (A multi-task prompt's per-task file names no step: the initial checkpoint's, 0.)
+  check_predictions(InferenceEvalDir(str(tmp_path / "single" / "inference_eval"))
+                    .predictions("toy_first_parity", 0), 32)
+  # Train scalars under T5X's tags in MODEL_DIR/train/, across both launches: the per-token
+  # loss of the history, and T5X's `loss`, its sum over the step's target tokens.
+  means = scalars(run / "train", "loss_per_nonpadding_target_token")
+  assert [step for step, _ in means] == [1, 2, 3, 4]
+  np.testing.assert_allclose([v for _, v in means], result["resumed"], rtol=1e-6)
+  sums = [v for _, v in scalars(run / "train", "loss")]
+  tokens = [v for _, v in scalars(run / "train", "target_tokens")]
+  np.testing.assert_allclose(sums, np.multiply(result["resumed"], tokens), rtol=1e-6)
+  assert [step for step, _ in scalars(run / "train", "timing/steps_per_second")] == [1, 2, 3, 4]
 
 
 def test_the_references_sentinel_form_reads_tasks_from_extra_ids():

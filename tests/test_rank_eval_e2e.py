@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from prompt_tuning import configurables, gin_utils
 from prompt_tuning.tasks.testing import byte_vocabulary, mock_tfds_rows
@@ -27,3 +28,21 @@ def test_eval_of_a_rank_task_scores_every_label_and_writes_metrics(tmp_path):
   # Three examples: the accuracy is a multiple of 1/3 (in percent).
   assert min(abs(metrics["super_glue_rte_rank/accuracy"] - k * 100 / 3) for k in range(4)) < 1e-6
   assert json.loads((tmp_path / "eval" / "metrics_validation.json").read_text()) == metrics
+  # T5X's prediction file: one line per scored row (each example with each of its labels),
+  # with its input features, the postprocessed target and the row's score.
+  lines = [json.loads(line) for line in
+           open(tmp_path / "eval" / "inference_eval" / "super_glue_rte_rank-000000.jsonl")]
+  assert len(lines) == 2 * len(RTE_ROWS)  # RTE's two labels
+  for line in lines:
+    assert line["input"]["inputs_pretokenized"].startswith("hypothesis: ")
+    assert line["target"]["target"] == line["input"]["targets_pretokenized"]
+    assert isinstance(line["score"], float) and line["score"] < 0  # a log-likelihood
+  # The example's label is the candidate with the highest score, as the accuracy counts it.
+  correct = {}
+  for line in lines:
+    correct.setdefault(line["input"]["idx"], []).append((line["score"], line["input"]["is_correct"]))
+  accuracy = 100 * np.mean([max(rows)[1] for rows in correct.values()])
+  assert accuracy == pytest.approx(metrics["super_glue_rte_rank/accuracy"])
+  metric_lines = [json.loads(line) for line in
+                  open(tmp_path / "eval" / "inference_eval" / "super_glue_rte_rank-metrics.jsonl")]
+  assert metric_lines == [{"step": 0, "accuracy": pytest.approx(accuracy)}]

@@ -20,6 +20,8 @@ import sys
 import numpy as np
 import pytest
 
+from tests.test_eval_logs import check_predictions
+
 INITIAL_STEP = 1_149_998
 TRAIN_STEPS = "1_150_000"
 FINAL_STEP = 1_150_000
@@ -149,14 +151,19 @@ def test_sst2_demo_then_sst2_demo_eval(setup):
   assert sorted(os.listdir(model / "prompts")) == [f"step_{FINAL_STEP}.npy"]
   prompt = np.load(model / "prompts" / f"step_{FINAL_STEP}.npy")
   assert prompt.shape == (100, 4) and np.isfinite(prompt).all()
-  assert [step for step, _ in _scalars(model, "train/loss")] == [FINAL_STEP]
-  assert [step for step, _ in _scalars(model, f"eval/{TASK}/accuracy")] == [FINAL_STEP]
+  # T5X's summary folders and tags, and its prediction file of each evaluated example.
+  assert [step for step, _ in _scalars(model / "train", "loss")] == [FINAL_STEP]
+  assert [step for step, _ in _scalars(model / "inference_eval" / TASK, "eval/accuracy")] == [
+      FINAL_STEP]
+  check_predictions(model / "inference_eval" / f"{TASK}-{FINAL_STEP:06}.jsonl", 6)
 
   evaluated = _bash(EVAL, work, env)
   assert f"{TASK}/accuracy:" in evaluated.stdout
   assert (work / "eval" / "metrics_validation.json").exists()
-  # Summaries at the evaluated prompt's step, not 0.
-  assert [step for step, _ in _scalars(work / "eval", f"eval/{TASK}/accuracy")] == [FINAL_STEP]
+  # Summaries at the evaluated prompt's step, not 0, in T5X's EVAL_OUTPUT_DIR/inference_eval.
+  assert [step for step, _ in _scalars(work / "eval" / "inference_eval" / TASK,
+                                       "eval/accuracy")] == [FINAL_STEP]
+  check_predictions(work / "eval" / "inference_eval" / f"{TASK}-{FINAL_STEP:06}.jsonl", 6)
 
 
 # sst2-demo-xxl.sh: the XXL model file and a model-parallel submesh. Substituted besides the

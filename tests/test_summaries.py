@@ -21,6 +21,17 @@ def test_writer_writes_standard_scalars(tmp_path):
       (1_100_010, 0.75)]
 
 
+def test_train_scalars_have_t5x_tags_and_meanings():
+  logged = {"loss": 2.0, "z_loss": 0.5, "accuracy": 0.25, "target_tokens": 10.0,
+            "learning_rate": 0.3, "grad_norm": 1.5}
+  # T5X's loss and z-loss are sums over the step's target tokens (LOSS_NORMALIZING_FACTOR =
+  # None, as in the reference); the per-token mean has T5X's name for it; ours keep their names.
+  assert summaries.train_scalars(logged, steps_per_second=4.0, batch_size=8) == {
+      "loss": 20.0, "loss_per_nonpadding_target_token": 2.0, "z_loss": 5.0,
+      "cross_ent_loss": 15.0, "accuracy": 0.25, "target_tokens": 10.0, "learning_rate": 0.3,
+      "grad_norm": 1.5, "timing/steps_per_second": 4.0, "timing/seqs_per_second": 32.0}
+
+
 def test_eval_step_comes_from_the_prompt_file_or_the_checkpoint(tmp_path):
   from prompt_tuning.models.config import T5Config  # pylint: disable=g-import-not-at-top
   from prompt_tuning.models.t5 import T5  # pylint: disable=g-import-not-at-top

@@ -62,7 +62,7 @@ def test_checkpoint_holds_only_trainable_state(tmp_path):
   assert (tmp_path / "run" / "config.gin").exists()
   operative = (tmp_path / "run" / "config.gin").read_text()
   assert "PROMPT_LENGTH = 4" in operative and "Prompt.length = %PROMPT_LENGTH" in operative
-  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "run"))
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "run" / "train"))
 
 
 def test_kill_and_resume_continues_with_the_same_losses(tmp_path):

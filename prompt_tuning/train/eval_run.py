@@ -28,7 +28,7 @@ from prompt_tuning.prompts.ensemble import PromptEnsemble
 from prompt_tuning.prompts.files import step_of
 from prompt_tuning.run_dir import ResultsDir, RunDir
 from prompt_tuning.train import data as data_lib
-from prompt_tuning.train import evaluation, summaries
+from prompt_tuning.train import eval_logs, evaluation
 from prompt_tuning.train.initialize import backbone_paths, checkpoint_step
 from prompt_tuning.train.run_setup import RunContext, build_run
 
@@ -173,8 +173,11 @@ def _prepare(command, model_dir, t5x_output_dir, mixture_or_task_name, mixture_o
                                 batch_size=batch_size,
                                 max_decode_length=task_feature_lengths["targets"],
                                 inputs_length=task_feature_lengths["inputs"])
+  # As T5X's eval (`<EVAL_OUTPUT_DIR>/inference_eval/`); infer writes its own files instead.
+  log_dir = out_dir.inference_eval.root if command == "evaluate" else None
   evaluator = evaluation.make_evaluator(mixture_or_task_name, task_feature_lengths, split,
-                                        use_cached, num_examples, task_tokens_of(ctx.model))
+                                        use_cached, num_examples, task_tokens_of(ctx.model),
+                                        log_dir)
   return ctx, fns, evaluator, split, out_dir
 
 
@@ -187,10 +190,11 @@ def evaluate(*, model_dir: Optional[str] = None, mixture_or_task_name: str = gin
              num_examples: Optional[int] = None, step: Optional[int] = None,
              allow_random_parameters: bool = False, eval_output_dir: Optional[str] = None,
              deltas_file: Optional[str] = None) -> Dict[str, float]:
-  """Metrics of every task in the mixture; writes `metrics_<split>.json` + TensorBoard.
+  """Metrics of every task in the mixture; writes `metrics_<split>.json` and, as T5X's eval,
+  `inference_eval/` (each task's predictions, metrics and TensorBoard scalars: `eval_logs`).
 
   Results go to `MODEL_DIR/eval/` or, with T5X's `EVAL_OUTPUT_DIR`, there.
-  TensorBoard summaries are written at `step`: by default the step of a
+  They are written at `step`: by default the step of a
   `step_N.npy` PROMPT_FILE or DELTAS_FILE export, else the initial checkpoint's step.
   `allow_random_parameters=True` evaluates a prompt (or other new parameters)
   that was not loaded from a file: only ever on purpose, e.g. as a baseline.
@@ -204,12 +208,12 @@ def evaluate(*, model_dir: Optional[str] = None, mixture_or_task_name: str = gin
       num_examples, allow_random_parameters, deltas_file)
   if step is None:
     step = evaluated_step(ctx.model, initial_checkpoint_path, deltas_file)
-  metrics = evaluation.run_evaluation(evaluator, fns, step)
+  try:  # writes T5X's inference_eval/ files of each task
+    metrics = evaluation.run_evaluation(evaluator, fns, step)
+  finally:
+    eval_logs.close_loggers(evaluator)
   fs.makedirs(out_dir.root)
   fs.write_json(out_dir.metrics(split), metrics)
-  writer = summaries.Writer(out_dir.tensorboard)
-  writer.scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
-  writer.close()
   print(f"step {step:,} {split}: written to {out_dir}", flush=True)
   for k, v in sorted(metrics.items()):
     print(f"{k}: {v:.4f}", flush=True)

@@ -22,7 +22,7 @@ from prompt_tuning.data import bucketing
 from prompt_tuning.errors import UserError
 from prompt_tuning.models import decoding
 from prompt_tuning.prompts import ensemble
-from prompt_tuning.train import rank_scoring
+from prompt_tuning.train import eval_logs, rank_scoring
 from prompt_tuning.train.partitioning import Partitioner, to_host
 
 Variables = Dict[str, Any]
@@ -134,8 +134,9 @@ class EvalModelFns:
 
 
 class _WithoutEmptyLoggerWarning(logging.Filter):
-  """Drops seqio's "'logger_cls' is empty so seqio.Evaluator will not log its results":
-  results are written here (metrics JSON, TensorBoard, console), not by seqio loggers."""
+  """Drops seqio's "'logger_cls' is empty so seqio.Evaluator will not log its results": an
+  evaluator without `log_dir` (XPrompt's search, the demo, `infer`) writes its results itself,
+  or none on purpose."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     return "'logger_cls' is empty" not in record.getMessage()
@@ -147,11 +148,14 @@ _EMPTY_LOGGER_FILTER = _WithoutEmptyLoggerWarning()
 def make_evaluator(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                    split: str = "validation", use_cached: bool = False,
                    num_examples: Optional[int] = None,
-                   task_tokens: Optional[Mapping[str, int]] = None) -> seqio.Evaluator:
+                   task_tokens: Optional[Mapping[str, int]] = None,
+                   log_dir: Optional[str] = None) -> seqio.Evaluator:
   """A seqio evaluator of every task of `mixture_or_task_name` (metrics per task).
 
   `task_tokens`: `{task: token}` to start each input with (multi-task prompts,
-  `data.task_tokens`), or None.
+  `data.task_tokens`), or None. `log_dir`: an `inference_eval/` folder where each
+  evaluation writes T5X's prediction, metrics and TensorBoard files (`eval_logs`); the
+  caller closes them with `eval_logs.close_loggers`. None writes nothing.
   """
   from prompt_tuning.train.data import readable_data_errors
   absl_logger = logging.getLogger("absl")
@@ -162,7 +166,8 @@ def make_evaluator(mixture_or_task_name: str, task_feature_lengths: Mapping[str,
         mixture_or_task_name=mixture_or_task_name,
         feature_converter=seqio.EncDecFeatureConverter(pack=False),
         eval_split=split, use_cached=use_cached, sequence_length=dict(task_feature_lengths),
-        num_examples=num_examples, async_compute_metrics=False)
+        num_examples=num_examples, async_compute_metrics=False,
+        logger_cls=(eval_logs.InferenceEvalLogger,) if log_dir else (), log_dir=log_dir)
   for task in evaluator.eval_tasks:
     dataset = evaluator.cached_task_datasets[task.name]  # read and cached in memory already
     if next(iter(dataset.take(1)), None) is None:  # its metrics would be of nothing
@@ -178,6 +183,7 @@ def run_evaluation(evaluator: seqio.Evaluator, fns: EvalModelFns, step: int) -> 
   """Runs every task of the evaluator; returns flat `{'task/metric': value}`."""
   metrics, _ = evaluator.evaluate(compute_metrics=True, step=step,
                                   predict_fn=fns.predict_fn, score_fn=fns.score_fn)
+  eval_logs.raise_failure(evaluator)
   flat = {}
   for task, values in (metrics.result() or {}).items():
     for name, value in values.items():
@@ -193,17 +199,22 @@ class PeriodicEval:
   """The trainer's evaluation every EVAL_PERIOD steps, on the variables of the moment.
 
   The jitted model functions are built at the first evaluation and kept, so
-  they compile once per run.
+  they compile once per run. With `log_dir` (`MODEL_DIR/inference_eval`, as in
+  T5X) each evaluation writes T5X's files there; `close()` ends them.
   """
 
   def __init__(self, model, partitioner: Partitioner, shardings: Variables,
                mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], split: str,
-               use_cached: bool, num_examples: Optional[int], task_tokens=None):
+               use_cached: bool, num_examples: Optional[int], task_tokens=None,
+               log_dir: Optional[str] = None):
     self.model, self.partitioner, self.shardings = model, partitioner, shardings
     self.feature_lengths = task_feature_lengths
     self.evaluator = make_evaluator(mixture_or_task_name, task_feature_lengths, split, use_cached,
-                                    num_examples, task_tokens)
+                                    num_examples, task_tokens, log_dir)
     self._fns: Optional[EvalModelFns] = None
+
+  def close(self) -> None:
+    eval_logs.close_loggers(self.evaluator)
 
   def __call__(self, step: int, variables: Variables) -> Dict[str, float]:
     if self._fns is None:

@@ -40,6 +40,10 @@ class Progress:
     eta = (self.total - done) / rate if rate > 0 else float("inf")
     return rate, _duration(eta)
 
+  def steps_per_second(self, step: int) -> float:
+    """The rate since the last `line` (or `restart_clock`), without restarting it."""
+    return self._rate_and_eta(step, self.last_step, self.last_time)[0]
+
   def line(self, step: int, metrics: Dict[str, float]) -> str:
     rate, eta = self._rate_and_eta(step, self.last_step, self.last_time)
     self.last_step, self.last_time = step, time.time()
@@ -169,17 +173,49 @@ def write_history(run: RunDir, step: int, history: List[Dict[str, Any]],
                                     "train_history": history, "eval_history": eval_history})
 
 
+def train_scalars(metrics: Dict[str, float], steps_per_second: float,
+                  batch_size: int) -> Dict[str, float]:
+  """The TensorBoard scalars of a logged train step, under T5X's tags and with T5X's meanings.
+
+  T5X's `loss` and `z_loss` are the step's sums over its target tokens (the
+  reference's `LOSS_NORMALIZING_FACTOR = None`), and `cross_ent_loss` their
+  difference; the per-token mean that the console and `train_summary.json`
+  show as `loss` is T5X's `loss_per_nonpadding_target_token`. `accuracy` and
+  `learning_rate` mean the same in both. Metrics T5X has no name for keep ours
+  (`grad_norm`, `trainable_norm`, `prompt_norm`, `target_tokens`, a method's
+  terms). `timing/steps_per_second` and `timing/seqs_per_second` are measured
+  over the steps since the last logged one, without evaluations and saves.
+  """
+  scalars = dict(metrics)
+  tokens = metrics.get("target_tokens")
+  if tokens is not None and "loss" in metrics:
+    scalars["loss_per_nonpadding_target_token"] = metrics["loss"]
+    scalars["loss"] = metrics["loss"] * tokens
+    if "z_loss" in metrics:
+      scalars["z_loss"] = metrics["z_loss"] * tokens
+      scalars["cross_ent_loss"] = scalars["loss"] - scalars["z_loss"]
+  scalars["timing/steps_per_second"] = steps_per_second
+  scalars["timing/seqs_per_second"] = steps_per_second * batch_size
+  return scalars
+
+
 class TrainLog:
   """What the training loop reports: console lines, TensorBoard, the loss record, config.gin.
 
-  A resumed run extends the run folder's loss record (`previous_history`).
+  TensorBoard scalars go where T5X writes them, `MODEL_DIR/train/` under T5X's
+  tags (`train_scalars`), so a T5X user's dashboards and scripts find them.
+  Evaluation scalars are written by the evaluator (`eval_logs`,
+  `MODEL_DIR/inference_eval/<task>/`). A resumed run extends the run folder's
+  loss record (`previous_history`).
   """
 
-  def __init__(self, run: RunDir, start_step: int, train_steps: int, resumed: bool):
+  def __init__(self, run: RunDir, start_step: int, train_steps: int, resumed: bool,
+               batch_size: int):
     self.run = run
+    self.batch_size = batch_size
     self.history, self.eval_history = previous_history(run, start_step if resumed else None)
     self.progress = Progress(start_step, train_steps)
-    self.writer = Writer(run.tensorboard)
+    self.writer = Writer(run.train_tensorboard)
     self._wrote_config = False
 
   def train(self, step: int, metrics: Dict[str, float]) -> None:
@@ -187,11 +223,11 @@ class TrainLog:
       write_operative_config(self.run)
       self._wrote_config = True
     self.history.append({"step": step, **metrics})
-    self.writer.scalars(step, {f"train/{k}": v for k, v in metrics.items()})
+    self.writer.scalars(step, train_scalars(metrics, self.progress.steps_per_second(step),
+                                            self.batch_size))
     print(self.progress.line(step, metrics), flush=True)
 
   def eval(self, step: int, metrics: Dict[str, float]) -> None:
-    self.writer.scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
     print(f"step {step} eval: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())),
           flush=True)
     self.eval_history.append({"step": step, **metrics})

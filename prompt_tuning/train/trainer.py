@@ -251,8 +251,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                    resumed_at=start_step if state.resumed else None)
   evaluate = eval_name and PeriodicEval(ctx.model, ctx.partitioner, split.shardings, eval_name,
                                         task_feature_lengths, eval_split, use_cached_tasks,
-                                        eval_num_examples, task_tokens)
-  log = TrainLog(run, start_step, train_steps, state.resumed)
+                                        eval_num_examples, task_tokens,
+                                        log_dir=run.inference_eval.root)
+  log = TrainLog(run, start_step, train_steps, state.resumed, batch_size)
 
   while state.step < end_step:
     rows = next(batches, None)
@@ -288,6 +289,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       print(best.stopping_line(step), flush=True)
       break
   log.close()
+  if evaluate:
+    evaluate.close()
   saves.close()
   multihost.sync("train finished")  # process 0's best-record files are written
   summary = _write_summary(run, state, log, best, sizes)

@@ -72,8 +72,12 @@ def test_from_file_loads_exactly_and_names_both_shapes_on_mismatch(tmp_path):
   np.save(tmp_path / "p.npy", saved)
   np.testing.assert_array_equal(initializers.from_file(str(tmp_path / "p.npy"))(RNG, SHAPE, TABLE),
                                 saved)
-  with pytest.raises(UserError, match=r"\(6, 8\).*\(5, 8\)"):
+  # Another length: PROMPT_LENGTH was set against the file's (prompts/from_file.gin reads it).
+  with pytest.raises(UserError, match=r"PROMPT_LENGTH 5 disagrees with the 6 tokens of PROMPT_FILE"):
     initializers.from_file(str(tmp_path / "p.npy"))(RNG, (5, 8), TABLE)
+  # Another width: another backbone.
+  with pytest.raises(UserError, match=r"\(6, 8\).*\(6, 4\)"):
+    initializers.from_file(str(tmp_path / "p.npy"))(RNG, (6, 4), TABLE)
   with pytest.raises(UserError, match="does not exist"):
     initializers.from_file(str(tmp_path / "missing.npy"))(RNG, SHAPE, TABLE)
 

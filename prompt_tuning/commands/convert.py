@@ -120,10 +120,7 @@ def _to_hf(args: argparse.Namespace) -> int:
         f"d_model={config.emb_dim} heads={config.num_heads} layers={config.num_encoder_layers}+"
         f"{config.num_decoder_layers} vocab={config.vocab_size}, {count:,} parameters "
         f"({np.dtype(jax.tree_util.tree_leaves(params)[0].dtype).name}) from {kind} {args.input}")
-  if kind == "t5x" and args.relative_attention_max_distance is None:
-    print(f"note: relative_attention_max_distance={config.relative_attention_max_distance} "
-          "(T5 1.1's value; T5X checkpoints do not store it, so pass "
-          "--relative_attention_max_distance if the model was trained with another)")
+  _note_assumed_distance(kind, args, config)
   return 0
 
 
@@ -146,8 +143,12 @@ def run(args: argparse.Namespace) -> int:
         f"layers={config.num_encoder_layers}+{config.num_decoder_layers} "
         f"vocab={config.vocab_size}, {count:,} parameters ({config.param_dtype}) from "
         f"{args.source_format} {args.input} (step {step:,})")
-  if args.source_format == "t5x" and args.relative_attention_max_distance is None:
+  _note_assumed_distance(args.source_format, args, config)
+  return 0
+
+
+def _note_assumed_distance(kind: str, args: argparse.Namespace, config) -> None:
+  if kind == "t5x" and args.relative_attention_max_distance is None:
     print(f"note: relative_attention_max_distance={config.relative_attention_max_distance} "
           "(T5 1.1's value; T5X checkpoints do not store it, so pass "
           "--relative_attention_max_distance if the model was trained with another)")
-  return 0

@@ -20,6 +20,7 @@ from typing import Dict, Tuple
 import numpy as np
 
 from prompt_tuning import checks, fs
+from prompt_tuning.commands import checkpoint_flags
 from prompt_tuning.errors import UserError
 from prompt_tuning.models.config import architecture_of
 
@@ -29,12 +30,7 @@ def add_arguments(parser) -> None:
   source.add_argument("--prompt", help="an exported prompt, e.g. MODEL_DIR/prompts/step_N.npy")
   source.add_argument("--deltas", help="a run's export folder, e.g. MODEL_DIR/exports/step_N "
                       "(LoRA or a plain prompt)")
-  parser.add_argument("--checkpoint", required=True,
-                      help="the backbone it was tuned on: a folder written by `prompt-tuning "
-                      "convert`, a T5X checkpoint_N folder or a Hugging Face T5 1.1 folder")
-  parser.add_argument("--relative_attention_max_distance", type=checks.int_flag(1), default=None,
-                      help="for a T5X --checkpoint, which does not store it (default 128, "
-                      "T5 1.1's value)")
+  checkpoint_flags.add_checkpoint_arguments(parser, "the backbone it was tuned on")
   parser.add_argument("--num_transformer_submodules", type=int, default=None,
                       metavar="{1,2}", help="PEFT layout of a prompt adapter: 1 (encoder only) "
                       "or 2 (PEFT's seq2seq default; its second half is not applied by PEFT); "

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from prompt_tuning import checks
+from prompt_tuning.commands import checkpoint_flags
 from prompt_tuning.data import jsonl
 from prompt_tuning.models import memory_bound
 from prompt_tuning.train.summaries import Progress
@@ -27,12 +28,7 @@ from prompt_tuning.train.summaries import Progress
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
   """Flags shared by `score` and `generate`."""
-  parser.add_argument("--checkpoint", required=True,
-                      help="backbone folder written by `prompt-tuning convert`, a T5X "
-                      "checkpoint_N folder or a Hugging Face T5 1.1 folder")
-  parser.add_argument("--relative_attention_max_distance", type=checks.int_flag(1), default=None,
-                      help="for a T5X --checkpoint, which does not store it (default 128, "
-                      "T5 1.1's value)")
+  checkpoint_flags.add_checkpoint_arguments(parser, "the backbone")
   parser.add_argument("--vocab", required=True, help="SentencePiece model file")
   parser.add_argument("--inputs_file", required=True, help="JSONL file, one object per line")
   parser.add_argument("--prompt", default=None,

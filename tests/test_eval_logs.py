@@ -85,7 +85,8 @@ def test_a_failed_write_is_one_error_naming_the_file(tmp_path):
   eval_logs.close_loggers(evaluator)
   message = str(error.value)
   assert message.startswith(f"cannot write {blocked} (") and "\n" not in message
-  assert not [f for f in os.listdir(log_dir) if f.endswith(".tmp")]
+  # Nothing else of the evaluation was written: no metric without its predictions.
+  assert os.listdir(log_dir) == [os.path.basename(blocked)]
 
 
 def test_only_the_first_host_writes(tmp_path, monkeypatch):

@@ -40,7 +40,8 @@ def test_eval_of_a_rank_task_scores_every_label_and_writes_metrics(tmp_path):
   # The example's label is the candidate with the highest score, as the accuracy counts it.
   correct = {}
   for line in lines:
-    correct.setdefault(line["input"]["idx"], []).append((line["score"], line["input"]["is_correct"]))
+    row = (line["score"], line["input"]["is_correct"])
+    correct.setdefault(line["input"]["idx"], []).append(row)
   accuracy = 100 * np.mean([max(rows)[1] for rows in correct.values()])
   assert accuracy == pytest.approx(metrics["super_glue_rte_rank/accuracy"])
   metric_lines = [json.loads(line) for line in

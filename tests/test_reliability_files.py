@@ -28,9 +28,9 @@ from tests.reliability_helpers import (HF_FIXTURE, NOT_WRITABLE, REPO, exit_code
 WITH_BEST = ("--gin.EVAL_PERIOD=2", "--gin.train.early_stopping_metric='accuracy'")
 
 
-def _train(model_dir, steps=2):
+def _train(model_dir, steps=2, *flags):
   """The argv of the finished run's (re)run in `model_dir`."""
-  return train(*WITH_BEST, model_dir=str(model_dir), steps=steps)(None)
+  return train(*WITH_BEST, *flags, model_dir=str(model_dir), steps=steps)(None)
 
 
 @pytest.fixture(scope="module")
@@ -236,20 +236,24 @@ def test_a_failed_write_names_the_path_and_leaves_nothing_temporary(finished, tm
   resumed = _copy(finished, tmp_path)
   (resumed / "prompts" / "step_2.npy").write_bytes(b"\x93NUMPY")  # rebuilt on resume
   # Limits between the sizes of the run's files: config.gin is written first, then the loss
-  # record and events (smaller), then the checkpoint, whose largest file is larger.
+  # record and events (smaller), then the evaluation's T5X files, whose predictions file is
+  # larger (one evaluated example keeps it small), then the checkpoint, whose largest file is
+  # larger.
   config = (finished / "config.gin").stat().st_size
   largest = max(p.stat().st_size for p in (finished / "checkpoints").rglob("*") if p.is_file())
-  assert config < largest
+  predictions = finished / "inference_eval" / "toy_parity-000002.jsonl"
+  assert config < largest and config < predictions.stat().st_size
+  one_example = "--gin.train.eval_num_examples=1"
   prompt_size = (finished / "prompts" / "step_2.npy").stat().st_size
   convert = ["convert", "--from", "hf", "--input", HF_FIXTURE]
   # (limit, argv, the path the line names, the folder that must hold nothing temporary)
   cases = [
       (None, [*convert, "--output", backbone], None, tmp_path),
       (config // 2, _train(tmp_path / "a"), tmp_path / "a" / "config.gin", tmp_path / "a"),
-      # Without evaluation: its inference_eval/ predictions, written before the checkpoint,
-      # are larger than any checkpoint file.
-      ((config + largest) // 2, train(model_dir=str(tmp_path / "b"), steps=2)(None),
+      ((config + largest) // 2, _train(tmp_path / "b", 2, one_example),
        tmp_path / "b" / "checkpoints" / "2", tmp_path / "b"),
+      ((config + predictions.stat().st_size) // 2, _train(tmp_path / "e"),
+       tmp_path / "e" / "inference_eval" / predictions.name, tmp_path / "e"),
       (prompt_size - 1, _train(resumed), resumed / "prompts" / "step_2.npy", resumed),
       (300, ["export", "--prompt", prompt, "--checkpoint", backbone, "--output", tmp_path / "c"],
        tmp_path / "c", tmp_path),

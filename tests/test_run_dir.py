@@ -21,7 +21,8 @@ def test_entries_are_paths_under_the_folder():
   assert run.task_prompt("best", "rte") == "/runs/a/prompts/best/rte.npy"
   assert run.checkpoint(1_100_000) == "/runs/a/checkpoints/1100000"
   assert run.train_tensorboard == "/runs/a/train"
-  assert run.inference_eval.predictions("rte", 1_100_000) == "/runs/a/inference_eval/rte-1100000.jsonl"
+  assert run.inference_eval.predictions("rte", 1_100_000) == (
+      "/runs/a/inference_eval/rte-1100000.jsonl")
   assert run.inference_eval.metrics("rte") == "/runs/a/inference_eval/rte-metrics.jsonl"
   assert run.inference_eval.tensorboard("rte") == "/runs/a/inference_eval/rte"
   assert run.export("best") == ExportDir("/runs/a/exports/best")
@@ -32,7 +33,8 @@ def test_entries_are_paths_under_the_folder():
   assert XPromptDir("/x").stage3.prompt("best") == "/x/stage3_rewinding/prompts/best.npy"
   assert SweepDir("/s").cell("lora_b100").done == "/s/cells/lora_b100/sweep_cell.json"
   assert DemoDir("/d").method("residual") == "/d/residual"
-  assert ResultsDir("/e").inference_eval.predictions("rte", 7) == "/e/inference_eval/rte-000007.jsonl"
+  assert ResultsDir("/e").inference_eval.predictions("rte", 7) == (
+      "/e/inference_eval/rte-000007.jsonl")
 
 
 def test_object_store_folders_join_with_slashes():

@@ -63,14 +63,16 @@ class InferenceEvalLogger(seqio_loggers.Logger):
 
   def _write(self, task_name, step, metrics, dataset, inferences, targets) -> None:
     step = -1 if step is None else int(step)  # seqio's loggers' value for "no step"
+    # The predictions first (seqio writes them last): when a write fails, no metric is
+    # recorded for an evaluation whose predictions are missing.
+    if inferences and targets is not None and dataset is not None:
+      self._write_predictions(task_name, step, dataset, inferences, targets)
     scalars = {name: value.value for name, value in metrics.items()
                if isinstance(value, seqio_metrics.Scalar)}
     if scalars:
       self._append_metrics(task_name, step, scalars)
       writer = self._writers.setdefault(task_name, Writer(self.folder.tensorboard(task_name)))
       writer.scalars(step, {f"eval/{name}": value for name, value in scalars.items()})
-    if inferences and targets is not None and dataset is not None:
-      self._write_predictions(task_name, step, dataset, inferences, targets)
 
   def _append_metrics(self, task: str, step: int, scalars: Dict[str, float]) -> None:
     path = self.folder.metrics(task)

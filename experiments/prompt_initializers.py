@@ -4,15 +4,16 @@
         [--lengths 10 20] [--seeds 0 1 2 3 4] [--train_examples 16] [--steps 150]
 
 Lester et al. 2021 (§3.2, Fig. 3b) compare initializing the prompt from random
-uniform values, from sampled vocabulary embeddings and from the embeddings of
-the task's class labels, and find class labels best and uniform worst at small
-scale. The claim needs a task with label words: `demo_bare_max` (the largest
-digit of a digit string; labels "0".."9", digits whose embeddings the demo
-backbone pretrained; the operation itself was never pretrained), cut to
-`--train_examples` training examples. Class-label init fills the first 10
-prompt tokens with the labels' embeddings and the rest from the sampled
-vocabulary, as the reference does. Same steps, batch 16 and seeds for all;
-selection on validation, report on the disjoint test split (`demo_grid`).
+uniform values (here the reference code's [0, 0.5), the default), from sampled
+vocabulary embeddings and from the embeddings of the task's class labels, and find
+class labels best and uniform worst at small scale. The claim needs a task with
+label words: `demo_bare_max` (the largest digit of a digit string; labels
+"0".."9", digits whose embeddings the demo backbone pretrained; the operation
+itself was never pretrained), cut to `--train_examples` training examples.
+Class-label init fills the first 10 prompt tokens with the labels' embeddings and
+the rest from the sampled vocabulary, as the reference does. Same steps, batch 16
+and seeds for all; selection on validation, report on the disjoint test split
+(`demo_grid`).
 Writes `OUT/results.json` and `OUT/table.md` (test exact match, mean ± sd).
 """
 import argparse
@@ -33,8 +34,10 @@ gin.external_configurable(seqio.ByteVocabulary, module="seqio")
 LABELS = ("CLASS_LABELS = " + repr(list(tasks.LABEL_WORDS)),
           "class_labels.vocabulary = @seqio.ByteVocabulary()")
 METHODS = {
-    "uniform": ((*demo_grid.PLAIN, "prompts/from_uniform.gin"), ()),
-    "sampled_vocab": (demo_grid.PLAIN, ()),
+    # The default initializer: the reference code's uniform [0, 0.5).
+    "uniform": (demo_grid.PLAIN, ()),
+    # The demo's task bindings restrict the population to the 256 byte symbols.
+    "sampled_vocab": ((*demo_grid.PLAIN, "prompts/from_sampled_vocab.gin"), ()),
     "class_labels": ((*demo_grid.PLAIN, "prompts/from_class_labels.gin"), LABELS),
 }
 

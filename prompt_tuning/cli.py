@@ -7,6 +7,7 @@ Gin-driven commands also accept T5X-style `--gin_file=F` (repeatable),
 `--gin.KEY=VALUE`, `--gin_search_paths=a,b` and `--tfds_data_dir=D`.
 """
 import argparse
+import errno
 import os
 import sys
 from typing import List, Optional, Sequence
@@ -87,6 +88,10 @@ def split_gin_flags(argv: Sequence[str]) -> tuple[List[str], List[str]]:
   return rest, bindings
 
 
+_ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EACCES, errno.EPERM,
+                       errno.EROFS)
+
+
 class _Parser(argparse.ArgumentParser):
   """An argument parser whose errors are one `error:` line, like every other failure."""
 
@@ -151,6 +156,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     # gin appends "In call to configurable ..." lines to errors raised inside
     # configured functions; the first line is the message.
     print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+    sys.exit(2)
+  except OSError as e:
+    # A full disk, a file-size limit or a missing permission is the machine's state, never a
+    # bug: one line naming the path. Other OSErrors keep their traceback.
+    if type(e).__dict__.get("__getattr__"):  # gin's re-raised proxy: the original's fields
+      e = OSError(e.__getattr__("errno"), e.__getattr__("strerror"), e.__getattr__("filename"))
+    if e.errno not in _ENVIRONMENT_ERRNOS:
+      raise
+    from prompt_tuning import fs  # pylint: disable=g-import-not-at-top
+    print(f"error: {fs.io_error(e.filename or 'a file', e, 'access')}", file=sys.stderr)
     sys.exit(2)
   except KeyboardInterrupt:
     print("error: interrupted", file=sys.stderr)

@@ -30,6 +30,7 @@ def register() -> None:
   from prompt_tuning.methods.xprompt import driver, masks  # noqa: F401
   from prompt_tuning.tasks import sources  # noqa: F401  (local_data_dir for DATA_DIR)
   from prompt_tuning.methods.apet import baselines, selection  # noqa: F401
+  from prompt_tuning import t5x_settings  # noqa: F401  (T5X's names: DatasetConfig, ...)
 
 
 def parse(gin_files: Sequence[str], bindings: Sequence[str],

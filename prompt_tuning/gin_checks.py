@@ -9,7 +9,7 @@ import inspect
 import os
 import re
 import tokenize
-from typing import Any, List, Optional, Sequence, Set, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Set, Tuple
 
 import gin
 from gin import config_parser
@@ -140,12 +140,15 @@ def referenced_macros() -> Set[str]:
 
 
 def check_flag_macros(bindings: Sequence[str], configs_dir: str,
-                      read_elsewhere: Sequence[str] = ()) -> None:
+                      read_elsewhere: Sequence[str] = (),
+                      set_by_t5x: Optional[Mapping[str, str]] = None) -> None:
   """Refuses a macro set by a flag that no binding reads (e.g. `TRAIN_STEP` for `TRAIN_STEPS`),
   and a `%MACRO` read by a flag that nothing defines.
 
   Only macros of `bindings` are checked: gin files legitimately define macros
-  that a given run does not read (`DATA_DIR`, a method's settings).
+  that a given run does not read (`DATA_DIR`, a method's settings). `set_by_t5x` maps our
+  parameters that a T5X name set (`t5x_settings.apply`) to that name: a macro whose reader
+  it replaced is named with it.
   """
   referenced = referenced_macros() | set(read_elsewhere)  # e.g. T5X's names, read as aliases
   defined = {name for name, selector in gin.config._CONFIG if selector == "gin.macro"}  # pylint: disable=protected-access
@@ -163,6 +166,11 @@ def check_flag_macros(bindings: Sequence[str], configs_dir: str,
     key, value = _flag(binding)
     if _MACRO_NAME.match(key) and key not in referenced:
       readers = _package_files_reading(key, configs_dir)
+      replaced = _replaced_readers(key, readers, configs_dir, bindings, set_by_t5x or {})
+      if replaced:
+        param, by = replaced
+        raise UserError(f"--gin.{key}={value} sets macro {key}, but {param}, which reads it, is "
+                        f"set by {by}, so {key} would be ignored: set only one of them")
       if readers:
         hint = (f" It is read by {', '.join(readers[:3])}: add --gin_file={readers[0]} (or "
                 "check the name)")
@@ -170,6 +178,34 @@ def check_flag_macros(bindings: Sequence[str], configs_dir: str,
         hint = closest(key, referenced, n=3) or " Check the name against the gin files"
       raise UserError(f"--gin.{key}={value} sets macro {key}, which nothing in the parsed gin "
                       f"files reads, so it would be ignored.{hint}")
+
+
+def _replaced_readers(macro: str, readers: Sequence[str], configs_dir: str,
+                      bindings: Sequence[str],
+                      set_by_t5x: Mapping[str, str]) -> Optional[Tuple[str, str]]:
+  """`(parameter, what set it)` for a parameter that reads `%macro` in one of `readers` (the
+  package's gin files) but that a flag or a T5X name set instead, if any."""
+  flags = {_flag(b)[0]: b for b in bindings}
+  for reader in readers:
+    with open(os.path.join(configs_dir, reader), encoding="utf-8") as f:
+      text = f.read()
+    try:
+      statements = _statements(text)
+    except (SyntaxError, ValueError, tokenize.TokenError):
+      continue
+    for statement in statements:
+      used: Set[str] = set()
+      _macro_references(getattr(statement, "value", None), used)
+      selector, arg = getattr(statement, "selector", None), getattr(statement, "arg_name", None)
+      if macro not in used or not selector or not arg:
+        continue
+      scope = getattr(statement, "scope", "")
+      param = f"{scope + '/' if scope else ''}{selector}.{arg}"
+      if param in set_by_t5x:
+        return param, set_by_t5x[param]
+      if param in flags:
+        return param, "--gin.{}={}".format(*_flag(flags[param]))
+  return None
 
 
 def _package_files_reading(macro: str, root: str) -> List[str]:

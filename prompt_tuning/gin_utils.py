@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import gin
 
-from prompt_tuning import gin_checks, multihost
+from prompt_tuning import gin_checks, multihost, t5x_settings
 from prompt_tuning.errors import UserError
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -81,6 +81,7 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
     search_paths: extra folders for gin files and includes.
   """
   gin.clear_config()
+  bindings = t5x_settings.rewrite_flags(bindings)
   for path in [package_configs_dir(), *[p for p in search_paths if p]]:
     gin.add_config_file_search_path(path)
   for f in gin_files:
@@ -96,12 +97,14 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
   try:
     gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False)
   except gin_checks.PARSE_ERRORS as e:
-    raise UserError(gin_checks.explain(e, bindings)) from None
+    raise UserError(t5x_settings.user_names(gin_checks.explain(e, bindings))) from None
   finally:
     root.setLevel(level)
   _apply_t5x_macro_aliases()
+  # T5X's setting names (utils.DatasetConfig, PjitPartitioner, ...) become ours or are refused.
+  set_by_t5x = t5x_settings.apply(bindings)
   _check_required_macros()
-  gin_checks.check_flag_macros(bindings, package_configs_dir(), T5X_MACRO_ALIASES)
+  gin_checks.check_flag_macros(bindings, package_configs_dir(), T5X_MACRO_ALIASES, set_by_t5x)
 
 
 _UNBOUND = object()
@@ -137,10 +140,13 @@ def _apply_t5x_macro_aliases() -> None:
 
 
 def _check_required_macros() -> None:
-  """Names every macro still bound to `%gin.REQUIRED` (gin would pass a sentinel on)."""
+  """Names every macro still bound to `%gin.REQUIRED` that something reads (gin would pass a
+  sentinel on). One that nothing reads any more is no error, as in gin: e.g. eval's
+  MIXTURE_OR_TASK_NAME when T5X's `utils.DatasetConfig.mixture_or_task_name` names the task."""
   missing = []
+  read = gin_checks.referenced_macros()
   for (name, selector), params in list(gin.config._CONFIG.items()):  # pylint: disable=protected-access
-    if selector == "gin.macro":
+    if selector == "gin.macro" and name in read:
       value = params.get("value")
       if getattr(value, "config_key", None) == ("gin.REQUIRED", "gin.constant"):
         missing.append(name)
@@ -195,6 +201,9 @@ def set_tfds_data_dir(path: Optional[str]) -> None:
   """Where every TFDS dataset is read (and prepared), as T5X's `--tfds_data_dir` does."""
   if not path:
     return
+  from prompt_tuning import fs  # pylint: disable=g-import-not-at-top
+  fs.check_reachable(path, "pass a local --tfds_data_dir (TFDS data prepared or copied there), "
+                     "or the tasks' official files with --gin.DATA_DIR")
   import seqio
   seqio.set_tfds_data_dir_override(path)
   # Our own TFDS look-ups (`tfds.builder(...)` without data_dir) follow the same folder.

@@ -114,6 +114,10 @@ class RunDir(Folder):
                              "with one printed line, before resuming from the previous step")
   lock = Entry(".lock", "held while a run writes `MODEL_DIR`: a second live run is refused; a "
                "lock of a dead process on the same host is taken over")
+  damaged = Entry("damaged/{time}/{path}", "a file a rerun found damaged when it read it back (a "
+                  "truncated prompt or export, one that no longer matches its checkpoint), moved "
+                  "here, with one printed line, before it was written again from the checkpoint",
+                  shown="damaged/<time>/<path>")
   prompt = Entry("prompts/{name}.npy", "the prompt the encoder sees, `[PROMPT_LENGTH, d_model]` "
                  "float32: `step_<N>` at every save, `best` at the best evaluation")
   task_prompts = Entry("prompts/{name}/", "a multi-task prompt: one `<task>.npy` `[P, E]` file "
@@ -131,8 +135,9 @@ class RunDir(Folder):
   record = Entry("{name}", "a delta plan's records, e.g. APET's `apet_selection.json` (the "
                  "positions the run trains); a resume that would select others is refused",
                  shown="<record>")
-  config = Entry("config.gin", "the operative gin config (written through `config.gin.tmp`); a "
-                 "rerun whose config changes a result-changing binding (not e.g. `TRAIN_STEPS`, "
+  config = Entry("config.gin", "the operative gin config, its last line a checksum (written "
+                 "through `config.gin.tmp`; a damaged one is refused, naming it); a rerun whose "
+                 "config changes a result-changing binding (not e.g. `TRAIN_STEPS`, "
                  "`EVAL_PERIOD`, `CHECKPOINT_PERIOD`) is refused unless "
                  "`--gin.train.allow_config_change=True`")
   tensorboard = Entry("", "TensorBoard scalars (the Scalars dashboard, "

@@ -15,12 +15,17 @@ Layout under the data directory (the archives' own folder names):
 """
 import csv
 import dataclasses
-import json
 import os
 import sys
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Tuple
+
+from prompt_tuning.data import jsonl
+from prompt_tuning.errors import UserError
 
 Row = Dict[str, Any]
+# (line number in the file, row): every reader says where each row comes from, so a bad row
+# is an error naming the file and the line.
+NumberedRow = Tuple[int, Row]
 
 SUPER_GLUE_FILES = {"train": "train.jsonl", "validation": "val.jsonl", "test": "test.jsonl"}
 GLUE_FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
@@ -36,11 +41,12 @@ class LocalFiles:
   Attributes:
     folder: path relative to the data directory, e.g. `super_glue/CB`.
     files: canonical split -> file name inside `folder`.
-    read: `(path, split) -> iterator of rows`.
+    read: `(path, split) -> iterator of (line number, row)`; a row it cannot make is a
+      UserError naming the file, the line and the field.
   """
   folder: str
   files: Mapping[str, str]
-  read: Callable[[str, str], Iterator[Row]]
+  read: Callable[[str, str], Iterator[NumberedRow]]
 
   def path(self, data_dir: str, split: str) -> str:
     return os.path.join(data_dir, self.folder, self.files[split])
@@ -81,30 +87,60 @@ _SUPER_GLUE_FIELDS = {
 }
 
 
-def super_glue_reader(config: str) -> Callable[[str, str], Iterator[Row]]:
-  """Rows of one SuperGLUE JSONL file for TFDS config `config` (`wsc` means
+def json_rows(path: str, convert: Callable[[Row], Iterable[Row]],
+              expected: str) -> Iterator[NumberedRow]:
+  """(line, row) of each row `convert` makes of each line's JSON object.
+
+  A line that is not a JSON object of UTF-8 text, or that lacks a field
+  `convert` reads, is a UserError naming the file, the line and the field.
+  """
+  for number, value in jsonl.objects(path, f"with fields {expected}"):
+    try:
+      for row in convert(value):
+        yield number, row
+    except KeyError as e:
+      raise UserError(f"{path} line {number} has no field {e.args[0]!r}; each line needs "
+                      f"{expected}") from None
+    except (TypeError, AttributeError, IndexError) as e:
+      raise UserError(f"{path} line {number} is not shaped as the official file is "
+                      f"({type(e).__name__}: {e}); each line needs {expected}") from None
+
+
+def _super_glue_row(config: str, row: Row) -> Iterator[Row]:
+  if config == "multirc":
+    yield from _multirc_rows(row)
+  elif config == "record":
+    yield from _record_rows(row)
+  else:
+    if config == "wsc":
+      row = {**row, **row["target"]}
+    example = {k: row[k] for k in _SUPER_GLUE_FIELDS[config]}
+    if config == "wsc":
+      example = _fix_wsc_spans(example)
+    example["idx"] = row["idx"]
+    example["label"] = _super_glue_label(config, row.get("label"))
+    yield example
+
+
+def _super_glue_expected(config: str) -> str:
+  if config == "multirc":
+    return "the official MultiRC fields (idx, passage with text and questions with answers)"
+  if config == "record":
+    return "the official ReCoRD fields (idx, passage with text and entities, qas)"
+  fields = [*_SUPER_GLUE_FIELDS[config], "idx"]
+  if config == "wsc":
+    fields = ["text", "target (span1_index, span2_index, span1_text, span2_text)", "idx"]
+  return f"{', '.join(fields)} (and label, except in test files)"
+
+
+def super_glue_reader(config: str) -> Callable[[str, str], Iterator[NumberedRow]]:
+  """(line, row) of one SuperGLUE JSONL file for TFDS config `config` (`wsc` means
   `wsc.fixed`)."""
 
-  def read(path: str, split: str) -> Iterator[Row]:
+  def read(path: str, split: str) -> Iterator[NumberedRow]:
     del split
-    with open(path, encoding="utf-8") as f:
-      for line in f:
-        if not line.strip():
-          continue
-        row = json.loads(line)
-        if config == "multirc":
-          yield from _multirc_rows(row)
-        elif config == "record":
-          yield from _record_rows(row)
-        else:
-          if config == "wsc":
-            row.update(row["target"])
-          example = {k: row[k] for k in _SUPER_GLUE_FIELDS[config]}
-          if config == "wsc":
-            example = _fix_wsc_spans(example)
-          example["idx"] = row["idx"]
-          example["label"] = _super_glue_label(config, row.get("label"))
-          yield example
+    return json_rows(path, lambda row: _super_glue_row(config, row),
+                     _super_glue_expected(config))
 
   return read
 
@@ -160,40 +196,65 @@ _GLUE_COLUMNS = {
 }
 
 
-def _glue_label(config: str, raw: str, classes) -> Any:
-  if config == "stsb":
-    return float(raw)
-  if classes and raw not in classes:
-    return int(raw) if raw else None  # 0/1 columns; empty means a corrupt row
+def _glue_label(config: str, raw: str, classes, where: str, column: str) -> Any:
+  try:
+    if config == "stsb":
+      return float(raw)
+    if classes and raw not in classes:
+      return int(raw) if raw else None  # 0/1 columns; empty means a corrupt row
+  except ValueError:
+    expected = "a similarity score" if config == "stsb" else f"one of {', '.join(classes)} or an id"
+    raise UserError(f"{where}: column {column!r} holds {raw[:40]!r}, not {expected}; fix the "
+                    "row or restore the official file") from None
   return raw
 
 
-def glue_reader(config: str) -> Callable[[str, str], Iterator[Row]]:
-  """Rows of one GLUE TSV file for TFDS config `config` (`mnli` for all MNLI
+def _tsv_rows(f, path: str, headerless: bool) -> Iterator[Tuple[int, Dict[str, Any]]]:
+  """(line, {column: value}) of a TSV file (CoLA's headerless files: columns by position)."""
+  reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+  header = None if headerless else next(reader, None)
+  for fields in reader:
+    if headerless:
+      if len(fields) < 4:
+        raise UserError(f"{path} line {reader.line_num} has {len(fields)} columns, not CoLA's 4 "
+                        "(source, label, original label, sentence); restore the official file")
+      yield reader.line_num, {"sentence": fields[3], "is_acceptable": fields[1]}
+    else:
+      yield reader.line_num, dict(zip(header, fields))
+
+
+def _utf8_checked(rows: Iterator[Any], path: str) -> Iterator[Any]:
+  """`rows`, with a decoding error (the file is decoded in blocks) named by its line."""
+  try:
+    yield from rows
+  except UnicodeDecodeError:
+    raise jsonl.not_utf8_error(path) from None
+
+
+def glue_reader(config: str) -> Callable[[str, str], Iterator[NumberedRow]]:
+  """(line, row) of one GLUE TSV file for TFDS config `config` (`mnli` for all MNLI
   files). Like TFDS: quoting off, CoLA's train/dev files have no header, rows
   with a missing field are skipped, `idx` is the row number."""
   text_columns, label_column, classes = _GLUE_COLUMNS[config]
 
-  def read(path: str, split: str) -> Iterator[Row]:
+  def read(path: str, split: str) -> Iterator[NumberedRow]:
     csv.field_size_limit(sys.maxsize)
     # utf-8-sig drops the byte-order mark some MRPC files start with.
     with open(path, encoding="utf-8-sig") as f:
-      if config == "cola" and split != "test":
-        rows = ({"sentence": r[3], "is_acceptable": r[1]}
-                for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-      else:
-        rows = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-      for n, row in enumerate(rows):
+      rows = _tsv_rows(f, path, headerless=config == "cola" and split != "test")
+      for n, (line, row) in enumerate(_utf8_checked(rows, path)):
         example: Row = {k: row.get(col) for k, col in text_columns.items()}
         example["idx"] = n
         if label_column in row:
           raw = row[label_column]
-          example["label"] = None if raw is None else _glue_label(config, raw, classes)
+          example["label"] = (None if raw is None else
+                              _glue_label(config, raw, classes, f"{path} line {line}",
+                                          label_column))
         else:
           example["label"] = -1.0 if config == "stsb" else -1
         if any(v is None for v in example.values()):
           continue
-        yield example
+        yield line, example
 
   return read
 
@@ -204,15 +265,11 @@ def glue_files(config: str, folder: str, files: Optional[Mapping[str, str]] = No
 
 # --- Plain JSONL (datasets TFDS lacks) ----------------------------------------
 
-def jsonl_reader(keys) -> Callable[[str, str], Iterator[Row]]:
-  """Rows `{key: row[key]}` of a JSONL file (e.g. a Hugging Face export)."""
+def jsonl_reader(keys) -> Callable[[str, str], Iterator[NumberedRow]]:
+  """(line, `{key: row[key]}`) of a JSONL file (e.g. a Hugging Face export)."""
 
-  def read(path: str, split: str) -> Iterator[Row]:
+  def read(path: str, split: str) -> Iterator[NumberedRow]:
     del split
-    with open(path, encoding="utf-8") as f:
-      for line in f:
-        if line.strip():
-          row = json.loads(line)
-          yield {k: row[k] for k in keys}
+    return json_rows(path, lambda row: [{k: row[k] for k in keys}], ", ".join(keys))
 
   return read

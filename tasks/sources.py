@@ -14,7 +14,7 @@ there are read; otherwise TFDS.
 import functools
 import logging
 import os
-from typing import Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import gin
 import numpy as np
@@ -78,10 +78,39 @@ def _tfds_features(tfds_name: str) -> tfds.features.FeaturesDict:
   return tfds.builder(tfds_name).info.features
 
 
-@functools.lru_cache(maxsize=256)
-def _count_rows(read, path: str, split: str, mtime: float) -> int:
-  del mtime  # Part of the cache key: a rewritten file is counted again.
-  return sum(1 for _ in read(path, split))
+def _expected(feature: tfds.features.FeatureConnector) -> str:
+  if isinstance(feature, tfds.features.ClassLabel):
+    return f"one of its labels {', '.join(feature.names)} (or -1 when unlabeled)"
+  if isinstance(feature, tfds.features.Text):
+    return "text"
+  dtype = getattr(feature, "dtype", None)
+  if dtype is not None and not isinstance(feature, tfds.features.FeaturesDict):
+    return f"a value of type {getattr(dtype, 'name', dtype)}"
+  return f"what TFDS's {type(feature).__name__} feature holds"
+
+
+def _is_text(value: Any) -> bool:
+  """Whether `value` is text or a (nested) list of texts: what a string feature holds."""
+  if isinstance(value, (list, tuple)):
+    return all(_is_text(v) for v in value)
+  return isinstance(value, (str, bytes))
+
+
+def check_row(features: tfds.features.FeaturesDict, row: Row, where: str) -> None:
+  """Encodes `row` as TFDS will, field by field; a field TFDS would refuse (inside tf.data,
+  as a `KeyError` deep in its ops) is a UserError naming `where` and the field."""
+  for key, feature in features.items():
+    if key not in row:
+      raise UserError(f"{where} has no field {key!r}")
+    try:
+      feature.encode_example(row[key])
+      if feature.tf_dtype == tf.string and not _is_text(row[key]):
+        raise TypeError("TFDS passes a non-string to tf.data, which fails there")
+    except Exception:  # pylint: disable=broad-except  (TFDS raises many types)
+      shown = repr(row[key])
+      shown = shown if len(shown) <= 60 else shown[:57] + "..."
+      raise UserError(f"{where}: field {key!r} holds {shown}, not {_expected(feature)}; fix the "
+                      "row or restore the official file") from None
 
 
 class _Rows:
@@ -91,7 +120,7 @@ class _Rows:
     self._read, self._path, self._split = read, path, split
 
   def __iter__(self):
-    return iter(self._read(self._path, self._split))
+    return (row for _, row in self._read(self._path, self._split))
 
 
 class TextSource(seqio.DataSource):
@@ -124,6 +153,7 @@ class TextSource(seqio.DataSource):
     self._features = features
     self._train_fn = train_fn
     self._label_names = tuple(label_names) if label_names else None
+    self._row_counts = {}  # (path, split, mtime) -> rows, of local files checked
     # read_only: TFDS never downloads here. Offline, a download retries for
     # minutes and leaves stub folders; `tfds build` prepares data on purpose.
     self._tfds = (seqio.TfdsDataSource(tfds_name, splits=self._split_map, read_only=True)
@@ -208,8 +238,30 @@ class TextSource(seqio.DataSource):
   def _local_features(self) -> tfds.features.FeaturesDict:
     return self._features or _tfds_features(self._tfds_name)
 
+  def _checked_rows(self, path: str, split: str) -> int:
+    """Reads the local file once in Python, checking every row as TFDS will encode it; the
+    number of rows.
+
+    Inside tf.data a bad row is an error of TensorFlow's ops that names neither the file nor
+    the line, so each file is checked before a dataset is built on it (once per version of
+    the file). A file without rows is refused: it would make a split, and its metrics, empty.
+    """
+    key = (path, split, os.path.getmtime(path))
+    if key not in self._row_counts:
+      features = self._local_features()
+      count = 0
+      for line, row in self._local.read(path, split):
+        check_row(features, row, f"{path} line {line}")
+        count += 1
+      if not count:
+        raise UserError(f"{path} holds no examples; put the official "
+                        f"{os.path.basename(path)} there (or unset DATA_DIR to read TFDS)")
+      self._row_counts[key] = count
+    return self._row_counts[key]
+
   def _local_dataset(self, data_dir: str, split: str) -> tf.data.Dataset:
     path = self._local_path(data_dir, split)
+    self._checked_rows(path, split)
     logging.info("Reading %s from local file %s", split, path)
     return rows_dataset(self._local_features(), _Rows(self._local.read, path, split))
 
@@ -258,5 +310,4 @@ class TextSource(seqio.DataSource):
         return self._tfds.num_input_examples(split)
       except KeyError:  # TFDS metadata without split sizes (not prepared, or mocked).
         return None
-    path = self._local_path(data_dir, split)
-    return _count_rows(self._local.read, path, split, os.path.getmtime(path))
+    return self._checked_rows(self._local_path(data_dir, split), split)

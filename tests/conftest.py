@@ -35,3 +35,11 @@ def _fresh_gin_config():
   gin.clear_config()
   yield
   gin.clear_config()
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+  """The reliability tests' prepared files (`reliability_helpers.prepare`), built once per
+  session: a finished toy run, a backbone, a PEFT adapter, inputs. Tests change only copies."""
+  from tests.reliability_helpers import prepare
+  return prepare(tmp_path_factory.mktemp("reliability"))

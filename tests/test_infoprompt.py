@@ -181,7 +181,7 @@ def _inputs(seed=0, batch=B):
       "z_prime": jnp.asarray(rng.standard_normal((batch, E)), jnp.float32),
       "input_embeddings": jnp.asarray(rng.standard_normal((batch, L, E)), jnp.float32),
       "input_valid": jnp.asarray(np.arange(L)[None, :] < lengths[:, None]),
-      "label_vectors": jnp.asarray(rng.standard_normal((batch, E)), jnp.float32),
+      "theta": jnp.asarray(rng.standard_normal((batch, E)), jnp.float32),
       "example_ids": jnp.asarray(rng.permutation(1000)[:batch], jnp.int32),
   }
 
@@ -286,10 +286,10 @@ def test_heads_create_every_parameter_once_with_logical_axes():
   assert axes == {
       "head_critic/kernel": ("prompt_embed", "embed"),
       "representation_critic/kernel": ("prompt_embed", "embed"),
-      "negatives/mean/kernel": ("embed", modules.INFO_AXIS),
-      "negatives/mean/bias": (modules.INFO_AXIS,),
-      "negatives/scale/kernel": ("embed", modules.INFO_AXIS),
-      "negatives/scale/bias": (modules.INFO_AXIS,),
+      "gaussian/mean/kernel": ("embed", modules.INFO_AXIS),
+      "gaussian/mean/bias": (modules.INFO_AXIS,),
+      "gaussian/scale/kernel": ("embed", modules.INFO_AXIS),
+      "gaussian/scale/bias": (modules.INFO_AXIS,),
   }
   assert all(v.value.shape[-1] == E for v in flat.values())
   # The estimates only read parameters: they run on exactly this tree.
@@ -299,7 +299,7 @@ def test_heads_create_every_parameter_once_with_logical_axes():
   dot = loss.make_heads(loss.InfoPromptConfig(critic="dot")).init(
       jax.random.PRNGKey(0), _features(_inputs()))["params"]
   assert set(traverse_util.flatten_dict(dot, sep="/")) == {
-      k for k in flat if k.startswith("negatives/")}
+      k for k in flat if k.startswith("gaussian/")}
 
 
 def test_heads_attach_to_a_parent_as_info_and_are_replicated():
@@ -327,7 +327,7 @@ def test_dot_critic_is_the_bilinear_critic_with_identity_kernel():
   params = {**params, "head_critic": {"kernel": eye}, "representation_critic": {"kernel": eye}}
   bilinear = _estimates(config, params, inputs)
   dot_config = loss.InfoPromptConfig(num_negatives=K, critic="dot")
-  dot = _estimates(dot_config, {"negatives": params["negatives"]}, inputs)
+  dot = _estimates(dot_config, {"gaussian": params["gaussian"]}, inputs)
   for name in bilinear:
     np.testing.assert_allclose(dot[name], bilinear[name], atol=_tol(100.0, E * E))
 
@@ -344,21 +344,23 @@ def test_estimates_match_a_direct_computation():
   positions, _ = sampling.sample_context_positions(keys, inputs["input_valid"], K - 1)
   emb = np.asarray(inputs["input_embeddings"], np.float64)
   context = np.take_along_axis(emb, np.asarray(positions)[..., None], axis=1)
-  pos = np.asarray(inputs["label_vectors"], np.float64) @ w1.T @ q
+  pos = np.asarray(inputs["theta"], np.float64) @ w1.T @ q
   neg = context @ w1.T @ q
   expected = np.log(K) + pos - np.logaddexp.reduce(np.concatenate([pos[:, None], neg], 1), axis=1)
   np.testing.assert_allclose(out["mi_head"], expected, atol=_tol(np.abs(neg).max() + 10, 4 * E * E))
-  # Representation: positive Z, negatives μ(Z') + σ(Z') ⊙ ε.
+  # Representation (Eq. 9): positive μ(Z) + σ(Z) ⊙ ε_0, negatives μ(Z') + σ(Z') ⊙ ε_j.
   w2 = np.asarray(params["representation_critic"]["kernel"], np.float64)
-  neg_params = params["negatives"]
-  zp = np.asarray(inputs["z_prime"], np.float64)
-  mu = zp @ np.asarray(neg_params["mean"]["kernel"]) + np.asarray(neg_params["mean"]["bias"])
-  sigma = np.logaddexp(0, zp @ np.asarray(neg_params["scale"]["kernel"])
-                       + np.asarray(neg_params["scale"]["bias"]))
-  noise = np.asarray(sampling.gaussian_noise(keys, K - 1, E), np.float64)
-  samples = mu[:, None] + sigma[:, None] * noise
-  pos = np.asarray(inputs["z"], np.float64) @ w2.T @ q
-  neg = samples @ w2.T @ q
+  gaussian = params["gaussian"]
+
+  def sample(x, eps):
+    mu = x @ np.asarray(gaussian["mean"]["kernel"]) + np.asarray(gaussian["mean"]["bias"])
+    sigma = np.logaddexp(0, x @ np.asarray(gaussian["scale"]["kernel"])
+                         + np.asarray(gaussian["scale"]["bias"]))
+    return mu[:, None] + sigma[:, None] * eps
+
+  noise = np.asarray(sampling.gaussian_noise(keys, K, E), np.float64)
+  pos = sample(np.asarray(inputs["z"], np.float64), noise[:, :1])[:, 0] @ w2.T @ q
+  neg = sample(np.asarray(inputs["z_prime"], np.float64), noise[:, 1:]) @ w2.T @ q
   expected = np.log(K) + pos - np.logaddexp.reduce(np.concatenate([pos[:, None], neg], 1), axis=1)
   np.testing.assert_allclose(out["mi_representation"], expected,
                              atol=_tol(np.abs(neg).max() + 10, 4 * E * E))
@@ -408,8 +410,8 @@ def test_gradients_reach_prompt_and_every_head_parameter_but_not_z_prime():
   np.testing.assert_array_equal(g_z_prime, 0.0)
 
 
-def test_gaussian_negatives_are_reparameterized_samples():
-  heads = modules.GaussianNegatives()
+def test_gaussian_heads_give_reparameterized_samples():
+  heads = modules.GaussianHead()
   z_prime = jnp.asarray(np.random.default_rng(5).standard_normal((B, E)), jnp.float32)
   variables = nn.meta.unbox(heads.init(jax.random.PRNGKey(0), z_prime))
   mean, scale = heads.apply(variables, z_prime)
@@ -417,11 +419,11 @@ def test_gaussian_negatives_are_reparameterized_samples():
   np.testing.assert_allclose(mean, z_prime, atol=_tol(np.abs(z_prime).max(), E))
   assert np.all(np.asarray(scale) > 0)
   noise = jax.random.normal(jax.random.PRNGKey(1), (B, 4, E))
-  samples = heads.apply(variables, z_prime, noise, method=modules.GaussianNegatives.sample)
+  samples = heads.apply(variables, z_prime, noise, method=modules.GaussianHead.sample)
   np.testing.assert_allclose(samples, mean[:, None] + scale[:, None] * noise, rtol=1e-6)
 
   def objective(v):
-    return jnp.sum(heads.apply(v, z_prime, noise, method=modules.GaussianNegatives.sample) ** 2)
+    return jnp.sum(heads.apply(v, z_prime, noise, method=modules.GaussianHead.sample) ** 2)
 
   grads = jax.grad(objective)(variables)
   for path, g in traverse_util.flatten_dict(grads, sep="/").items():
@@ -433,7 +435,7 @@ def test_training_the_head_critic_raises_its_estimate_toward_log_k():
   params, inputs = _params(config), _inputs()
   # LM-head columns and input embeddings differ systematically (here: a shared
   # offset of the label vectors), which a linear critic can learn to see.
-  inputs["label_vectors"] = inputs["label_vectors"].at[:, 0].add(3.0)
+  inputs["theta"] = inputs["theta"].at[:, 0].add(3.0)
   trainable = {"prompt": inputs["prompt"], "params": params}
   optimizer = optax.adam(0.05)
 
@@ -538,6 +540,7 @@ def test_is_active_and_zero_weights_skip_their_terms():
     ({"context_negatives": "some"}, "InfoPromptConfig.context_negatives"),
     ({"prompt_pooling": "max"}, "InfoPromptConfig.prompt_pooling"),
     ({"label_pieces": "last"}, "InfoPromptConfig.label_pieces"),
+    ({"theta": "label"}, "InfoPromptConfig.theta='label'"),
     ({"num_negatives": 1}, "num_negatives=1"),
     ({"beta": -0.1}, "beta=-0.1"),
 ])

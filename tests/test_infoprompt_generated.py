@@ -12,7 +12,7 @@ from prompt_tuning.train.run_setup import build_run
 from tests.train_helpers import TOY_BINDINGS, TOY_FILES, toy_train
 
 GEN_FILES = (*TOY_FILES, "methods/infoprompt.gin", "prompts/generated.gin")
-GEN = ("INFOPROMPT_NEGATIVES = 8", "GENERATED_PROMPT_RANK = 4")
+GEN = ("INFOPROMPT_NEGATIVES = 8", "GENERATED_PROMPT_RANK = 4", "CLASS_LABELS = ['even', 'odd']")
 TOKENS = np.array([[5, 6, 7, 8, 1, 0], [9, 1, 0, 0, 0, 0]], np.int32)
 
 
@@ -134,7 +134,7 @@ def test_the_bare_input_is_encoded_once_per_step(tmp_path):
   """The generator's Φ(X), InfoPrompt's bare features and its prompt-free Z′ each run the
   encoder on the bare input; XLA merges the identical passes, so InfoPrompt adds less to a
   generated-prompt step than to a fixed-prompt one (where Z′ needs its own bare pass)."""
-  info = ["INFOPROMPT_NEGATIVES = 8"]
+  info = ["INFOPROMPT_NEGATIVES = 8", "CLASS_LABELS = ['even', 'odd']"]
   info_files = (*TOY_FILES, "methods/infoprompt.gin")
   fixed = _step_flops(tmp_path, TOY_FILES, [])
   fixed_info = _step_flops(tmp_path, info_files, info)

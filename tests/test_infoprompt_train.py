@@ -14,8 +14,10 @@ from prompt_tuning.train.run_setup import build_run
 from tests.train_helpers import TOY_BINDINGS, TOY_FILES, losses, run_on_eight_devices, toy_train
 
 INFO_FILES = (*TOY_FILES, "methods/infoprompt.gin")
-# The toy inputs are short: K - 1 = 7 negatives keeps sampling without repeats.
-INFO = ("INFOPROMPT_NEGATIVES = 8", "train.return_variables = True")
+# The toy inputs are short: K - 1 = 7 negatives keeps sampling without repeats. The toy task's
+# label words are θ's classes.
+INFO = ("INFOPROMPT_NEGATIVES = 8", "CLASS_LABELS = ['even', 'odd']",
+        "train.return_variables = True")
 
 
 def _flat(tree):
@@ -57,6 +59,22 @@ def test_only_prompt_and_info_train_and_both_estimates_are_reported(tmp_path):
   assert b"train/mi_head" in raw and b"train/mi_representation" in raw
 
 
+def test_the_heads_have_their_own_optimizer(tmp_path):
+  """methods/infoprompt.gin: the prompt on the run file's Adafactor (lr 0.3), info/ on Adam 1e-3."""
+  summary = toy_train(tmp_path / "run", steps=1, files=INFO_FILES, extra=list(INFO))
+  configurables.parse(list(INFO_FILES), [*TOY_BINDINGS, *INFO, f"MODEL_DIR = '{tmp_path}/x'"])
+  fresh = _flat(build_run(seed=0).variables["params"])
+  moved = {k: float(np.abs(np.asarray(v) - np.asarray(fresh[k])).max())
+           for k, v in _flat(summary["trainable"]).items()}
+  # Adam's first step moves every entry with a gradient by lr * |g| / (|g| + 1e-8) <= lr
+  # (plus the float32 rounding of the stored value; f_μ's kernel starts at the identity).
+  for path in ("info/head_critic/kernel", "info/representation_critic/kernel",
+               "info/gaussian/mean/kernel", "info/gaussian/scale/kernel"):
+    rounding = 2 * np.finfo(np.float32).eps * (1 + np.abs(np.asarray(fresh[path])).max())
+    assert 0.9e-3 < moved[path] <= 1e-3 + rounding, (path, moved[path])
+  assert moved["prompt/prompt"] > 0.05  # Adafactor at 0.3
+
+
 def test_microbatches_give_the_same_losses_and_estimates(tmp_path):
   # Without dropout: each microbatch folds its own dropout key.
   whole = toy_train(tmp_path / "whole", steps=3, files=INFO_FILES,
@@ -75,7 +93,8 @@ files = (*TOY_FILES, "methods/infoprompt.gin")
 out = {{}}
 for shape in ([1, 1], [2, 4]):
   s = toy_train({tmp!r} + "/run_%d_%d" % tuple(shape), steps=3, files=files,
-                extra=["INFOPROMPT_NEGATIVES = 8", "make_mesh.mesh_shape = %s" % shape]
+                extra=["INFOPROMPT_NEGATIVES = 8", "CLASS_LABELS = ['even', 'odd']",
+                       "make_mesh.mesh_shape = %s" % shape]
                 + (["make_mesh.devices = @first_devices()"] if shape == [1, 1] else []))
   out["%dx%d" % tuple(shape)] = [[h[k] for k in ("total_loss", "mi_head", "mi_representation")]
                                  for h in s["train_history"]]

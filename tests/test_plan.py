@@ -129,3 +129,27 @@ def test_cli_rejects_a_mesh_that_does_not_divide(capsys):
     main(argv)
   assert exit_info.value.code == 2
   assert "model_parallel_size" in capsys.readouterr().err
+
+
+def test_partitioned_optimizer_groups_are_shown_with_their_own_state(capsys):
+  """T5X's MultiOptimizer, as `plan` shows it: each group's parameters and state."""
+  from prompt_tuning.cli import main
+  argv = ["plan", *[f"--gin_file={f}" for f in (*FILES, "methods/residual.gin")],
+          *[f"--gin.{b}" for b in SMALL_MODEL], "--gin.RESIDUAL_BOTTLENECK=4",
+          "--gin.train.optimizer=@partitioned()", "--gin.partitioned.default=@adafactor()",
+          "--gin.partitioned.by_pattern={'prompt/residual/.*': @adamw()}", "--num_devices=1",
+          "--json"]
+  with pytest.raises(SystemExit) as exit_info:
+    main(argv)
+  assert exit_info.value.code == 0
+  result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  groups = {g["pattern"]: g for g in result["optimizer_groups"]}
+  assert set(groups) == {"(the rest)", "prompt/residual/.*"}
+  mlp = groups["prompt/residual/.*"]
+  # Down and up projections with biases, and the MLP's layer norm: 16 -> 4 -> 16.
+  assert mlp["parameters"] == result["trainable"]["count"] - 5 * 16
+  # AdamW keeps two moments per parameter; the prompt's Adafactor far less than that.
+  assert mlp["state_device_bytes"] >= 2 * 4 * mlp["parameters"]
+  assert sum(g["state_device_bytes"] for g in groups.values()) == \
+      result["optimizer_state"]["device_bytes"]
+  assert groups["(the rest)"]["parameters"] == 5 * 16

@@ -11,7 +11,7 @@ import pytest
 from prompt_tuning.errors import UserError
 from prompt_tuning.run_dir import RunDir
 from prompt_tuning.train.checkpoints import (STATE_CHECKSUMS, RunCheckpoints,
-                                             export_prompt_if_missing)
+                                             export_prompt, prompt_problem)
 
 CORRUPT_DIR = "checkpoints_corrupt"  # where docs and `RunDir.corrupt_checkpoint` set steps aside
 
@@ -178,11 +178,14 @@ def test_checkpoints_without_checksums_still_restore(two_steps, tmp_path, caplog
   assert any("is not verified" in r.getMessage() for r in caplog.records)
 
 
-def test_a_missing_prompt_export_is_written(tmp_path):
+def test_a_prompt_export_is_checked_against_its_value(tmp_path):
   prompt = np.ones((4, 8), np.float32)
-  path = export_prompt_if_missing(RunDir(tmp_path), "step_3", prompt)
+  path = export_prompt(RunDir(tmp_path), "step_3", prompt)
   assert path.endswith("prompts/step_3.npy")
   np.testing.assert_array_equal(np.load(path), prompt)
-  assert export_prompt_if_missing(RunDir(tmp_path), "step_3", prompt * 2) is None  # never overwritten
-  np.testing.assert_array_equal(np.load(path), prompt)
-  assert export_prompt_if_missing(RunDir(tmp_path), "step_4", None) is None
+  assert prompt_problem(path, prompt) is None
+  assert "differ" in prompt_problem(path, prompt * 2)
+  assert "shape" in prompt_problem(path, prompt[:3])
+  with open(path, "rb+") as f:
+    f.truncate(os.path.getsize(path) - 4)
+  assert "damaged .npy" in prompt_problem(path, prompt)

@@ -150,7 +150,7 @@ def test_generate_beam_and_sampling_run_end_to_end(backbone, vocab, tmp_path, ca
     ("empty", "\n\n", "has no examples"),
     ("bad_json", '{"inputs": "a", "targets": "b"}\n{"inputs": "a", \n', "line 2 is not valid JSON"),
     ("missing_key", '{"targets": "b"}\n', "line 1 lacks key(s) ['inputs'"),
-    ("not_object", '["inputs", "targets"]\n', "line 1 is a JSON list"),
+    ("not_object", '["inputs", "targets"]\n', "line 1 is a JSON array"),
 ])
 def test_bad_inputs_file_is_one_line_error(backbone, tmp_path, capsys, command, case, content,
                                            expected):

@@ -112,3 +112,12 @@ def test_a_finished_cell_is_not_recomputed(tmp_path, tiny_backbone, monkeypatch,
   assert "[1/2] apet_b100_s0 (budget 100, seed 0; 100 trainable): done before" in log
   second = json.loads((out / "sweep.json").read_text())
   assert [c["metric"] for c in second["cells"]] == [c["metric"] for c in first["cells"]]
+
+
+def test_the_sweep_runs_without_dropout_as_apets_official_code():
+  """APET's commands fine-tune with dropout 0.0 (docs/reference.md); the sweep's cells
+  append that binding after the run files' T5X 0.1."""
+  import gin
+  from prompt_tuning import configurables
+  configurables.parse(["runs/sweep.gin"], [])
+  assert "DROPOUT_RATE = 0.0" in gin.query_parameter("run_sweep.extra_bindings")

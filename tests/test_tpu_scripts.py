@@ -228,9 +228,10 @@ def test_train_xxl_splits_the_model_and_checks_the_fit_first(stubs, tmp_path, sh
   gcloud = _calls(stub / "gcloud.calls")
   assert "--worker=0" in gcloud[0] and "--worker=all" in gcloud[1]
 
-  # Unsplit, XXL does not fit a 16 GiB v3 core: nothing is started.
+  # Unsplit, XXL does not fit a 16 GiB v3 core: nothing is started. (One microbatch: a
+  # batch of 32 cannot be cut in 4 over 32 data shards, which plan refuses first.)
   (stub / "prompt_tuning.calls").unlink()
-  proc = _run(TRAIN, env, **{**run_env, "MODEL_PARALLEL": "1"})
+  proc = _run(TRAIN, env, **{**run_env, "MODEL_PARALLEL": "1", "NUM_MICROBATCHES": "1"})
   assert proc.returncode != 0
   assert "more than the 16 GiB of one device" in proc.stderr
   assert "no training started" in proc.stderr

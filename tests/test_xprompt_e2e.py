@@ -1,16 +1,13 @@
 """`prompt-tuning xprompt` end to end on the toy backbone and task: stages, report, restarts."""
-import contextlib
-import io
 import json
 import os
 
 import numpy as np
 import pytest
 
-from prompt_tuning import cli
 from prompt_tuning.methods.xprompt import driver as xprompt_driver
 from prompt_tuning.run_dir import XPromptDir
-from tests.train_helpers import TOY_BINDINGS
+from tests.train_helpers import TOY_BINDINGS, run_cli
 
 PIECES = 2  # divides the toy model's d_model 32
 TOKEN_RATIOS = [0.25, 0.5]
@@ -29,15 +26,6 @@ def _argv(model_dir, files=("models/t5_1_1_toy_prompt.gin", "methods/xprompt.gin
               # prompt never shows), so the pruning checks below are not vacuous.
               "run_xprompt.tolerance = 0.0", "run_xprompt.test_split = 'test'"]
   return ["xprompt", *[f"--gin_file={f}" for f in files], *[f"--gin.{b}" for b in bindings]]
-
-
-def _run_cli(argv):
-  """Runs the CLI in-process; returns (exit code, stdout + stderr)."""
-  out = io.StringIO()
-  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-    with pytest.raises(SystemExit) as exit_info:
-      cli.main(argv)
-  return exit_info.value.code, out.getvalue()
 
 
 def _file_times(root):
@@ -62,9 +50,9 @@ def finished_run(tmp_path_factory):
 
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(xprompt_driver, "rewinding_edit", interrupted_while_rewinding)
-    code, first = _run_cli(_argv(model_dir))
+    code, first = run_cli(_argv(model_dir))
   assert code == 130, first
-  code, second = _run_cli(_argv(model_dir))
+  code, second = run_cli(_argv(model_dir))
   assert code == 0, second
   with open(XPromptDir(model_dir).summary) as f:
     summary = json.load(f)
@@ -152,7 +140,7 @@ def test_rewinding_retrains_kept_values_and_pruned_stay_zero(finished_run):
 def test_rerun_of_a_finished_run_skips_every_stage(finished_run):
   model_dir, _, summary, _ = finished_run
   before = _file_times(model_dir)
-  code, output = _run_cli(_argv(model_dir))
+  code, output = run_cli(_argv(model_dir))
   assert code == 0, output
   assert "skipping" in output
   assert "stage 1/3" not in output and "trainable parameters" not in output
@@ -161,7 +149,7 @@ def test_rerun_of_a_finished_run_skips_every_stage(finished_run):
 
 def test_missing_xprompt_gin_fails_before_training(tmp_path):
   model_dir = tmp_path / "run"
-  code, output = _run_cli(_argv(model_dir, files=("models/t5_1_1_toy_prompt.gin",
+  code, output = run_cli(_argv(model_dir, files=("models/t5_1_1_toy_prompt.gin",
                                                   "runs/prompt_finetune.gin")))
   assert code == 2
   assert "methods/xprompt.gin" in output

@@ -1,11 +1,15 @@
 """Running the gin-configured trainer in-process on the toy task (tests only)."""
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
-from typing import Sequence
+from typing import Sequence, Tuple
 
-from prompt_tuning import configurables, gin_utils
+import pytest
+
+from prompt_tuning import cli, configurables, gin_utils
 
 TOY_BINDINGS = (
     "MIXTURE_OR_TASK_NAME = 'toy_parity'",
@@ -29,6 +33,15 @@ def toy_train(model_dir, steps: int, extra: Sequence[str] = (), files: Sequence[
   configurables.parse(list(files), [*TOY_BINDINGS, f"MODEL_DIR = '{model_dir}'",
                                 f"TRAIN_STEPS = {steps}", f"CHECKPOINT_PERIOD = {steps}", *extra])
   return gin_utils.call(trainer.train)
+
+
+def run_cli(argv: Sequence[str]) -> Tuple[int, str]:
+  """`prompt-tuning ARGV` in-process, as a user runs it: (exit code, stdout + stderr)."""
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+    with pytest.raises(SystemExit) as exit_info:
+      cli.main(list(argv))
+  return exit_info.value.code, out.getvalue()
 
 
 def losses(summary):

@@ -14,23 +14,22 @@ from typing import Any, Dict, Optional
 import jax
 import numpy as np
 
-from prompt_tuning import host_memory
-from prompt_tuning.errors import UserError
+from prompt_tuning import checks, host_memory
 
 
 def add_arguments(parser) -> None:
   parser.add_argument("--size", default="small",
                       help="T5 1.1 size of the random backbone: small, base, large, xl, xxl "
                       "(default: small)")
-  parser.add_argument("--batch_size", type=int, default=8,
+  parser.add_argument("--batch_size", type=checks.int_flag(1), default=8,
                       help="global batch of the timed step (default: 8)")
-  parser.add_argument("--inputs_length", type=int, default=128,
+  parser.add_argument("--inputs_length", type=checks.int_flag(1), default=128,
                       help="encoder input tokens per example, prompt excluded (default: 128)")
-  parser.add_argument("--prompt_length", type=int, default=100,
+  parser.add_argument("--prompt_length", type=checks.int_flag(1), default=100,
                       help="soft-prompt tokens prepended to the inputs (default: 100)")
-  parser.add_argument("--targets_length", type=int, default=8,
+  parser.add_argument("--targets_length", type=checks.int_flag(1), default=8,
                       help="decoder target tokens per example (default: 8)")
-  parser.add_argument("--steps", type=int, default=10,
+  parser.add_argument("--steps", type=checks.int_flag(1), default=10,
                       help="timed steps, after one untimed warm-up step (default: 10)")
   parser.add_argument("--frozen_dtype", default=None,
                       help="store the frozen backbone in this dtype, e.g. bfloat16 (default: "
@@ -41,7 +40,7 @@ def add_arguments(parser) -> None:
                       help="rematerialize each layer's activations in the backward pass with "
                       "this policy: none, full (the default of a bare --remat), dots, "
                       "dots_saveable (T5Config.remat)")
-  parser.add_argument("--seed", type=int, default=0,
+  parser.add_argument("--seed", type=checks.SEED_FLAG, default=0,
                       help="seed of the random backbone, prompt and batch (default: 0)")
 
 
@@ -121,10 +120,13 @@ def bench_train_step(size: str = "small", batch_size: int = 8, inputs_length: in
   from prompt_tuning.train import optim
   from prompt_tuning.train.run_setup import build_run, compile_train_step
 
-  if min(batch_size, inputs_length, targets_length, steps) < 1 or prompt_length < 1:
-    raise UserError("bench sizes and --steps must be positive integers")
+  from prompt_tuning.models import memory_bound
   rss_imports = rss_mb()
   config = t5_1_1_config(size, dtype=dtype, remat=remat)
+  memory_bound.check_fits(config, memory_bound.Pass(batch_size, inputs_length + prompt_length,
+                                                    targets_length), "the timed step",
+                          "lower --batch_size, --inputs_length, --prompt_length or "
+                          "--targets_length")
   model = T5(config, prompt=Prompt(length=prompt_length, initializer=initializers.uniform()))
   # The same setup and the same jitted, sharded, donating step as `trainer.train`.
   ctx = build_run(model=model, seed=seed, frozen_dtype=frozen_dtype)

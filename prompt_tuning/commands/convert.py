@@ -10,14 +10,12 @@ half-written `--output` behind.
 """
 import argparse
 import os
-import shutil
-import tempfile
 from typing import Any, Dict, Optional, Tuple
 
 import jax
 import numpy as np
 
-from prompt_tuning import fs
+from prompt_tuning import checks, fs
 from prompt_tuning.errors import UserError, closest
 from prompt_tuning.io.backbone import check_tree_shapes, save_backbone
 from prompt_tuning.models.config import T5Config
@@ -37,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--output", required=True, help="new backbone folder to write")
   parser.add_argument("--dtype", default=None, metavar="{float32,bfloat16,float16}",
                       help="parameter dtype to store (default: as in the checkpoint)")
-  parser.add_argument("--relative_attention_max_distance", type=int, default=None,
+  parser.add_argument("--relative_attention_max_distance", type=checks.int_flag(1), default=None,
                       help="T5X: not stored in the weights (default 128, T5 1.1's value); "
                            "HF: overrides config.json")
 
@@ -64,28 +62,19 @@ def _check_args(args: argparse.Namespace) -> None:
                     f"Choose one of {', '.join(FORMATS)}")
   if args.dtype is not None and args.dtype not in DTYPES:
     raise UserError(f"unknown --dtype {args.dtype!r}; choose one of {', '.join(DTYPES)}")
-  if args.relative_attention_max_distance is not None and args.relative_attention_max_distance < 1:
-    raise UserError("--relative_attention_max_distance must be a positive integer")
+  # Without network a gs:// checkpoint would be retried for minutes: say so in seconds.
+  fs.check_reachable(args.input, f"copy the checkpoint folder to this machine (gsutil -m cp -r "
+                     f"{args.input} /local/dir) and pass --input with the local folder")
+  fs.check_reachable(args.output, "pass a local --output folder")
   if not fs.is_remote(args.output) and os.path.exists(args.output) and (
       not os.path.isdir(args.output) or os.listdir(args.output)):
     raise UserError(f"--output {args.output} already exists; choose a new folder or delete it")
 
 
 def _write(output: str, config: T5Config, params: Dict[str, Any], source: Dict[str, Any]) -> None:
-  if fs.is_remote(output):  # remote: config.json, written last, marks completion
-    save_backbone(output, config, params, source)
-    return
-  output = os.path.abspath(output)
-  parent = os.path.dirname(output)
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.converting-", dir=parent)
-  try:
-    save_backbone(os.path.join(staging, "backbone"), config, params, source)
-    if os.path.isdir(output):  # an empty folder the user made beforehand
-      os.rmdir(output)
-    os.replace(os.path.join(staging, "backbone"), output)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
+  # Remote: config.json, written last, marks completion.
+  with fs.staged_folder(output, "converting") as staging:
+    save_backbone(staging, config, params, source)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from prompt_tuning import checks
+from prompt_tuning import checks, fs
 from prompt_tuning.errors import UserError
 from prompt_tuning.models.config import architecture_of
 
@@ -28,10 +28,9 @@ def add_arguments(parser) -> None:
 
 
 def _check_prompt(prompt: np.ndarray, source: str, config, checkpoint: str) -> None:
-  if not np.all(np.isfinite(prompt)):
-    raise UserError(f"prompt file {source} holds NaN or infinite values (a diverged run?); "
-                    "export a prompt from a step before the divergence")
-  if prompt.ndim != 2 or prompt.shape[1] != config.emb_dim:
+  from prompt_tuning.prompts.files import check_prompt
+  check_prompt(prompt, f"prompt {source}")
+  if prompt.shape[1] != config.emb_dim:
     raise UserError(f"prompt file {source} has shape {prompt.shape}, but backbone "
                     f"{checkpoint} needs [length, {config.emb_dim}]; export a prompt tuned "
                     "on this backbone")
@@ -64,6 +63,12 @@ def lora_pairs(tensors: Dict[str, np.ndarray], description: Dict, source: str
   return {m: (ab[0], ab[1]) for m, ab in pairs.items()}, int(rank), alpha
 
 
+def _check_new_folder(path: str, flag: str) -> None:
+  """The folder is written whole, then renamed into place: it must not hold files already."""
+  if os.path.isdir(path) and os.listdir(path):
+    raise UserError(f"{flag} {path} already holds files; choose a new (or empty) folder")
+
+
 def run(args) -> int:
   from prompt_tuning.io import backbone, hf, peft
   from prompt_tuning.prompts.files import read_prompt
@@ -71,17 +76,19 @@ def run(args) -> int:
   checks.output_dir(args.output, "--output")
   if os.path.exists(os.path.join(args.output, peft.CONFIG)):
     raise UserError(f"--output {args.output} already holds a PEFT adapter; choose a new folder")
+  _check_new_folder(args.output, "--output")
   hf_output = os.path.abspath(args.hf_output) if args.hf_output else None
   if hf_output:
     checks.output_dir(hf_output, "--hf_output")
     if os.path.exists(os.path.join(hf_output, hf.CONFIG_FILE)):
       raise UserError(f"--hf_output {args.hf_output} already holds a model; choose a new folder")
+    _check_new_folder(hf_output, "--hf_output")
   config = backbone.load_backbone_config(args.checkpoint)
   if args.prompt:
     prompt = read_prompt(args.prompt, "--prompt")
     _check_prompt(prompt, args.prompt, config, args.checkpoint)
-    write = lambda: peft.save_peft_prompt(args.output, prompt, config,
-                                          base_model_name_or_path=hf_output)
+    write = lambda out: peft.save_peft_prompt(out, prompt, config,
+                                              base_model_name_or_path=hf_output)
     what = f"{prompt.shape[0]} virtual tokens"
   else:
     from prompt_tuning.train import exports
@@ -93,20 +100,23 @@ def run(args) -> int:
     if set(tensors) == {"params/prompt/prompt"} and not description.get("plan"):
       prompt = tensors["params/prompt/prompt"]
       _check_prompt(prompt, args.deltas, config, args.checkpoint)
-      write = lambda: peft.save_peft_prompt(args.output, prompt, config,
-                                            base_model_name_or_path=hf_output)
+      write = lambda out: peft.save_peft_prompt(out, prompt, config,
+                                                base_model_name_or_path=hf_output)
       what = f"{prompt.shape[0]} virtual tokens"
     elif "params/prompt/shared/prompt" in tensors:
       raise UserError(f"{args.deltas} holds a multi-task prompt; PEFT takes one prompt per "
                       "adapter: export each task's with --prompt MODEL_DIR/prompts/step_N/<task>.npy")
     else:
       pairs, rank, alpha = lora_pairs(tensors, description, args.deltas)
-      write = lambda: peft.save_peft_lora(args.output, pairs, rank, alpha, config,
-                                          base_model_name_or_path=hf_output)
+      write = lambda out: peft.save_peft_lora(out, pairs, rank, alpha, config,
+                                              base_model_name_or_path=hf_output)
       what = f"LoRA r={rank} alpha={alpha:g} on {len(pairs)} modules"
+  # Each folder is written beside its place and renamed into it: a failed export leaves none.
   if hf_output:  # written first: the adapter names it by its absolute path
-    hf.save_hf(hf_output, config, backbone.load_backbone(args.checkpoint)[1])
-  write()
+    with fs.staged_folder(hf_output, "exporting") as staging:
+      hf.save_hf(staging, config, backbone.load_backbone(args.checkpoint)[1])
+  with fs.staged_folder(args.output, "exporting") as staging:
+    write(staging)
   print(f"wrote PEFT adapter {os.path.abspath(args.output)} ({what})"
         + (f" on Hugging Face backbone {hf_output}" if hf_output else
            "; without --hf_output it names no base model (set base_model_name_or_path in "

@@ -23,10 +23,10 @@ from prompt_tuning.models.config import remat_policy
 
 def add_arguments(parser) -> None:
   gin_utils.add_gin_arguments(parser)
-  parser.add_argument("--num_devices", type=int, default=None,
+  parser.add_argument("--num_devices", type=checks.int_flag(1), default=None,
                       help="devices of the mesh to plan for (default: jax.device_count())")
   parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-  parser.add_argument("--device_memory_gib", type=float, default=None,
+  parser.add_argument("--device_memory_gib", type=checks.float_flag(above=0), default=None,
                       help="memory of one device in GiB (e.g. 16 for a TPU v3 core): exit with an "
                       "error when the run does not fit (scripts/tpu/train_rte.sh checks this)")
 
@@ -57,7 +57,7 @@ def plan_run(num_devices: Optional[int] = None) -> Dict[str, Any]:
   """The plan of the parsed gin configuration (see module docstring)."""
   from prompt_tuning.train import data as data_lib, initialize, run_setup
   from prompt_tuning.train import trainable as trainable_lib
-  from prompt_tuning.train.partitioning import DEFAULT_RULES
+  from prompt_tuning.train.partitioning import DEFAULT_RULES, check_batch_split
   from prompt_tuning.train.run_setup import optimizer_layouts
   num_devices = num_devices or jax.device_count()
   try:
@@ -76,6 +76,7 @@ def plan_run(num_devices: Optional[int] = None) -> Dict[str, Any]:
                               "--gin.BATCH_SIZE=32")
   microbatches = checks.positive_int(_gin_value("train.num_microbatches", 1),
                                      "train.num_microbatches", "--gin.train.num_microbatches=1")
+  check_batch_split(batch, axis_sizes["data"], microbatches)  # the trainer's rule, on this mesh
   def init():
     tokens = jax.numpy.ones((1, 4), np.int32)
     return model.init(jax.random.PRNGKey(0), tokens, tokens)
@@ -94,11 +95,13 @@ def plan_run(num_devices: Optional[int] = None) -> Dict[str, Any]:
 
   optimizer = _gin_value("train.optimizer")
   opt_fp = plan_lib.Footprint()
+  groups = []
   if optimizer is not None:
     # The trainer's own rule (run_setup.optimizer_layouts), on PartitionSpecs.
     opt_state = jax.eval_shape(optimizer.init, trainable)
     opt_specs = optimizer_layouts(optimizer, trainable, trainable_specs, PartitionSpec())
     opt_fp = plan_lib.footprint(_leaves(opt_state, opt_specs), axis_sizes)
+    groups = optimizer_groups(optimizer, trainable, opt_state, opt_specs, axis_sizes)
   frozen_fp = plan_lib.footprint(_leaves(frozen, frozen_specs), axis_sizes)
   trainable_fp = plan_lib.footprint(_leaves(trainable, trainable_specs), axis_sizes)
 
@@ -119,12 +122,33 @@ def plan_run(num_devices: Optional[int] = None) -> Dict[str, Any]:
                 "frozen_dtype": frozen_dtype or config.param_dtype, "prompt_length": prompt_length},
       "trainable_patterns": list(patterns),
       "frozen": dataclass_dict(frozen_fp), "trainable": dataclass_dict(trainable_fp),
-      "optimizer_state": dataclass_dict(opt_fp),
+      "optimizer_state": dataclass_dict(opt_fp), "optimizer_groups": groups,
       "activations": {"device_bytes": activations, "batch": batch, "num_microbatches": microbatches,
                       "encoder_length": shape.encoder_length, "decoder_length": shape.decoder_length,
                       "remat": remat_policy(config)},
       "device_bytes": per_device,
   }
+
+
+def optimizer_groups(optimizer, trainable: Any, opt_state: Any, opt_specs: Any,
+                     axis_sizes: Dict[str, int]) -> list:
+  """Each parameter group of a `partitioned` optimizer (T5X's MultiOptimizer): its
+  pattern, its parameters and its own optimizer state per device. Empty for one optimizer."""
+  from prompt_tuning.train import optim
+  if not isinstance(optimizer, optim.Partitioned):
+    return []
+  sizes = {optim.key_path_name(kp): int(np.prod(x.shape))
+           for kp, x in jax.tree_util.tree_flatten_with_path(trainable)[0]}
+  rows = []
+  for label, paths in optim.parameter_groups(optimizer, trainable).items():
+    # multi_transform keeps one inner state per group label, masked to that group.
+    state = opt_state.inner_states[label]
+    specs = opt_specs.inner_states[label]
+    fp = plan_lib.footprint(_leaves(state, specs), axis_sizes)
+    rows.append({"group": label, "pattern": optimizer.patterns.get(label, "(the rest)"),
+                 "parameters": sum(sizes[p] for p in paths), "tensors": len(paths),
+                 "state_device_bytes": fp.device_bytes})
+  return rows
 
 
 def dataclass_dict(fp: plan_lib.Footprint) -> Dict[str, int]:
@@ -144,6 +168,9 @@ def format_plan(p: Dict[str, Any]) -> str:
                     ("optimizer state", "optimizer_state")):
     fp = p[key]
     lines.append(f"{name:<28}{c(fp['count']):>10}{h(fp['total_bytes']):>13}{h(fp['device_bytes']):>13}")
+  for g in p.get("optimizer_groups", []):
+    lines.append(f"  optimizer group {g['pattern']:<12}{c(g['parameters']):>10}{'':>13}"
+                 f"{h(g['state_device_bytes']):>13}   {g['tensors']} tensors")
   lines.append(f"{'activations (estimate)':<28}{'':>10}{'':>13}{h(a['device_bytes']):>13}"
                f"   batch {a['batch']}/{a['num_microbatches']} microbatch(es), encoder "
                f"{a['encoder_length']}, decoder {a['decoder_length']}, remat {a['remat']}")
@@ -153,8 +180,6 @@ def format_plan(p: Dict[str, Any]) -> str:
 
 def run(args) -> int:
   configurables.setup_from_args(args)
-  if args.num_devices is not None and args.num_devices < 1:
-    raise UserError(f"--num_devices={args.num_devices} must be at least 1")
   result = plan_run(args.num_devices)
   print(json.dumps(result) if args.json else format_plan(result), flush=True)
   if args.device_memory_gib is not None:

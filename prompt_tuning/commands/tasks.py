@@ -15,6 +15,7 @@ import argparse
 import importlib
 from typing import List
 
+from prompt_tuning import checks
 from prompt_tuning.errors import UserError, closest
 
 
@@ -23,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="list (default) or show examples of one task or mixture")
   parser.add_argument("name", nargs="?", help="task or mixture name (for show)")
   parser.add_argument("--split", default="validation", help="split to show (default: validation)")
-  parser.add_argument("-n", "--num_examples", type=int, default=3, help="examples to show")
+  parser.add_argument("-n", "--num_examples", type=checks.int_flag(1), default=3,
+                      help="examples to show")
   parser.add_argument("--filter", default="", help="list only names containing this text")
   parser.add_argument("--module", action="append", default=[],
                       help="extra module(s) to import that register tasks")
@@ -146,7 +148,5 @@ def run(args: argparse.Namespace) -> int:
   if not args.name:
     raise UserError("'tasks show' needs a task or mixture name, e.g. "
                     "'prompt-tuning tasks show super_glue_rte'")
-  if args.num_examples < 1:
-    raise UserError(f"-n must be at least 1, got {args.num_examples}")
   _print(show_examples(args.name, args.split, args.num_examples))
   return 0

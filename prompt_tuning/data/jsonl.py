@@ -9,7 +9,7 @@ and pads token lists into fixed-shape arrays.
 import json
 import os
 import sys
-from typing import Any, Dict, Iterable, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -19,43 +19,98 @@ from prompt_tuning.errors import UserError
 DEFAULT_EXTRA_IDS = 100
 
 
+_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
+def objects(path: str, expected: str) -> Iterator[Tuple[int, Dict[str, Any]]]:
+  """(line number, JSON object) of each non-blank line of a JSONL file.
+
+  Every reader of a JSONL file goes through here, so each bad line is one
+  UserError naming the file and the line (and the field, for text that is not
+  text), never a decoder's traceback.
+
+  Args:
+    path: a local file.
+    expected: what each line should hold, for the messages, e.g. `{"inputs", "targets"}`.
+  """
+  with open(path, "rb") as f:
+    for number, raw in enumerate(f, start=1):
+      where = f"{path} line {number}"
+      try:
+        line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a leading BOM is fine
+      except UnicodeDecodeError as e:
+        raise _not_utf8(where, raw, e) from None
+      if not line.strip():
+        continue
+      try:
+        value = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise UserError(f"{where} is not valid JSON ({e.msg} at column {e.colno}); each line "
+                        f"must be one JSON object {expected}") from None
+      if not isinstance(value, dict):
+        raise UserError(f"{where} is a JSON {_JSON_TYPES.get(type(value), 'value')}, not an object "
+                        f"{expected}")
+      if "\\u" in line:  # only \u escapes can make a lone surrogate
+        _check_text(value, where)
+      yield number, value
+
+
+def _not_utf8(where: str, raw: bytes, error: UnicodeDecodeError) -> UserError:
+  return UserError(f"{where} is not UTF-8 text (byte 0x{raw[error.start]:02x} at column "
+                   f"{error.start + 1}); save the file as UTF-8")
+
+
+def not_utf8_error(path: str) -> UserError:
+  """The error naming the first line of `path` that is not UTF-8 text, for readers that decode
+  in blocks and so cannot say which line failed (e.g. `csv` over a text file)."""
+  with open(path, "rb") as f:
+    for number, raw in enumerate(f, start=1):
+      try:
+        raw.decode("utf-8-sig" if number == 1 else "utf-8")
+      except UnicodeDecodeError as e:
+        return _not_utf8(f"{path} line {number}", raw, e)
+  return UserError(f"{path} is not UTF-8 text; save the file as UTF-8")
+
+
+def _check_text(value: Any, where: str, field: str = "") -> None:
+  """Refuses a string holding a lone UTF-16 surrogate (JSON's `"\\ud800"`): no text encodes it."""
+  if isinstance(value, str):
+    try:
+      value.encode("utf-8")
+    except UnicodeEncodeError as e:
+      raise UserError(f"{where}: field {field or '(the value)'!r} holds a lone UTF-16 surrogate "
+                      f"(\\u{ord(value[e.start]):04x} at character {e.start + 1}), which is not "
+                      "text; remove it or pair it") from None
+  elif isinstance(value, dict):
+    for key, item in value.items():
+      _check_text(item, where, f"{field}.{key}" if field else str(key))
+  elif isinstance(value, list):
+    for index, item in enumerate(value):
+      _check_text(item, where, f"{field}[{index}]")
+
+
 def read_examples(path: str, required_keys: Sequence[str]) -> List[Dict[str, Any]]:
   """Reads a JSONL file of objects whose `required_keys` hold strings.
 
   Blank lines are skipped. Raises UserError naming the file and line number
-  for unreadable files, bad JSON, non-objects, missing keys or non-string
-  values, and for a file without examples.
+  for unreadable files, bad JSON, non-objects, missing keys, non-string
+  values or text with lone surrogates, and for a file without examples.
   """
   if not os.path.isfile(path):
     raise UserError(f"inputs file {path} does not exist; pass a JSONL file with one "
                     f"{{{', '.join(repr(k) for k in required_keys)}}} object per line")
   examples = []
-  with open(path, "rb") as f:
-    for number, raw in enumerate(f, start=1):
-      try:
-        line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a leading BOM is fine
-      except UnicodeDecodeError as e:
-        raise UserError(f"{path} line {number} is not UTF-8 text (byte 0x{raw[e.start]:02x} at "
-                        f"column {e.start + 1}); save the file as UTF-8") from None
-      if not line.strip():
-        continue
-      try:
-        example = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise UserError(f"{path} line {number} is not valid JSON ({e.msg}); "
-                        "each line must be one JSON object") from None
-      if not isinstance(example, dict):
-        raise UserError(f"{path} line {number} is a JSON {type(example).__name__}, "
-                        f"not an object with keys {list(required_keys)}")
-      missing = [k for k in required_keys if k not in example]
-      if missing:
-        raise UserError(f"{path} line {number} lacks key(s) {missing}; "
-                        f"each line needs {list(required_keys)}")
-      for key in required_keys:
-        if not isinstance(example[key], str):
-          raise UserError(f"{path} line {number}: {key!r} must be a string, "
-                          f"got {type(example[key]).__name__}")
-      examples.append(example)
+  for number, example in objects(path, f"with keys {list(required_keys)}"):
+    missing = [k for k in required_keys if k not in example]
+    if missing:
+      raise UserError(f"{path} line {number} lacks key(s) {missing}; "
+                      f"each line needs {list(required_keys)}")
+    for key in required_keys:
+      if not isinstance(example[key], str):
+        raise UserError(f"{path} line {number}: {key!r} must be a string, "
+                        f"got {type(example[key]).__name__}")
+    examples.append(example)
   if not examples:
     raise UserError(f"inputs file {path} has no examples; add one JSON object per line")
   return examples
@@ -63,20 +118,18 @@ def read_examples(path: str, required_keys: Sequence[str]) -> List[Dict[str, Any
 
 def write_examples(records: Iterable[Dict[str, Any]], path: Optional[str]) -> None:
   """Writes one JSON object per line to `path`, or to stdout when `path` is None."""
+  lines = (json.dumps(record, ensure_ascii=False) + "\n" for record in records)
   if path is None:
-    _write_lines(records, sys.stdout)
+    for line in lines:
+      sys.stdout.write(line)
     sys.stdout.flush()
     return
   parent = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(parent):
     raise UserError(f"output folder {parent} does not exist; create it or choose another --output")
-  with open(path, "w", encoding="utf-8") as f:
-    _write_lines(records, f)
-
-
-def _write_lines(records: Iterable[Dict[str, Any]], stream: TextIO) -> None:
-  for record in records:
-    stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+  from prompt_tuning import fs  # pylint: disable=g-import-not-at-top
+  # Atomic: a failed write (a full disk) leaves no half-written output that looks finished.
+  fs.atomic_write(path, lambda f: f.writelines(line.encode("utf-8") for line in lines))
 
 
 def load_vocabulary(path: str, extra_ids: int = DEFAULT_EXTRA_IDS):

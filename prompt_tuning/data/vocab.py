@@ -33,6 +33,7 @@ class _SentencePieceVocabulary(seqio.SentencePieceVocabulary):
   """
 
   def _model_context(self):
+    _check_reachable(self.sentencepiece_model_file)
     try:
       return super()._model_context()
     except UserError:
@@ -45,6 +46,13 @@ class _SentencePieceVocabulary(seqio.SentencePieceVocabulary):
       raise UserError(f"cannot read the SentencePiece vocabulary {path}{hint}: {why}; set "
                       f"${VOCAB_ENV} to a local sentencepiece.model (T5's: {T5_VOCAB_PATH}) "
                       "or bind get_vocabulary.path") from None
+
+
+def _check_reachable(path: str) -> None:
+  """A gs:// vocabulary without network fails in seconds, not after minutes of retries."""
+  from prompt_tuning import fs  # pylint: disable=g-import-not-at-top
+  fs.check_reachable(path, f"set ${VOCAB_ENV} to a local copy of it (gsutil cp {path} .) or bind "
+                     "get_vocabulary.path")
 
 
 @functools.lru_cache(maxsize=8)
@@ -72,6 +80,7 @@ def check_vocabulary(vocabulary: seqio.Vocabulary) -> None:
   its path was chosen ($PROMPT_TUNING_VOCAB, the gs:// default, get_vocabulary.path)."""
   if not isinstance(vocabulary, seqio.SentencePieceVocabulary):
     return
+  _check_reachable(vocabulary.sentencepiece_model_file)
   try:
     vocabulary.tokenizer  # pylint: disable=pointless-statement  (reads and parses the file)
   except Exception as e:  # pylint: disable=broad-except  (tf.errors.*, OSError, RuntimeError)

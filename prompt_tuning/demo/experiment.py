@@ -194,6 +194,8 @@ def run_demo(model_dir: str = gin.REQUIRED, operation: str = "reverse",
     bindings = [*common, f"MODEL_DIR = {run_dir!r}", *extra_bindings]
     if method == "residual":
       bindings.append(f"RESIDUAL_BOTTLENECK = {residual_bottleneck}")
+    if method == "infoprompt":  # θ's classes: the digits, what the first output token can be
+      bindings.append(f"CLASS_LABELS = {list(tasks.LABEL_WORDS)!r}")
     bindings += list((method_bindings or {}).get(method, ()))
     print(f"\n=== {method}: tuning a {prompt_length}-token prompt on {task} ===", flush=True)
     if method == "xprompt":

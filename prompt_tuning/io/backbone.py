@@ -48,9 +48,11 @@ def save_backbone(path: str, config: T5Config, params: Dict[str, Any],
   path = fs.absolute(path)
   if os.path.exists(os.path.join(path, CONFIG_FILE)):
     raise UserError(f"{path} already holds a backbone; choose a new --output folder or delete it")
-  ckpt = _checkpointer()
-  ckpt.save(os.path.join(path, PARAMS_DIR), params)
-  ckpt.wait_until_finished()
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  # Synchronous: a failed write (a full disk) is this call's exception, not tracebacks of
+  # Orbax's background threads after it.
+  with fs.writer_threads_quiet(), ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckpt:
+    ckpt.save(os.path.join(path, PARAMS_DIR), args=ocp.args.StandardSave(params))
   _write_json(os.path.join(path, CHECKSUMS_FILE), {
       "algorithm": checksums.ALGORITHM,
       "params": checksums.tree_records(params, CHECKSUM_DTYPES)})

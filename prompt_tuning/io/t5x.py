@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import jax
 import numpy as np
 
+from prompt_tuning import fs
 from prompt_tuning.errors import UserError, closest
 from prompt_tuning.io.backbone import check_tree_shapes, flatten_paths
 from prompt_tuning.models.config import T5Config
@@ -78,6 +79,8 @@ def _kvstore_for(path: str) -> Dict[str, str]:
 def _read_msgpack_bytes(folder: str) -> bytes:
   file_path = _join(folder, CHECKPOINT_FILE)
   if folder.startswith("gs://"):
+    fs.check_reachable(folder, f"copy the checkpoint folder to this machine (gsutil -m cp -r "
+                       f"{folder} /local/dir) and pass the local folder instead")
     import tensorstore as ts
     kv = _gcs_kvstore(folder)
     try:

@@ -64,6 +64,10 @@ def class_labels(labels: Sequence[str] = gin.REQUIRED, vocabulary=None,
     vocabulary: a seqio vocabulary (default: the project's T5 vocabulary).
     fallback: initializer of rows past the labels (default: `sampled_vocab()`).
   """
+  if not labels:  # e.g. CLASS_LABELS = None from methods/infoprompt.gin, read after this file
+    raise UserError("class-label initialization (prompts/from_class_labels.gin) needs the label "
+                    "words: set CLASS_LABELS, e.g. --gin.CLASS_LABELS=\"['entailment', "
+                    "'not_entailment']\"")
   fallback = fallback or sampled_vocab()
 
   def init(rng, shape, embedding_table):

@@ -3,7 +3,8 @@
 Every improvement is written at once, so a run killed later keeps it and a
 resume continues from it: `prompts/best.json` (step, metric, value), the
 trainable tree as `best/trainable.npz` (for every method) and the `best`
-exports (`prompts/best.npy`, `exports/best/`).
+exports (`prompts/best.npy`, `exports/best/`), which a resume checks against
+`best/trainable.npz` and rebuilds from it when damaged.
 """
 from typing import Any, Dict, Mapping, Optional
 
@@ -64,7 +65,10 @@ class BestSoFar(EarlyStopping):
     super().__init__(metric, mode, patience)
     self.saves, self.run = saves, saves.run
     if resumed_at is not None:
-      self.resume(fs.read_json(self.run.best_record), resumed_at)
+      record = fs.read_json(self.run.best_record)
+      self.resume(record, resumed_at)
+      if self.best is not None:  # its exports are checked, and rebuilt, as the checkpoint's are
+        saves.rebuild_exports("best", record["step"], self.trainable(), self.run.best_trainable)
 
   def update(self, step: int, metrics: Mapping[str, float], trainable: Any) -> None:
     """Counts the evaluation of `step`; saves `trainable` as the best when it improved."""

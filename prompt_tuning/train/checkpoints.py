@@ -34,6 +34,9 @@ STATE_CHECKSUMS = "state_checksums"
 # a failure stops the run instead of setting the checkpoint aside.
 _TRANSIENT = ("UNAVAILABLE", "PERMISSION_DENIED", "UNAUTHENTICATED", "DEADLINE_EXCEEDED",
               "RESOURCE_EXHAUSTED", "CANCELLED", "ABORTED")
+# What a save that failed for lack of room or rights says (tensorstore raises ValueErrors).
+_NO_ROOM = ("No space left", "File too large", "Disk quota", "Permission denied",
+            "Read-only file system", "RESOURCE_EXHAUSTED", "PERMISSION_DENIED")
 # Exceptions of a restore that point at the code or the machine, not the bytes.
 _NOT_DAMAGE = (TypeError, NotImplementedError, ImportError, MemoryError)
 
@@ -73,11 +76,33 @@ class RunCheckpoints:
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, meta: Dict[str, Any]) -> None:
-    """Saves `state` and `meta` (plus the checksums of `state`'s arrays) as `step`."""
+    """Saves `state` and `meta` (plus the checksums of `state`'s arrays) as `step`.
+
+    A save that fails for lack of space or permission is one UserError naming the step's
+    folder, and Orbax's temporary folder of the step is removed: nothing half-written stays.
+    """
     meta = {**meta, STATE_CHECKSUMS: checksums.tree_records(state)}
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
-    self._manager.wait_until_finished()
+    try:
+      with fs.writer_threads_quiet():
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        self._manager.wait_until_finished()
+    except Exception as e:  # Orbax and tensorstore raise OSError, ValueError, their own types
+      self._remove_unfinished(step)
+      first = _first_line(e)
+      if isinstance(e, OSError) or any(text in first for text in _NO_ROOM):
+        raise UserError(f"cannot save checkpoint {self._step_dir(step)} ({first}); free space "
+                        "on its disk or make MODEL_DIR writable, then rerun: the run resumes "
+                        "from its last saved step") from None
+      raise
+
+  def _remove_unfinished(self, step: int) -> None:
+    """Removes Orbax's temporary folders of `step` (`<step>.orbax-checkpoint-tmp*`)."""
+    if jax.process_index() != 0 or not fs.isdir(self.directory):
+      return
+    for name in fs.listdir(self.directory):
+      if name.startswith(f"{step}.orbax-checkpoint-tmp"):
+        fs.remove_tree(fs.join(self.directory, name))
 
   def restore(self, step: int, abstract_state: Any) -> Tuple[Any, Dict[str, Any]]:
     """(state, meta) of `step`, verified against its checksums; a UserError says what is wrong."""
@@ -232,31 +257,39 @@ def write_prompt(path: str, prompt) -> str:
   return path
 
 
-def export_prompt(run: RunDir, name: str, prompt) -> str:
-  """Writes `MODEL_DIR/prompts/<name>.npy` (float32, `[P, E]`) on the first host.
+def prompt_files(run: RunDir, name: str, prompt) -> Dict[str, np.ndarray]:
+  """Each file (path -> `[P, E]` value) of the export of `prompt` as `name`.
 
-  A multi-task prompt's `{task: [P, E]}` is written as `prompts/<name>/<task>.npy`,
-  each file a plain prompt that `PROMPT_FILE` and `export --prompt` take. Returns
-  the file (or folder) written.
+  `MODEL_DIR/prompts/<name>.npy`; a multi-task prompt's `{task: [P, E]}` is
+  `prompts/<name>/<task>.npy`, each file a plain prompt that `PROMPT_FILE` and
+  `export --prompt` take.
   """
   if isinstance(prompt, Mapping):
-    for task, value in prompt.items():
-      write_prompt(run.task_prompt(name, task), value)
-    return run.task_prompts(name)
-  return write_prompt(run.prompt(name), prompt)
+    return {run.task_prompt(name, task): value for task, value in prompt.items()}
+  return {run.prompt(name): prompt}
 
 
-def export_prompt_if_missing(run: RunDir, name: str, prompt) -> Optional[str]:
-  """Writes `MODEL_DIR/prompts/<name>.npy` (a multi-task prompt's folder) unless it exists
-  (e.g. after a kill between a checkpoint save and its prompt export); what was written, else None."""
-  if prompt is None:
-    return None
-  if isinstance(prompt, Mapping):
-    if all(fs.exists(run.task_prompt(name, task)) for task in prompt):
-      return None
-  elif fs.exists(run.prompt(name)):
-    return None
-  return export_prompt(run, name, prompt)
+def export_prompt(run: RunDir, name: str, prompt) -> str:
+  """Writes `prompt`'s files (`prompt_files`, float32) on the first host; the file (or a
+  multi-task prompt's folder) written."""
+  for path, value in prompt_files(run, name, prompt).items():
+    write_prompt(path, value)
+  return run.task_prompts(name) if isinstance(prompt, Mapping) else run.prompt(name)
+
+
+def prompt_problem(path: str, value: np.ndarray) -> Optional[str]:
+  """Why the prompt file at `path` does not hold `value` (None when it does, to float32
+  rounding of a recomputed reparameterization)."""
+  from prompt_tuning.io.npy import load_array  # pylint: disable=g-import-not-at-top
+  try:
+    saved = load_array(path, "prompt file", "it is rebuilt from the checkpoint")
+  except UserError as e:
+    return str(e)
+  if saved.shape != np.shape(value):
+    return f"its shape {saved.shape} is not the checkpoint's {np.shape(value)}"
+  if not np.allclose(saved, value, rtol=1e-5, atol=1e-6):
+    return "its values differ from the checkpoint's"
+  return None
 
 
 def save_tree(path: str, tree: Any) -> None:
@@ -268,7 +301,8 @@ def save_tree(path: str, tree: Any) -> None:
 
 
 def load_tree(path: str) -> Dict[str, Any]:
-  """Inverse of `save_tree` (numpy leaves; never unpickles)."""
-  with fs.open_file(path) as f, np.load(f, allow_pickle=False) as data:
-    flat = {k: np.asarray(data[k]) for k in data.files}
+  """Inverse of `save_tree` (numpy leaves; never unpickles; a damaged file is one line)."""
+  from prompt_tuning.io.npy import load_npz  # pylint: disable=g-import-not-at-top
+  flat = load_npz(path, "run file", "it cannot be rebuilt from a checkpoint: restore it from a "
+                  "copy of the run, or start a new MODEL_DIR")
   return flax.traverse_util.unflatten_dict(flat, sep="/")

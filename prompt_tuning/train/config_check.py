@@ -7,7 +7,7 @@ before comparing, so a `PROMPT_LENGTH` change reads
 `Prompt.length (via %PROMPT_LENGTH) was 4, now 6`.
 """
 import inspect
-import logging
+import tokenize
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import gin
@@ -191,10 +191,13 @@ def check_config_unchanged(run: RunDir, allow_change: bool = False) -> None:
   if not fs.exists(path):
     return
   try:
-    differences = config_differences(fs.read_bytes(path).decode())
-  except (SyntaxError, ValueError, UnicodeDecodeError) as e:
-    logging.warning("cannot parse %s (%s); not comparing it with this run's config", path, e)
-    return
+    differences = config_differences(fs.read_checked_text(path))
+  except (fs.Damaged, SyntaxError, ValueError, tokenize.TokenError) as e:
+    reason = str(e) if isinstance(e, fs.Damaged) else f"it does not parse: {e}"
+    raise UserError(f"{path} is damaged ({' '.join(reason.split())[:150]}); it records the config "
+                    "this run was trained with, which a rerun is compared with: restore it from a "
+                    "copy of the run, or move it away to resume without the comparison (the "
+                    "rerun writes its own)") from None
   if not differences:
     return
   if allow_change:

@@ -10,10 +10,10 @@ model built with the run's method gin files.
 T5X's eval bindings, which the reference's eval scripts use, map onto these:
 `CHECKPOINT_PATH` sets INITIAL_CHECKPOINT_PATH (`gin_utils.T5X_MACRO_ALIASES`),
 `EVAL_OUTPUT_DIR` / `INFER_OUTPUT_DIR` replace MODEL_DIR/eval and
-MODEL_DIR/inference, and `utils.DatasetConfig.{split,batch_size,use_cached}`
-set the split, batch size and cache use (`DatasetConfig` below).
+MODEL_DIR/inference, and `utils.DatasetConfig.{split,batch_size,use_cached,...}` set
+the split, batch size, cache use, ... (`prompt_tuning.t5x_settings` rewrites them into
+`evaluate.split` and the like when the gin files are parsed).
 """
-import dataclasses
 import json
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
@@ -31,33 +31,6 @@ from prompt_tuning.train import data as data_lib
 from prompt_tuning.train import evaluation, summaries
 from prompt_tuning.train.initialize import backbone_paths, checkpoint_step
 from prompt_tuning.train.run_setup import RunContext, build_run
-
-
-@gin.configurable("DatasetConfig", module="utils")
-@dataclasses.dataclass(frozen=True)
-class DatasetConfig:
-  """T5X's `utils.DatasetConfig`, for the fields an eval or infer here reads.
-
-  `runs/prompt_eval.gin` binds `evaluate.dataset_cfg = @utils.DatasetConfig()`,
-  so T5X command lines such as `--gin.utils.DatasetConfig.split="'validation'"`
-  and `--gin.utils.DatasetConfig.batch_size=128` apply. Its other T5X fields
-  (`pack`, `shuffle`, `seed`, `module`, ...) do not exist here: binding one is a
-  gin error, never silently ignored. None leaves the setting to the function.
-  """
-  split: Optional[str] = None
-  batch_size: Optional[int] = None
-  use_cached: Optional[bool] = None
-
-
-def _setting(name: str, value: Any, from_dataset_cfg: Any, default: Any) -> Any:
-  """One setting given as a parameter and/or by `utils.DatasetConfig`; they must agree."""
-  if value is not None and from_dataset_cfg is not None and value != from_dataset_cfg:
-    raise UserError(f"{name} is {value!r} but utils.DatasetConfig sets {from_dataset_cfg!r}; "
-                    "bind only one of them")
-  for candidate in (value, from_dataset_cfg):
-    if candidate is not None:
-      return candidate
-  return default
 
 
 def output_dir(model_dir: Optional[str], t5x_dir: Optional[str], t5x_name: str,
@@ -179,17 +152,13 @@ def _check_arguments(command: str, out_dir, mixture_or_task_name, mixture_or_tas
 
 def _prepare(command, model_dir, t5x_output_dir, mixture_or_task_name, mixture_or_task_module,
              task_feature_lengths, initial_checkpoint_path, split, batch_size, use_cached,
-             num_examples, allow_random_parameters, dataset_cfg, deltas_file):
-  """What `evaluate` and `infer` share: settings (their own or T5X's `DatasetConfig`), checks,
-  the loaded run, its jitted model functions and the SeqIO evaluator.
+             num_examples, allow_random_parameters, deltas_file):
+  """What `evaluate` and `infer` share: checks, the loaded run, its jitted model functions and
+  the SeqIO evaluator.
 
   Returns:
     (ctx, fns, evaluator, split, out_dir).
   """
-  cfg = dataset_cfg or DatasetConfig()
-  split = _setting(f"{command}.split", split, cfg.split, "validation")
-  batch_size = _setting(f"{command}.batch_size", batch_size, cfg.batch_size, 32)
-  use_cached = _setting(f"{command}.use_cached_tasks", use_cached, cfg.use_cached, False)
   t5x_name, subdir = (("EVAL_OUTPUT_DIR", "eval") if command == "evaluate"
                       else ("INFER_OUTPUT_DIR", "inference"))
   out_dir = output_dir(model_dir, t5x_output_dir, t5x_name, subdir)
@@ -197,6 +166,9 @@ def _prepare(command, model_dir, t5x_output_dir, mixture_or_task_name, mixture_o
                    batch_size, num_examples)
   ctx = load_run(mixture_or_task_name, mixture_or_task_module, task_feature_lengths,
                  initial_checkpoint_path, allow_random_parameters, deltas_file, split)
+  ctx.check_pass_fits(batch_size, f"decoding TASK_FEATURE_LENGTHS {dict(task_feature_lengths)} "
+                      f"in batches of {batch_size}", "lower TASK_FEATURE_LENGTHS or BATCH_SIZE",
+                      decoding=True, copies=getattr(ctx.model.prompt, "ensemble_size", 1))
   fns = evaluation.EvalModelFns(ctx.model, ctx.partitioner, ctx.variables, ctx.shardings,
                                 batch_size=batch_size,
                                 max_decode_length=task_feature_lengths["targets"],
@@ -210,11 +182,10 @@ def _prepare(command, model_dir, t5x_output_dir, mixture_or_task_name, mixture_o
 def evaluate(*, model_dir: Optional[str] = None, mixture_or_task_name: str = gin.REQUIRED,
              task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
              initial_checkpoint_path: Optional[str] = None,
-             mixture_or_task_module: Optional[Sequence[str]] = None, split: Optional[str] = None,
-             batch_size: Optional[int] = None, use_cached_tasks: Optional[bool] = None,
+             mixture_or_task_module: Optional[Sequence[str]] = None, split: str = "validation",
+             batch_size: int = 32, use_cached_tasks: bool = False,
              num_examples: Optional[int] = None, step: Optional[int] = None,
              allow_random_parameters: bool = False, eval_output_dir: Optional[str] = None,
-             dataset_cfg: Optional[DatasetConfig] = None,
              deltas_file: Optional[str] = None) -> Dict[str, float]:
   """Metrics of every task in the mixture; writes `metrics_<split>.json` + TensorBoard.
 
@@ -223,14 +194,14 @@ def evaluate(*, model_dir: Optional[str] = None, mixture_or_task_name: str = gin
   `step_N.npy` PROMPT_FILE or DELTAS_FILE export, else the initial checkpoint's step.
   `allow_random_parameters=True` evaluates a prompt (or other new parameters)
   that was not loaded from a file: only ever on purpose, e.g. as a baseline.
-  `dataset_cfg` is T5X's `utils.DatasetConfig` (split, batch size, cache use).
+  T5X's `utils.DatasetConfig` fields set `split`, `batch_size`, `use_cached_tasks`, ...
   `deltas_file` (`DELTAS_FILE`): a run's export folder `MODEL_DIR/exports/step_N`
   holding its new parameters (see `prompt_tuning.train.exports`).
   """
   ctx, fns, evaluator, split, out_dir = _prepare(
       "evaluate", model_dir, eval_output_dir, mixture_or_task_name, mixture_or_task_module,
       task_feature_lengths, initial_checkpoint_path, split, batch_size, use_cached_tasks,
-      num_examples, allow_random_parameters, dataset_cfg, deltas_file)
+      num_examples, allow_random_parameters, deltas_file)
   if step is None:
     step = evaluated_step(ctx.model, initial_checkpoint_path, deltas_file)
   metrics = evaluation.run_evaluation(evaluator, fns, step)
@@ -249,11 +220,10 @@ def evaluate(*, model_dir: Optional[str] = None, mixture_or_task_name: str = gin
 def infer(*, model_dir: Optional[str] = None, mixture_or_task_name: str = gin.REQUIRED,
           task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
           initial_checkpoint_path: Optional[str] = None,
-          mixture_or_task_module: Optional[Sequence[str]] = None, split: Optional[str] = None,
-          batch_size: Optional[int] = None, use_cached_tasks: Optional[bool] = None,
+          mixture_or_task_module: Optional[Sequence[str]] = None, split: str = "validation",
+          batch_size: int = 32, use_cached_tasks: bool = False,
           num_examples: Optional[int] = None,
           allow_random_parameters: bool = False, infer_output_dir: Optional[str] = None,
-          dataset_cfg: Optional[DatasetConfig] = None,
           deltas_file: Optional[str] = None) -> Dict[str, str]:
   """Writes `<task>-<split>.jsonl` lines `{inputs, targets, prediction}`.
 
@@ -263,7 +233,7 @@ def infer(*, model_dir: Optional[str] = None, mixture_or_task_name: str = gin.RE
   _, fns, evaluator, split, out_dir = _prepare(
       "infer", model_dir, infer_output_dir, mixture_or_task_name, mixture_or_task_module,
       task_feature_lengths, initial_checkpoint_path, split, batch_size, use_cached_tasks,
-      num_examples, allow_random_parameters, dataset_cfg, deltas_file)
+      num_examples, allow_random_parameters, deltas_file)
   written = {}
   for task in evaluator.eval_tasks:
     model_ds = evaluator.cached_model_datasets[task.name]

@@ -19,6 +19,7 @@ import numpy as np
 import seqio
 
 from prompt_tuning.data import bucketing
+from prompt_tuning.errors import UserError
 from prompt_tuning.models import decoding
 from prompt_tuning.prompts import ensemble
 from prompt_tuning.train import rank_scoring
@@ -162,6 +163,11 @@ def make_evaluator(mixture_or_task_name: str, task_feature_lengths: Mapping[str,
         feature_converter=seqio.EncDecFeatureConverter(pack=False),
         eval_split=split, use_cached=use_cached, sequence_length=dict(task_feature_lengths),
         num_examples=num_examples, async_compute_metrics=False)
+  for task in evaluator.eval_tasks:
+    dataset = evaluator.cached_task_datasets[task.name]  # read and cached in memory already
+    if next(iter(dataset.take(1)), None) is None:  # its metrics would be of nothing
+      raise UserError(f"{task.name} has no examples in split {split!r}, so its metrics would "
+                      "mean nothing; check its data, or choose another split (EVAL_SPLIT)")
   if task_tokens:
     from prompt_tuning.data.task_tokens import mark_evaluator
     mark_evaluator(evaluator, task_tokens)

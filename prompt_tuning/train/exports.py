@@ -16,7 +16,7 @@ are read with safetensors, never unpickled.
 """
 import json
 import os
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import flax
 import numpy as np
@@ -61,18 +61,23 @@ def methods_of(model: Any) -> List[str]:
   return sorted(kinds)
 
 
-def export_new_variables(run: RunDir, name: str, model: Any, variables: Variables,
-                         info: Dict[str, Any]) -> Optional[str]:
-  """Writes `MODEL_DIR/exports/<name>/` on the first host; its path, or None without new variables.
+class ExportContents(NamedTuple):
+  """What `exports/<name>/` holds: the tensors, `export.json`, the plan's records."""
+  tensors: Dict[str, np.ndarray]
+  description: Dict[str, Any]
+  records: Dict[str, str]
+
+
+def export_contents(model: Any, variables: Variables, info: Dict[str, Any]
+                    ) -> Optional[ExportContents]:
+  """What an export of `variables` holds (None without new variables); sharded arrays are
+  gathered, so every host calls it.
 
   Args:
-    run: the run folder.
-    name: `step_N` or `best`.
     model: the run's `T5`.
-    variables: all of the run's variables (sharded arrays are gathered).
+    variables: all of the run's variables.
     info: extra description fields (step, initial_checkpoint_path, trainable_patterns).
   """
-  from safetensors.numpy import save
   paths = new_variable_paths(model, variables)
   if not paths:
     return None
@@ -92,22 +97,49 @@ def export_new_variables(run: RunDir, name: str, model: Any, variables: Variable
       "tensors": {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in tensors.items()},
       "records": sorted(records),
   }
-  out = run.export(name)
+  return ExportContents(tensors, description, records)
+
+
+def write_export(out: ExportDir, contents: ExportContents) -> str:
+  """Writes `contents` into the export folder `out` on the first host; its path."""
+  from safetensors.numpy import save
   fs.makedirs(out.root)
-  for record, text in records.items():
+  for record, text in contents.records.items():
     fs.write_on_first_host(out.record(record), lambda f, text=text: f.write(text.encode()))
-  fs.write_on_first_host(out.tensors, lambda f: f.write(save(tensors)))
+  fs.write_on_first_host(out.tensors, lambda f: f.write(save(contents.tensors)))
   # The description last: a folder without it is an interrupted export.
-  fs.write_json(out.description, description)
+  fs.write_json(out.description, contents.description)
   return out.root
 
 
-def export_if_missing(run: RunDir, name: str, model: Any, variables: Variables,
-                      info: Dict[str, Any]) -> Optional[str]:
-  """`export_new_variables` unless `exports/<name>/export.json` exists (a resume after a kill)."""
-  if fs.exists(run.export(name).description):
-    return None
-  return export_new_variables(run, name, model, variables, info)
+def export_new_variables(run: RunDir, name: str, model: Any, variables: Variables,
+                         info: Dict[str, Any]) -> Optional[str]:
+  """Writes `MODEL_DIR/exports/<name>/` on the first host; its path, or None without new variables
+  (`export_contents` says what it holds)."""
+  contents = export_contents(model, variables, info)
+  return None if contents is None else write_export(run.export(name), contents)
+
+
+def export_problem(out: ExportDir, contents: ExportContents) -> Optional[str]:
+  """Why the export folder `out` does not hold `contents` (None when it does): a damaged or
+  missing file, or tensors other than the checkpoint gives."""
+  try:
+    tensors, _ = read_export(out.root)
+  except UserError as e:
+    return str(e)
+  for record, text in contents.records.items():
+    try:
+      if fs.read_bytes(out.record(record)).decode() != text:
+        return f"its {record} differs from the run's"
+    except (OSError, UnicodeDecodeError):
+      return f"its {record} is missing or unreadable"
+  if sorted(tensors) != sorted(contents.tensors):
+    return "it holds other tensors than the checkpoint gives"
+  for key, value in contents.tensors.items():
+    if tensors[key].shape != value.shape or not np.allclose(tensors[key], value, rtol=1e-5,
+                                                             atol=1e-6):
+      return f"{key} differs from the checkpoint's"
+  return None
 
 
 def export_files(path: str) -> Tuple[str, str]:

@@ -119,6 +119,8 @@ def split_backbone(tree: Variables, paths: FrozenSet[str]) -> Tuple[Variables, V
 
 def identify_checkpoint(path: str) -> str:
   """'backbone' (ours), 't5x' or 'hf' — by the files in the folder."""
+  fs.check_reachable(path, f"copy the checkpoint to this machine (gsutil -m cp -r {path} "
+                     "/local/dir) and set INITIAL_CHECKPOINT_PATH to the local folder")
   if not fs.is_remote(path) and not os.path.exists(path):
     raise UserError(f"INITIAL_CHECKPOINT_PATH {path} does not exist; pass a folder written by "
                     "`prompt-tuning convert`, a T5X checkpoint_N folder or a Hugging Face folder")

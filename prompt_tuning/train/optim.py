@@ -24,9 +24,22 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from prompt_tuning import checks
 from prompt_tuning.errors import UserError
 
 Schedule = Union[float, Callable[[int], float]]
+
+
+def _learning_rate(value: Schedule, name: str) -> Schedule:
+  """A finite learning rate >= 0 (0 freezes a group of `partitioned`), or a schedule (whose own
+  factory checked its numbers)."""
+  if callable(value):
+    return value
+  return checks.number(value, name, f"--gin.{name}=0.3", at_least=0)
+
+
+def _optional(value: Optional[float], name: str, example: str, **bounds) -> Optional[float]:
+  return None if value is None else checks.number(value, name, f"{example} (or None)", **bounds)
 
 
 class GlobalStepState(NamedTuple):
@@ -68,13 +81,15 @@ def start_at_step(opt_state: Any, step: int) -> Any:
 
 @gin.configurable
 def constant_schedule(value: float = 0.3) -> optax.Schedule:
-  return optax.constant_schedule(value)
+  return optax.constant_schedule(_learning_rate(value, "constant_schedule.value"))
 
 
 @gin.configurable
 def warmup_rsqrt_schedule(peak: float = 1.0, warmup_steps: int = 10_000) -> optax.Schedule:
   """T5's `rsqrt` decay after a constant warm-up plateau."""
-  import jax.numpy as jnp
+  peak = _learning_rate(peak, "warmup_rsqrt_schedule.peak")
+  checks.positive_int(warmup_steps, "warmup_rsqrt_schedule.warmup_steps",
+                      "--gin.warmup_rsqrt_schedule.warmup_steps=10000")
   return lambda step: peak * jnp.sqrt(warmup_steps) / jnp.sqrt(jnp.maximum(step, warmup_steps))
 
 
@@ -83,13 +98,84 @@ def linear_decay_schedule(peak: float = 1e-4, decay_steps: int = 20_000,
                           end_value: float = 0.0) -> optax.Schedule:
   """Linear decay from `peak` to `end_value` over `decay_steps` (the Hugging Face Trainer's
   default `linear` schedule without warm-up)."""
+  peak = _learning_rate(peak, "linear_decay_schedule.peak")
+  checks.positive_int(decay_steps, "linear_decay_schedule.decay_steps",
+                      "--gin.linear_decay_schedule.decay_steps=20000")
+  checks.number(end_value, "linear_decay_schedule.end_value",
+                "--gin.linear_decay_schedule.end_value=0.0", at_least=0)
   return optax.linear_schedule(peak, end_value, decay_steps)
 
 
 @gin.configurable
 def linear_warmup_cosine_schedule(peak: float = 0.3, warmup_steps: int = 100,
                                   decay_steps: int = 10_000, end_value: float = 0.0):
+  peak = _learning_rate(peak, "linear_warmup_cosine_schedule.peak")
+  if warmup_steps != 0:
+    checks.positive_int(warmup_steps, "linear_warmup_cosine_schedule.warmup_steps",
+                        "--gin.linear_warmup_cosine_schedule.warmup_steps=100")
+  checks.positive_int(decay_steps, "linear_warmup_cosine_schedule.decay_steps",
+                      "--gin.linear_warmup_cosine_schedule.decay_steps=10000")
+  checks.number(end_value, "linear_warmup_cosine_schedule.end_value",
+                "--gin.linear_warmup_cosine_schedule.end_value=0.0", at_least=0)
   return optax.warmup_cosine_decay_schedule(0.0, peak, warmup_steps, decay_steps, end_value)
+
+
+@gin.configurable("create_learning_rate_scheduler", module="utils")
+def create_learning_rate_scheduler(factors: str = "constant * linear_warmup * rsqrt_decay",
+                                   base_learning_rate: float = 0.5, warmup_steps: int = 1000,
+                                   step_offset: int = 0, min_learning_rate: float = 1e-8,
+                                   decay_factor: None = None, steps_per_decay: None = None,
+                                   steps_per_cycle: None = None) -> optax.Schedule:
+  """T5X's `utils.create_learning_rate_scheduler` (same name, defaults and values) for the
+  factors it shares with us.
+
+  The rate at step t is the product of the `*`-separated factors at s = max(0, t - step_offset),
+  raised to at least `min_learning_rate`: `constant` = base_learning_rate, `linear_warmup` =
+  min(1, s / warmup_steps), `rsqrt_decay` = 1 / sqrt(max(s, warmup_steps)),
+  `rsqrt_normalized_decay` = sqrt(warmup_steps / max(s, warmup_steps)). T5X evaluates it at its
+  train state's step, which starts at the initial checkpoint's: give it to an optimizer that
+  counts global steps (`adafactor` does by default). T5X's `linear_decay`, `decay_every` and
+  `cosine_decay` are refused (`t5x_settings` maps T5X's bindings of it onto the run's optimizer).
+  """
+  from prompt_tuning import t5x_settings  # pylint: disable=g-import-not-at-top
+  name = "utils.create_learning_rate_scheduler"
+  # T5X's fields of the factors refused here: accepted by gin so that a binding is refused by
+  # name (`t5x_settings`), never set.
+  for field, value in (("decay_factor", decay_factor), ("steps_per_decay", steps_per_decay),
+                       ("steps_per_cycle", steps_per_cycle)):
+    if value is not None:
+      raise UserError(f"{name}.{field} is read only by T5X's "
+                      f"{', '.join(t5x_settings.LR_FACTORS_NOT_HERE)} factors, which are not "
+                      "available here; leave it out")
+  names = [f.strip() for f in factors.split("*")] if isinstance(factors, str) else [factors]
+  unknown = [f for f in names if f not in t5x_settings.LR_FACTORS]
+  if unknown:
+    raise UserError(f"{name}.factors: {unknown[0]!r} is not available here (exact: "
+                    f"{', '.join(t5x_settings.LR_FACTORS)}); use a product of those, e.g. "
+                    "'constant * rsqrt_decay'")
+  base = checks.number(base_learning_rate, f"{name}.base_learning_rate",
+                       f"--gin.{name}.base_learning_rate=0.3", at_least=0)
+  checks.positive_int(warmup_steps, f"{name}.warmup_steps", f"--gin.{name}.warmup_steps=1000")
+  if not isinstance(step_offset, int) or isinstance(step_offset, bool):
+    raise UserError(f"{name}.step_offset must be an int, not {step_offset!r}; e.g. "
+                    f"--gin.{name}.step_offset=0")
+  floor = checks.number(min_learning_rate, f"{name}.min_learning_rate",
+                        f"--gin.{name}.min_learning_rate=1e-8", at_least=0)
+
+  def schedule(step):
+    s = jnp.maximum(0, jnp.asarray(step) - step_offset).astype(jnp.float32)
+    rate = jnp.float32(1.0)
+    for factor in names:
+      if factor == "constant":
+        rate = rate * base
+      elif factor == "linear_warmup":
+        rate = rate * jnp.minimum(1.0, s / warmup_steps)
+      elif factor == "rsqrt_decay":
+        rate = rate / jnp.sqrt(jnp.maximum(s, warmup_steps))
+      else:  # rsqrt_normalized_decay
+        rate = rate * jnp.sqrt(warmup_steps / jnp.maximum(s, warmup_steps))
+    return jnp.maximum(rate, floor).astype(jnp.float32)
+  return schedule
 
 
 @gin.configurable
@@ -107,9 +193,13 @@ def adafactor(learning_rate: Schedule = 0.3, decay_rate: float = 0.8, step_offse
   does. `global_steps=False` counts this optimizer's own updates from 0 (optax's
   convention). Weight decay is not scaled by the learning rate, as in T5X.
   """
-  if weight_decay_rate is not None and weight_decay_rate < 0:
-    raise UserError(f"adafactor.weight_decay_rate = {weight_decay_rate} is negative; use a rate "
-                    ">= 0, or None for no weight decay")
+  learning_rate = _learning_rate(learning_rate, "adafactor.learning_rate")
+  checks.number(decay_rate, "adafactor.decay_rate", "--gin.adafactor.decay_rate=0.8", above=0)
+  _optional(weight_decay_rate, "adafactor.weight_decay_rate",
+            "--gin.adafactor.weight_decay_rate=1e-5", at_least=0)
+  _optional(clipping_threshold, "adafactor.clipping_threshold",
+            "--gin.adafactor.clipping_threshold=1.0", above=0)
+  _optional(momentum, "adafactor.momentum", "--gin.adafactor.momentum=0.9", at_least=0, below=1)
   static = ("min_dim_size_to_factor", "decay_offset", "multiply_by_parameter_scale", "factored")
   tx = optax.inject_hyperparams(optax.adafactor, static_args=static)(
       learning_rate=learning_rate, min_dim_size_to_factor=min_dim_size_to_factor,
@@ -129,6 +219,12 @@ def adamw(learning_rate: Schedule = 1e-3, b1: float = 0.9, b2: float = 0.999, ep
   Its bias correction and schedule count its own updates from 0, as PyTorch's
   AdamW; `global_steps=True` counts from the initial checkpoint's step instead.
   """
+  learning_rate = _learning_rate(learning_rate, "adamw.learning_rate")
+  for name, value, example in (("b1", b1, 0.9), ("b2", b2, 0.999)):
+    checks.number(value, f"adamw.{name}", f"--gin.adamw.{name}={example}", at_least=0, below=1)
+  checks.number(eps, "adamw.eps", "--gin.adamw.eps=1e-8", at_least=0)
+  checks.number(weight_decay, "adamw.weight_decay", "--gin.adamw.weight_decay=1e-5", at_least=0)
+  _optional(max_grad_norm, "adamw.max_grad_norm", "--gin.adamw.max_grad_norm=1.0", above=0)
   tx = optax.inject_hyperparams(optax.adamw)(learning_rate, b1=b1, b2=b2, eps=eps,
                                              weight_decay=weight_decay)
   if max_grad_norm is not None:
@@ -139,6 +235,8 @@ def adamw(learning_rate: Schedule = 1e-3, b1: float = 0.9, b2: float = 0.999, ep
 @gin.configurable
 def sgd(learning_rate: Schedule = 0.1, momentum: Optional[float] = None,
         global_steps: bool = False) -> optax.GradientTransformation:
+  learning_rate = _learning_rate(learning_rate, "sgd.learning_rate")
+  _optional(momentum, "sgd.momentum", "--gin.sgd.momentum=0.9", at_least=0, below=1)
   tx = optax.inject_hyperparams(optax.sgd)(learning_rate, momentum=momentum)
   return counts_global_steps(tx) if global_steps else tx
 

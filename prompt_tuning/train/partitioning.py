@@ -124,15 +124,26 @@ class Partitioner:
             for k, v in local_batch.items()}
 
 
-def check_batch_size(batch_size: int, partitioner: Partitioner) -> int:
-  """The per-host batch; the global batch must split evenly over data shards and hosts."""
-  shards = partitioner.data_parallel_size
-  if batch_size % shards:
-    raise UserError(f"BATCH_SIZE={batch_size} is not divisible by the {shards} data-parallel "
-                    "shards; choose a multiple or change make_mesh.model_parallel_size")
-  if batch_size % jax.process_count():
-    raise UserError(f"BATCH_SIZE={batch_size} is not divisible by {jax.process_count()} hosts")
-  return batch_size // jax.process_count()
+def check_batch_split(batch_size: int, data_shards: int, num_microbatches: int = 1,
+                      hosts: int = 1) -> int:
+  """The per-host batch, when the global batch splits evenly over the data shards (each
+  microbatch too) and the hosts; `plan` checks a mesh it only imagines with the same rule."""
+  if batch_size % data_shards:
+    raise UserError(f"BATCH_SIZE={batch_size} is not divisible by the {data_shards:,} "
+                    "data-parallel shards of the mesh; choose a multiple, or fewer data shards "
+                    "(make_mesh.model_parallel_size, fewer devices)")
+  if batch_size % (num_microbatches * data_shards):
+    raise UserError(f"BATCH_SIZE={batch_size} does not split into {num_microbatches} microbatches "
+                    f"over {data_shards:,} data shards")
+  if batch_size % hosts:
+    raise UserError(f"BATCH_SIZE={batch_size} is not divisible by {hosts} hosts")
+  return batch_size // hosts
+
+
+def check_batch_size(batch_size: int, partitioner: Partitioner, num_microbatches: int = 1) -> int:
+  """The per-host batch of `partitioner`'s mesh (`check_batch_split`)."""
+  return check_batch_split(batch_size, partitioner.data_parallel_size, num_microbatches,
+                           jax.process_count())
 
 
 def to_host(x: jax.Array) -> np.ndarray:

@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from prompt_tuning import checks
+from prompt_tuning.models import memory_bound
 from prompt_tuning.models.t5 import T5
 from prompt_tuning.prompts.prompt import encoder_prompt
 from prompt_tuning.train import optim
@@ -69,6 +70,18 @@ class RunContext:
   @property
   def prompt_length(self) -> int:
     return prompt_length(self.model)
+
+  def check_pass_fits(self, global_batch: int, what: str, way_out: str,
+                      decoding: bool = False, copies: int = 1) -> None:
+    """Refuses, before any data is read, a pass over `global_batch` examples padded to
+    `task_feature_lengths` (plus the prompt) that cannot fit one device's memory: a
+    `models.memory_bound` lower bound, on the batch's share of one data shard."""
+    lengths = self.task_feature_lengths
+    mesh = self.partitioner.mesh.shape
+    rows = -(-global_batch // mesh["data"])
+    shape = memory_bound.Pass(rows, lengths["inputs"] + self.prompt_length, lengths["targets"],
+                              decoding, copies, head_shards=mesh["model"])
+    memory_bound.check_fits(self.model.config, shape, what, way_out)
 
   def split(self, patterns: Sequence[str]) -> Split:
     trainable, frozen = split_variables(self.variables, patterns)

@@ -4,18 +4,25 @@ A save writes, in this order: the loss record (by the caller), the Orbax
 checkpoint of the trainable state (`checkpoints.RunCheckpoints`), then the
 exports of that step: the prompt `.npy` and every new parameter
 (`exports.export_new_variables`). Killed between the checkpoint and its
-exports, a rerun writes the missing exports of the step it resumes from.
+exports, a rerun writes the missing exports of the step it resumes from; one it
+finds damaged (truncated, or not what the checkpoint gives) it moves to
+`damaged/` and writes again (`rebuild_exports`).
 Where each file lives: `run_dir.RunDir`.
 """
 import dataclasses
 import logging
+import os
+import time
 from typing import Any, Mapping, Optional
 
+import jax
+
+from prompt_tuning import fs, multihost
 from prompt_tuning.errors import UserError
 from prompt_tuning.run_dir import RunDir
 from prompt_tuning.train import config_check, exports, run_records
-from prompt_tuning.train.checkpoints import (RunCheckpoints, export_prompt,
-                                             export_prompt_if_missing)
+from prompt_tuning.train.checkpoints import (RunCheckpoints, export_prompt, prompt_files,
+                                             prompt_problem)
 from prompt_tuning.train.run_setup import CompiledStep, RunContext, Split, abstract_arrays
 
 
@@ -50,16 +57,15 @@ class Saves:
                         "mixture_or_task_name": mixture_or_task_name,
                         "trainable_patterns": list(split.patterns)}
 
-  def resume(self, compiled: CompiledStep, initial_step: int, allow_config_change: bool,
+  def resume(self, compiled: CompiledStep, initial_step: int,
              records: run_records.Records) -> TrainState:
     """The newest intact checkpoint's state, or the fresh one (`compiled`'s) without any.
 
-    A rerun is checked first: its config must not change results
-    (`config_check`) nor rebuild the plan's records elsewhere (`run_records`).
+    A rerun is checked first: it must not rebuild the plan's records elsewhere (`run_records`);
+    its config was checked before the model was built (`check_rerun_config`).
     """
     fresh = TrainState(self.split.trainable, compiled.opt_state, initial_step, initial_step)
     if self.checkpoints.latest_step() is not None:
-      config_check.check_config_unchanged(self.run, allow_config_change)
       run_records.check_records(self.run, records)  # e.g. APET's positions: never resumed elsewhere
     abstract = {"trainable": abstract_arrays(fresh.trainable, self.split.trainable_shardings),
                 "opt_state": abstract_arrays(fresh.opt_state, compiled.opt_shardings)}
@@ -74,10 +80,7 @@ class Saves:
     print(f"resumed from {self.checkpoints.directory} at step {step:,}", flush=True)
     state = TrainState(restored["trainable"], restored["opt_state"], step,
                        first_step=step - int(meta.get("batches_consumed", step)), resumed=True)
-    variables = self.split.merged(state.trainable)
-    export_prompt_if_missing(self.run, f"step_{step}", self.ctx.exported_prompt(variables))
-    exports.export_if_missing(self.run, f"step_{step}", self.ctx.model, variables,
-                              {"step": step, **self.description})
+    self.rebuild_exports(f"step_{step}", step, state.trainable, f"checkpoint {step}")
     return state
 
   def save(self, state: TrainState) -> None:
@@ -97,8 +100,60 @@ class Saves:
     exports.export_new_variables(self.run, name, self.ctx.model, variables,
                                  {"step": step, **self.description})
 
+  def rebuild_exports(self, name: str, step: int, trainable: Any, source: str) -> None:
+    """Writes the exports of `name` (`export`) that are missing, or that do not hold what
+    `trainable` exports to; a damaged one is first moved to `damaged/` with one printed line.
+
+    Killed between a checkpoint and its exports, a run leaves them missing; a copy, a full
+    disk or a bad sector can leave one truncated or changed. `source` names where
+    `trainable` came from (e.g. `checkpoint 40`), for the line.
+    """
+    variables = self.split.merged(trainable)
+    prompt = self.ctx.exported_prompt(variables)  # every host: these gather sharded arrays
+    contents = exports.export_contents(self.ctx.model, variables,
+                                       {"step": step, **self.description})
+    if jax.process_index() == 0:
+      if prompt is not None:
+        files = prompt_files(self.run, name, prompt)
+        damaged = {p: prompt_problem(p, v) for p, v in files.items() if fs.exists(p)}
+        if len(damaged) < len(files) or any(damaged.values()):
+          self._set_aside({p: why for p, why in damaged.items() if why}, source)
+          export_prompt(self.run, name, prompt)
+      out = self.run.export(name)
+      if contents is not None and not fs.exists(out.description):
+        exports.write_export(out, contents)
+      elif contents is not None:
+        problem = exports.export_problem(out, contents)
+        if problem:
+          self._set_aside({out.root: problem}, source)
+          exports.write_export(out, contents)
+    multihost.sync(f"exports of {name} checked")
+
+  def _set_aside(self, damaged: Mapping[str, str], source: str) -> None:
+    """Moves each damaged file or folder (path -> why) to `damaged/<time>/`, one line each."""
+    when = int(time.time())
+    for path, why in damaged.items():
+      target = self.run.damaged(when, os.path.relpath(path, self.run.root))
+      fs.makedirs(os.path.dirname(target))
+      fs.move(path, target)
+      why = why.split("; ")[0]  # the reader's way out is this rebuild
+      print(f"warning: {path} is damaged ({why}); moved it to {target} and wrote it again from "
+            f"{source}", flush=True)
+
   def close(self) -> None:
     self.checkpoints.close()
+
+
+def check_rerun_config(run: RunDir, allow_config_change: bool) -> None:
+  """Refuses a rerun whose saved `config.gin` is damaged or differs in a binding that changes
+  results (`config_check`); a folder without a saved step has nothing to compare with.
+
+  `train` calls it before the model is built, so such a rerun fails in seconds rather than after
+  the backbone loads and the step compiles.
+  """
+  folder = run.checkpoints
+  if fs.isdir(folder) and any(name.isdigit() for name in fs.listdir(folder)):
+    config_check.check_config_unchanged(run, allow_config_change)
 
 
 def _check_resumed_steps(meta: Mapping[str, Any], step: int, initial_step: int,

@@ -3,6 +3,8 @@
 `TrainLog` is the training loop's use of them all.
 """
 import json
+import os
+import socket
 import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
@@ -69,29 +71,61 @@ class Writer:
   Written as plain scalar summaries (`simple_value`), which TensorBoard's
   Scalars dashboard and `EventAccumulator.Scalars()` read; local or `gs://`.
   The events file is created with the first scalars, so a run that fails
-  before logging anything leaves no file behind.
+  before logging anything leaves no file behind. Records are written in this
+  thread (TensorBoard's own writer uses a background thread, whose failures on a
+  full disk print a traceback and surface later): a failed write is one UserError.
   """
+  FLUSH_EVERY_S = 120.0  # object stores upload the whole object at each flush
 
   def __init__(self, log_dir: str):
     self._log_dir = log_dir
-    self._writer = None
+    self._path = None
+    self._records = None
+    self._flushed_at = 0.0
 
   def scalars(self, step: int, values: Dict[str, float]) -> None:
     if jax.process_index() != 0:
       return
     from tensorboard.compat.proto import event_pb2, summary_pb2
-    if self._writer is None:
-      from tensorboard.summary.writer.event_file_writer import EventFileWriter
-      self._writer = EventFileWriter(self._log_dir)
     summary = summary_pb2.Summary(value=[
         summary_pb2.Summary.Value(tag=tag, simple_value=float(value))
         for tag, value in sorted(values.items())])
-    self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
+    self._write(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
+
+  def _write(self, event) -> None:
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+    try:
+      if self._records is None:
+        fs.makedirs(self._log_dir)
+        self._path = fs.join(self._log_dir, f"events.out.tfevents.{int(time.time()):010d}."
+                             f"{socket.gethostname()}.{os.getpid()}.0")
+        self._records = RecordWriter(fs.open_file(self._path, "wb"))
+        self._records.write(event_pb2.Event(wall_time=time.time(),
+                                            file_version="brain.Event:2").SerializeToString())
+      self._records.write(event.SerializeToString())
+      if not fs.is_remote(self._path) or time.time() - self._flushed_at > self.FLUSH_EVERY_S:
+        self._records.flush()
+        self._flushed_at = time.time()
+    except UserError:
+      raise
+    except Exception as e:  # OSError locally, tf.errors.* on object stores
+      raise self._failed(e) from None
+
+  def _failed(self, error: Exception) -> UserError:
+    if isinstance(error, OSError):
+      return fs.io_error(self._path or self._log_dir, error)
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return UserError(f"cannot write TensorBoard events to {self._path or self._log_dir} "
+                     f"({first}); free space on its disk or make it writable, then rerun")
 
   def close(self) -> None:
-    if self._writer is not None:
-      self._writer.flush()
-      self._writer.close()
+    if self._records is not None:
+      records, self._records = self._records, None
+      try:
+        records.close()
+      except Exception as e:  # pylint: disable=broad-except
+        raise self._failed(e) from None
 
 
 def write_operative_config(run: RunDir) -> Optional[str]:
@@ -99,7 +133,7 @@ def write_operative_config(run: RunDir) -> Optional[str]:
   if jax.process_index() != 0:
     return None
   path = run.config
-  fs.atomic_write(path, lambda f: f.write(gin.operative_config_str().encode()))
+  fs.write_checked_text(path, gin.operative_config_str())
   return path
 
 

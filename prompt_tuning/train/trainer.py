@@ -38,7 +38,7 @@ from prompt_tuning.train.initialize import checkpoint_step
 from prompt_tuning.train.partitioning import Partitioner, check_batch_size
 from prompt_tuning.train.run_setup import (CompiledStep, RunContext, Split, build_run,
                                             compile_train_step)
-from prompt_tuning.train.saves import Saves, TrainState
+from prompt_tuning.train.saves import Saves, TrainState, check_rerun_config
 from prompt_tuning.train.summaries import TrainLog
 from prompt_tuning.train.trainable import (check_extras_train, count_parameters,
                                            trainable_patterns)
@@ -47,9 +47,10 @@ from prompt_tuning.train.trainable import (check_extras_train, count_parameters,
 def _check_arguments(*, model_dir, train_steps, batch_size, eval_period, checkpoint_period,
                      keep_checkpoints, early_stopping_mode, early_stopping_patience,
                      num_microbatches, log_every, max_trainable_norm, eval_num_examples,
-                     stop_after_steps) -> None:
+                     stop_after_steps, seed) -> None:
   """The cheap checks of `train`'s arguments, before the model is built or anything written."""
   checks.output_dir(model_dir, "MODEL_DIR")
+  checks.seed(seed, "RANDOM_SEED (train.seed)", "--gin.RANDOM_SEED=0")
   checks.positive_int(train_steps, "TRAIN_STEPS (train.train_steps)", "--gin.TRAIN_STEPS=1000")
   checks.positive_int(batch_size, "BATCH_SIZE (train.batch_size)", "--gin.BATCH_SIZE=32")
   if eval_period not in (None, 0):
@@ -129,7 +130,11 @@ def _compile_run(initial_checkpoint_path, seed, mixture_or_task_name, train_spli
                   mixture_or_task_module=mixture_or_task_module,
                   task_feature_lengths=task_feature_lengths, frozen_dtype=frozen_dtype,
                   edit_initial_variables=edit_initial_variables)
-  local_batch = _local_batch_size(batch_size, num_microbatches, ctx.partitioner)
+  local_batch = check_batch_size(batch_size, ctx.partitioner, num_microbatches)
+  ctx.check_pass_fits(batch_size // num_microbatches, "a train step of TASK_FEATURE_LENGTHS "
+                      f"{dict(task_feature_lengths)} and BATCH_SIZE={batch_size}",
+                      "lower TASK_FEATURE_LENGTHS or BATCH_SIZE, or raise "
+                      "train.num_microbatches or make_mesh.model_parallel_size")
   split = ctx.split(trainable_patterns())
   check_extras_train(ctx.model, split.trainable, split.patterns)
   ctx.variables = None  # the split holds them; the backbone is not kept twice
@@ -137,12 +142,6 @@ def _compile_run(initial_checkpoint_path, seed, mixture_or_task_name, train_spli
   return ctx, split, compiled, local_batch
 
 
-def _local_batch_size(batch_size: int, num_microbatches: int, partitioner: Partitioner) -> int:
-  local_batch = check_batch_size(batch_size, partitioner)
-  if num_microbatches < 1 or batch_size % (num_microbatches * partitioner.data_parallel_size):
-    raise UserError(f"BATCH_SIZE={batch_size} does not split into {num_microbatches} microbatches "
-                    f"over {partitioner.data_parallel_size} data shards")
-  return local_batch
 
 
 def _print_steps(start_step: int, train_steps: int, end_step: int) -> None:
@@ -219,7 +218,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                    early_stopping_patience=early_stopping_patience,
                    num_microbatches=num_microbatches, log_every=log_every,
                    max_trainable_norm=max_trainable_norm, eval_num_examples=eval_num_examples,
-                   stop_after_steps=stop_after_steps)
+                   stop_after_steps=stop_after_steps, seed=seed)
   eval_name = (eval_mixture_or_task_name or mixture_or_task_name) if eval_period else None
   initial_step, length_buckets = _check_data(
       mixture_or_task_name, mixture_or_task_module, task_feature_lengths, length_buckets,
@@ -228,12 +227,15 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       initial_checkpoint_path, seed, mixture_or_task_name, train_split, eval_name, eval_split,
       mixture_or_task_module, task_feature_lengths, frozen_dtype, edit_initial_variables,
       optimizer, batch_size, num_microbatches, initial_step)
+  # After the arguments' own checks (their errors are the more specific), before a resume
+  # reads or anything writes.
+  check_rerun_config(RunDir(model_dir), allow_config_change)
 
   run = RunDir(model_dir)
   run_lock.acquire(model_dir)  # one writer per MODEL_DIR; released when train() ends or raises
   saves = Saves(run, ctx, split, keep_checkpoints, initial_checkpoint_path, mixture_or_task_name)
   records = run_records.model_records(ctx.model)
-  state = saves.resume(compiled, initial_step, allow_config_change, records)
+  state = saves.resume(compiled, initial_step, records)
   start_step = state.step
   end_step = train_steps if stop_after_steps is None else min(train_steps, stop_after_steps)
   _print_steps(start_step, train_steps, end_step)

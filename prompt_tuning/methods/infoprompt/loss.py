@@ -8,7 +8,7 @@ microbatching reproduce a 1-device run exactly. `extra_loss` turns the
 estimates into the per-example loss `−β·mi_representation − γ·mi_head`.
 """
 import dataclasses
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import gin
 import jax
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from prompt_tuning.errors import UserError
 from prompt_tuning.methods.infoprompt.modules import CRITICS, InfoPromptHeads
 from prompt_tuning.methods.infoprompt.representations import (LABEL_PIECES, PROMPT_POOLINGS,
-                                                              Z_SOURCES)
+                                                              THETAS, Z_SOURCES)
 from prompt_tuning.methods.infoprompt.sampling import (example_keys, gaussian_noise,
                                                        sample_context_positions)
 
@@ -45,6 +45,11 @@ class InfoPromptConfig:
       example and `num_negatives` does not apply).
     prompt_pooling: `mean` (one query, the mean prompt token) or `per_token`
       (an estimate per prompt token, averaged).
+    theta: θ, the head term's positive. `class_mean` (paper: no label is read;
+      as the released code, the mean of the class vectors): the mean LM-head
+      column of `class_labels`, the same for every example. `gold_label`
+      (supervised, not the paper's): the example's own label column.
+    class_labels: the task's label words (`CLASS_LABELS`), for `class_mean`.
     label_pieces: θ of a multi-token label: `first` token's LM-head column or
       the `mean` of its tokens' columns.
   """
@@ -55,10 +60,14 @@ class InfoPromptConfig:
   critic: str = "bilinear"
   context_negatives: str = "sampled"
   prompt_pooling: str = "mean"
+  theta: str = "class_mean"
+  class_labels: Optional[Sequence[str]] = None
   label_pieces: str = "first"
 
   def __post_init__(self):
-    for field, choices in (("z_source", Z_SOURCES), ("critic", CRITICS),
+    if self.class_labels is not None:  # gin gives a list; the config must stay hashable (jit)
+      object.__setattr__(self, "class_labels", tuple(self.class_labels))
+    for field, choices in (("z_source", Z_SOURCES), ("critic", CRITICS), ("theta", THETAS),
                            ("context_negatives", CONTEXT_NEGATIVES),
                            ("prompt_pooling", PROMPT_POOLINGS), ("label_pieces", LABEL_PIECES)):
       value = getattr(self, field)
@@ -87,7 +96,7 @@ def make_heads(config: InfoPromptConfig) -> InfoPromptHeads:
 
 def mutual_information(config: InfoPromptConfig, params: Any, *, prompt: Array,
                        z: Array, z_prime: Optional[Array], input_embeddings: Array,
-                       input_valid: Array, label_vectors: Array, example_ids: Array,
+                       input_valid: Array, theta: Optional[Array], example_ids: Array,
                        key: Array) -> Dict[str, Array]:
   """Per-example InfoNCE estimates of both mutual-information terms, in nats.
 
@@ -102,7 +111,8 @@ def mutual_information(config: InfoPromptConfig, params: Any, *, prompt: Array,
     z_prime: `[B, E]` the same without the prompt; gradients are stopped here too.
     input_embeddings: `[B, L, E]` embedded input tokens (no prompt).
     input_valid: `[B, L]` bool, non-padding input tokens.
-    label_vectors: `[B, E]` θ of each example's label (`representations.label_vectors`).
+    theta: `[B, E]` θ of each example (`representations.theta_vectors`); None when
+      `gamma == 0`.
     example_ids: `[B]` int32 GLOBAL example indices (not positions in the batch).
     key: the step's base key, the same on every device and microbatch.
 
@@ -119,16 +129,18 @@ def mutual_information(config: InfoPromptConfig, params: Any, *, prompt: Array,
   if config.beta != 0:
     if z_prime is None:
       raise ValueError("InfoPrompt with beta != 0 needs z_prime, the prompt-free representation")
-    noise = gaussian_noise(keys, negatives, z.shape[-1])
+    noise = gaussian_noise(keys, config.num_negatives, z.shape[-1])  # the positive's, then K - 1
     out["mi_representation"] = heads.apply(variables, prompt, z, jax.lax.stop_gradient(z_prime),
                                            noise, method=InfoPromptHeads.representation_mi)
   if config.gamma != 0:
+    if theta is None:
+      raise ValueError("InfoPrompt with gamma != 0 needs theta [B, E] (representations.theta_vectors)")
     if config.context_negatives == "sampled":
       positions, mask = sample_context_positions(keys, input_valid, negatives)
       context = jnp.take_along_axis(input_embeddings, positions[..., None], axis=1)
     else:
       context, mask = input_embeddings, input_valid
-    out["mi_head"] = heads.apply(variables, prompt, label_vectors, context, mask,
+    out["mi_head"] = heads.apply(variables, prompt, theta, context, mask,
                                  method=InfoPromptHeads.head_mi)
   return out
 

@@ -1,4 +1,4 @@
-"""Flax modules of InfoPrompt (Wu et al. 2023): critics, Gaussian negatives,
+"""Flax modules of InfoPrompt (Wu et al. 2023): critics, the Gaussian heads f_μ/f_σ,
 the container `InfoPromptHeads` and the optional prompt generator.
 
 Parameters of `InfoPromptHeads` (attached to T5 as the top-level submodule
@@ -6,8 +6,8 @@ Parameters of `InfoPromptHeads` (attached to T5 as the top-level submodule
 
   head_critic/kernel             [E, E]  W1 of l(P, θ) = Pᵀ W1 θ   (prompt_embed, embed)
   representation_critic/kernel   [E, E]  W2 of l(P, Z) = Pᵀ W2 Z   (prompt_embed, embed)
-  negatives/mean/{kernel,bias}   [E, E], [E]  f_μ                  (embed, info_embed)
-  negatives/scale/{kernel,bias}  [E, E], [E]  f_σ (softplus)       (embed, info_embed)
+  gaussian/mean/{kernel,bias}    [E, E], [E]  f_μ                  (embed, info_embed)
+  gaussian/scale/{kernel,bias}   [E, E], [E]  f_σ (softplus)       (embed, info_embed)
 
 With `critic='dot'` (the released code) the two critic kernels do not exist.
 `info_embed` is not in the partitioning rules, so, like `prompt_embed`, it is
@@ -88,14 +88,15 @@ class Critic(nn.Module):
     return jnp.einsum("bqf,bnf->bqn", queries, candidates)
 
 
-class GaussianNegatives(nn.Module):
-  """The variational Gaussian `N(f_μ(Z'), diag(f_σ(Z')²))` that negatives of Z are drawn from.
+class GaussianHead(nn.Module):
+  """The variational Gaussian `N(f_μ(x), diag(f_σ(x)²))` of Eq. 9, for x = Z or Z'.
 
-  `f_μ` and `f_σ` are affine maps of the prompt-free representation `Z'`;
-  `f_σ` ends in a softplus, so the scale is positive. By default `f_μ` starts
-  as the identity (negatives centred on the prompt-free representation) and
-  `f_σ` as a LeCun-normal map (scale proportional to `Z'`'s magnitude); the
-  paper does not specify either.
+  Both sides of the representation term go through it: the positive is a
+  sample at Z (with the prompt), the negatives are samples at Z' (without).
+  `f_μ` and `f_σ` are affine maps; `f_σ` ends in a softplus, so the scale is
+  positive. By default `f_μ` starts as the identity (samples centred on the
+  representation) and `f_σ` as a LeCun-normal map (scale proportional to the
+  input's magnitude); the paper does not specify either.
   """
   mean_init: Callable = partial_identity
   scale_init: Callable = nn.initializers.lecun_normal()
@@ -106,17 +107,17 @@ class GaussianNegatives(nn.Module):
                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (INFO_AXIS,)))
 
   @nn.compact
-  def __call__(self, z_prime: Array) -> Tuple[Array, Array]:
-    """`[B, E]` prompt-free representations -> (mean `[B, E]`, scale `[B, E]` > 0), float32."""
-    z_prime = z_prime.astype(jnp.float32)
-    width = z_prime.shape[-1]
-    mean = self._affine("mean", self.mean_init, width)(z_prime)
-    scale = jax.nn.softplus(self._affine("scale", self.scale_init, width)(z_prime))
+  def __call__(self, x: Array) -> Tuple[Array, Array]:
+    """`[B, E]` representations -> (mean `[B, E]`, scale `[B, E]` > 0), float32."""
+    x = x.astype(jnp.float32)
+    width = x.shape[-1]
+    mean = self._affine("mean", self.mean_init, width)(x)
+    scale = jax.nn.softplus(self._affine("scale", self.scale_init, width)(x))
     return mean, scale
 
-  def sample(self, z_prime: Array, noise: Array) -> Array:
-    """Reparameterized samples `μ + σ ⊙ ε`: `[B, E]`, noise ε `[B, N, E]` -> `[B, N, E]`."""
-    mean, scale = self(z_prime)
+  def sample(self, x: Array, noise: Array) -> Array:
+    """Reparameterized samples `f_μ(x) + f_σ(x) ⊙ ε`: x `[B, E]`, ε `[B, N, E]` -> `[B, N, E]`."""
+    mean, scale = self(x)
     return mean[:, None, :] + scale[:, None, :] * noise.astype(jnp.float32)
 
 
@@ -145,7 +146,7 @@ class InfoPromptHeads(nn.Module):
         raise UserError(f"InfoPromptHeads.{field}={value!r} is unknown; choose one of {choices}")
     self.head_critic = Critic(self.critic)
     self.representation_critic = Critic(self.critic)
-    self.negatives = GaussianNegatives()
+    self.gaussian = GaussianHead()
 
   def __call__(self, features: Dict[str, Array]) -> None:
     """Creates every parameter from the model's features (shapes only matter).
@@ -160,15 +161,15 @@ class InfoPromptHeads(nn.Module):
                               features.get("encoded"), features.get("encoder_valid"))
     self.head_critic(queries, features["input_embeddings"][:, :1])
     self.representation_critic(queries, z[:, None, :])
-    self.negatives(z)  # Z' has Z's shape
+    self.gaussian(z)  # Z' has Z's shape
 
-  def head_mi(self, prompt: Array, label_vectors: Array, context: Array,
-              context_mask: Array) -> Array:
+  def head_mi(self, prompt: Array, theta: Array, context: Array, context_mask: Array) -> Array:
     """InfoNCE estimate of `I(P; θ | X)` per example (Eqs. 3–5).
 
     Args:
       prompt: `[P, E]` or `[B, P, E]`.
-      label_vectors: `[B, E]` θ, the positive of each example.
+      theta: `[B, E]` θ, the positive of each example (the same row for every
+        example when θ is label-free).
       context: `[B, N, E]` negatives: token embeddings of the example's input.
       context_mask: `[B, N]` bool, valid negatives.
 
@@ -176,26 +177,34 @@ class InfoPromptHeads(nn.Module):
       `[B]` float32, each <= `log(1 + valid negatives)`.
     """
     queries = prompt_queries(prompt, self.prompt_pooling)
-    positive = self.head_critic(queries, label_vectors[:, None, :])[..., 0]  # [B, Q]
+    positive = self.head_critic(queries, theta[:, None, :])[..., 0]  # [B, Q]
     negative = self.head_critic(queries, context)  # [B, Q, N]
     return jnp.mean(info_nce(positive, negative, context_mask[:, None, :]), axis=-1)
 
   def representation_mi(self, prompt: Array, z: Array, z_prime: Array, noise: Array) -> Array:
-    """InfoNCE estimate of `I(P; Z | X)` per example (Eqs. 6–10).
+    """InfoNCE estimate of `I(P; Z | X)` per example (Eq. 9).
+
+    The positive is a sample of `N(f_μ(Z), f_σ(Z))`, the `K − 1` negatives are
+    samples of `N(f_μ(Z'), f_σ(Z'))`. Scoring the raw Z against sampled
+    negatives instead would let the critic and heads win without the prompt
+    (a raw vector is easy to tell from a noisy one); here, when the prompt
+    changes nothing (Z = Z'), positive and negatives are exchangeable and no
+    critic beats 0 in expectation.
 
     Args:
       prompt: `[P, E]` or `[B, P, E]`.
-      z: `[B, E]` representation with the prompt, the positive.
+      z: `[B, E]` representation with the prompt.
       z_prime: `[B, E]` representation without the prompt (no gradient wanted).
-      noise: `[B, N, E]` standard normal; negatives are `f_μ(Z') + f_σ(Z') ⊙ noise`.
+      noise: `[B, K, E]` standard normal: `[:, 0]` draws the positive, `[:, 1:]`
+        the negatives.
 
     Returns:
-      `[B]` float32, each <= `log(1 + N)`.
+      `[B]` float32, each <= `log K`.
     """
     queries = prompt_queries(prompt, self.prompt_pooling)
-    positive = self.representation_critic(queries, z[:, None, :])[..., 0]  # [B, Q]
-    negative = self.representation_critic(queries, self.negatives.sample(z_prime, noise))
-    return jnp.mean(info_nce(positive, negative), axis=-1)
+    positive = self.representation_critic(queries, self.gaussian.sample(z, noise[:, :1]))
+    negative = self.representation_critic(queries, self.gaussian.sample(z_prime, noise[:, 1:]))
+    return jnp.mean(info_nce(positive[..., 0], negative), axis=-1)
 
 
 @gin.configurable

@@ -10,18 +10,27 @@ Pure functions over model outputs; nothing here has parameters.
   first target position, the vector the LM head reads to score the label's
   first token; `encoder_mean` is the mean of the encoder outputs over valid
   positions (prompt positions included when the pass had a prompt).
-* θ: columns of the frozen LM head (`decoder/logits_dense/kernel`, `[E, V]`)
-  for the label's tokens: `first` (the label's first token, the one Z is
-  scored against) or `mean` (over the label's tokens, EOS excluded).
+* θ: columns of the frozen LM head (`decoder/logits_dense/kernel`, `[E, V]`),
+  the parameters of the head that scores the label words, for a label's
+  tokens: `first` (the label's first token, the one Z is scored against) or
+  `mean` (over the label's tokens, EOS excluded). `class_mean` θ is the mean
+  of the class labels' columns, one vector for all examples (reads no
+  target); `gold_label` θ is the example's own target's column.
 """
+from typing import Optional, Sequence
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from prompt_tuning.errors import UserError
 
 Array = jax.Array
 
 PROMPT_POOLINGS = ("mean", "per_token")
 Z_SOURCES = ("decoder_first", "encoder_mean")
 LABEL_PIECES = ("first", "mean")
+THETAS = ("class_mean", "gold_label")
 
 
 def masked_mean(values: Array, valid: Array) -> Array:
@@ -94,3 +103,46 @@ def label_vectors(logits_kernel: Array, label_tokens: Array, pieces: str = "firs
   columns = jnp.take(table, label_tokens, axis=0)  # [..., T, E]
   mean = masked_mean(columns, keep)
   return jnp.where(jnp.any(keep, axis=-1, keepdims=True), mean, first)
+
+
+def class_label_tokens(labels: Sequence[str], vocabulary) -> np.ndarray:
+  """`[C, T]` int32 token ids of the class labels (0-padded, no EOS), for `label_vectors`.
+
+  Args:
+    labels: the label words, e.g. `CLASS_LABELS = ['entailment', 'not_entailment']`.
+    vocabulary: the task's targets vocabulary (a seqio vocabulary).
+  """
+  ids = [list(vocabulary.encode(label)) for label in labels]
+  for label, tokens in zip(labels, ids):
+    if not tokens:
+      raise UserError(f"class label {label!r} tokenizes to nothing; check CLASS_LABELS")
+  out = np.zeros((len(ids), max(len(t) for t in ids)), np.int32)
+  for row, tokens in enumerate(ids):
+    out[row, :len(tokens)] = tokens
+  return out
+
+
+def theta_vectors(theta: str, logits_kernel: Array, batch_size: int, pieces: str = "first",
+                  class_tokens: Optional[Array] = None,
+                  target_tokens: Optional[Array] = None) -> Array:
+  """θ of each example, `[B, E]` float32.
+
+  Args:
+    theta: `class_mean` (needs only `class_tokens`: the same row for every
+      example) or `gold_label` (needs `target_tokens`).
+    logits_kernel: `[E, V]` LM head.
+    batch_size: B.
+    pieces: `first` or `mean` (see `label_vectors`).
+    class_tokens: `[C, T]` from `class_label_tokens`.
+    target_tokens: `[B, Lt]` the examples' targets.
+  """
+  if theta == "class_mean":
+    if class_tokens is None:
+      raise ValueError("theta='class_mean' needs class_tokens [C, T]")
+    mean = jnp.mean(label_vectors(logits_kernel, jnp.asarray(class_tokens), pieces), axis=0)
+    return jnp.broadcast_to(mean, (batch_size, mean.shape[-1]))
+  if theta == "gold_label":
+    if target_tokens is None:
+      raise ValueError("theta='gold_label' needs target_tokens [B, Lt]")
+    return label_vectors(logits_kernel, target_tokens, pieces)
+  raise ValueError(f"unknown theta {theta!r}; choose one of {THETAS}")

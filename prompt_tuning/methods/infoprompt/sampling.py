@@ -1,5 +1,5 @@
 """Per-example randomness of InfoPrompt: which context tokens are negatives, and
-the Gaussian noise of the representation negatives.
+the Gaussian noise of the representation term's samples (positive and negatives).
 
 Everything random is a function of `(base_key, example_id)` only, never of the
 example's position in the (micro)batch, the batch size, the device it lands on

@@ -7,7 +7,7 @@ Parameter names follow flaxformer so T5X checkpoints load by name.
 `deltas` plan (`prompt_tuning.models.deltas`); the default adds nothing.
 """
 import functools
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -26,48 +26,6 @@ _KERNEL_INIT = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal
 
 def _partitioned(init, axes: Tuple[str, ...]):
   return nn.with_logical_partitioning(init, axes)
-
-
-def _drop(x: Array, rng: Array, rate: float) -> Array:
-  """`nn.Dropout`'s arithmetic: the same mask from the same key."""
-  keep = 1.0 - rate
-  mask = jax.random.bernoulli(rng, p=keep, shape=x.shape)
-  return jax.lax.select(mask, x / keep, jnp.zeros_like(x))
-
-
-def dropout(x: Array, rng: Array, rate: float, then: Optional[Callable[..., Array]] = None,
-            *args: Array) -> Array:
-  """`then(nn.Dropout(rate)(x), *args)` (default: no `then`) whose backward pass draws the mask
-  again from `rng`, so neither the mask, its random bits nor the dropped array are kept for it.
-
-  `then` is a pure function of the dropped array and `args` (e.g. the attention's value
-  product), recomputed with the mask where its gradient needs the dropped array.
-  """
-  def dropped(x, rng, *args):
-    y = _drop(x, rng, rate)
-    return y if then is None else then(y, *args)
-  return jax.checkpoint(dropped)(x, rng, *args)
-
-
-class Dropout(nn.Module):
-  """`nn.Dropout` (same name, key and mask; `layers.dropout`) that keeps nothing but its key
-  for the backward pass.
-
-  Autodiff of `nn.Dropout` keeps each dropped element's mask (on XLA:CPU the random bits behind
-  it, 8 bytes per element) until the backward pass; here the mask is drawn again there, so
-  dropout adds no activation memory. The price: the random bits are drawn twice.
-  """
-  rate: float
-
-  @nn.compact
-  def __call__(self, x: Array, deterministic: bool,
-               then: Optional[Callable[..., Array]] = None, *args: Array) -> Array:
-    if self.rate == 0.0 or deterministic:
-      return x if then is None else then(x, *args)
-    if self.rate == 1.0:
-      x = jnp.zeros_like(x)
-      return x if then is None else then(x, *args)
-    return dropout(x, self.make_rng("dropout"), self.rate, then, *args)
 
 
 class RMSNorm(nn.Module):
@@ -151,11 +109,6 @@ class RelativePositionBiases(nn.Module):
     return bias[None]
 
 
-def _attend(weights: Array, v: Array) -> Array:
-  """`[B, H, Lq, Lk]` weights, `[B, Lk, H, D]` values -> `[B, Lq, H, D]` float32."""
-  return jnp.einsum("bhqk,bkhd->bqhd", weights, v, preferred_element_type=jnp.float32)
-
-
 class MultiHeadAttention(nn.Module):
   """Bias-free dot-product attention without 1/sqrt(d) scaling (T5 folds it into init).
 
@@ -199,7 +152,9 @@ class MultiHeadAttention(nn.Module):
     unnormalized = jnp.exp(shifted)
     denominator = jnp.sum(unnormalized, axis=-1)  # [B, H, Lq]
     weights = unnormalized.astype(self.dtype)
-    out = Dropout(self.dropout_rate)(weights, deterministic, _attend, v)
+    if not deterministic and self.dropout_rate > 0:
+      weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v, preferred_element_type=jnp.float32)
     out = out / jnp.swapaxes(denominator, 1, 2)[..., None]
     info = SiteInfo("attention", inputs_q.shape[-1], "embed", num_heads=self.num_heads,
                     head_dim=self.head_dim)
@@ -246,7 +201,7 @@ class GatedMlp(nn.Module):
     hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
     info = SiteInfo("mlp", x.shape[-1], "embed", hidden=self.mlp_dim)
     hidden = apply_deltas(self, "hidden", hidden, info)
-    hidden = Dropout(self.dropout_rate)(hidden, deterministic=deterministic)
+    hidden = nn.Dropout(self.dropout_rate)(hidden, deterministic=deterministic)
     y = Dense(x.shape[-1], ("mlp", "embed"), dtype=self.dtype, param_dtype=self.param_dtype,
               deltas=self.deltas, name="wo")(hidden)
     return apply_deltas(self, "output", y, info, inputs=x)

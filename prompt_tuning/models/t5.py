@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from prompt_tuning.errors import UserError
 from prompt_tuning.models.config import REMAT_POLICIES, T5Config, remat_policy
 from prompt_tuning.models.deltas import NO_DELTAS, DeltaPlan, SiteInfo, path_matches
-from prompt_tuning.models.layers import (Dense, Dropout, Embed, GatedMlp, MultiHeadAttention,
+from prompt_tuning.models.layers import (Dense, Embed, GatedMlp, MultiHeadAttention,
                                          RMSNorm, RelativePositionBiases,
                                          attention_bias_from_mask)
 
@@ -53,7 +53,7 @@ class EncoderLayer(nn.Module):
   def __call__(self, x: Array, bias: Array, deterministic: bool) -> Array:
     c = self.config
     kw = dict(_kw(c), deltas=self.deltas)
-    drop = Dropout(c.dropout_rate)
+    drop = nn.Dropout(c.dropout_rate)
     h = RMSNorm(c.layer_norm_epsilon, **kw, name="pre_attention_layer_norm")(x)
     h = MultiHeadAttention(c.num_heads, c.head_dim, c.dropout_rate, **kw, name="attention")(
         h, h, bias, deterministic=deterministic)
@@ -73,7 +73,7 @@ class DecoderLayer(nn.Module):
                deterministic: bool, decode: bool) -> Array:
     c = self.config
     kw = dict(_kw(c), deltas=self.deltas)
-    drop = Dropout(c.dropout_rate)
+    drop = nn.Dropout(c.dropout_rate)
     h = RMSNorm(c.layer_norm_epsilon, **kw, name="pre_self_attention_layer_norm")(x)
     h = MultiHeadAttention(c.num_heads, c.head_dim, c.dropout_rate, **kw, name="self_attention")(
         h, h, self_bias, decode=decode, deterministic=deterministic)
@@ -122,14 +122,14 @@ class Encoder(nn.Module):
                                   **_kw(c), name="relpos_bias")(positions, positions, True)
     bias = bias + attention_bias_from_mask(valid[:, None, None, :] if mask is None
                                            else mask[:, None])
-    x = Dropout(c.dropout_rate)(x, deterministic=deterministic)
+    x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
     layer = _layer_class(EncoderLayer, c)
     for i in range(c.num_encoder_layers):
       if layer_prompt is not None and i > 0:
         x = layer_prompt(i, x)
       x = layer(c, self.deltas, name=f"layers_{i}")(x, bias, deterministic)
     x = RMSNorm(c.layer_norm_epsilon, **_kw(c), deltas=self.deltas, name="encoder_norm")(x)
-    return Dropout(c.dropout_rate)(x, deterministic=deterministic)
+    return nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
 
 
 class Decoder(nn.Module):
@@ -181,13 +181,13 @@ class Decoder(nn.Module):
       self_bias = relpos(positions, positions, False) + attention_bias_from_mask(causal)[None, None]
     cross_bias = attention_bias_from_mask(encoder_valid[:, None, None, :])
 
-    y = Dropout(c.dropout_rate)(y, deterministic=deterministic)
+    y = nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
     layer = _layer_class(DecoderLayer, c)
     for i in range(c.num_decoder_layers):
       y = layer(c, self.deltas, name=f"layers_{i}")(y, encoded, self_bias, cross_bias,
                                                    deterministic, decode)
     y = RMSNorm(c.layer_norm_epsilon, **_kw(c), deltas=self.deltas, name="decoder_norm")(y)
-    y = Dropout(c.dropout_rate)(y, deterministic=deterministic)
+    y = nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
     logits = Dense(c.vocab_size, ("embed", "vocab"), **_kw(c), deltas=self.deltas,
                    name="logits_dense")(y)
     logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))

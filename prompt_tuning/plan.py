@@ -90,6 +90,14 @@ class ActivationShape:
   decoder_length: int   # targets
   dtype: str = "float32"  # the activation dtype (T5Config.dtype)
   remat: Any = False    # a T5Config.remat value: False/'none', True/'full', 'dots', 'dots_saveable'
+  dropout_rate: float = 0.0
+
+
+# Bytes kept per dropped element for the backward pass: the keep mask, one byte (a boolean).
+# What a backend really keeps is its own choice, which the estimate cannot know: XLA:CPU
+# draws every mask's random bits early and keeps ~10 bytes per element (docs/performance.md,
+# "Memory of the train step").
+DROPOUT_MASK_BYTES = 1
 
 
 # What one layer keeps for the backward pass, in arrays per token: `embed`-wide (replicated
@@ -117,10 +125,12 @@ def activation_bytes(a: ActivationShape, data_shards: int, model_shards: int) ->
   float32 (the softmax's exponentials), plus their cast to the activation dtype
   when that is narrower. The logits and their exponentials (`vocab`, float32,
   split over `model`) are added once, and one `embed`-wide array per stack (its
-  input or output). Dropout keeps nothing (`layers.Dropout` draws its mask again
-  in the backward pass). With `remat`, each layer keeps its input and what the
+  input or output). With `remat`, each layer keeps its input and what the
   policy saves (`DOTS_KEPT`), plus one layer's working set and, for the
   recomputation, the encoder's attention bias `[heads, length, length]`.
+  With dropout, each dropped element keeps its mask (`DROPOUT_MASK_BYTES`):
+  the attention probabilities, the MLP's hidden units and each residual branch
+  (recomputed inside a remat layer, like the rest of it).
   """
   x = np.dtype(a.dtype).itemsize
   probability = 4 + (x if x < 4 else 0)
@@ -139,6 +149,10 @@ def activation_bytes(a: ActivationShape, data_shards: int, model_shards: int) ->
                + b * heads * ld * (ld + le) * probability)
   logits = 2 * b * ld * math.ceil(a.vocab_size / model_shards) * 4
   stacks = b * (le + ld) * e * x
+  if a.dropout_rate > 0:  # masks: attention probabilities, MLP hidden, residual branches
+    enc_layer += DROPOUT_MASK_BYTES * b * (heads * le * le + le * (2 * e + mlp))
+    dec_layer += DROPOUT_MASK_BYTES * b * (heads * ld * (ld + le) + ld * (3 * e + mlp))
+    stacks += DROPOUT_MASK_BYTES * 2 * b * (le + ld) * e  # each stack's input and output
   policy = a.remat if isinstance(a.remat, str) else ("full" if a.remat else "none")
   if policy == "none":
     layers = a.num_encoder_layers * enc_layer + a.num_decoder_layers * dec_layer

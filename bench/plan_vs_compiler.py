@@ -6,8 +6,10 @@ parts (`train.step_memory`) and their ratio. Runs on fake CPU devices:
     XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \
       python bench/plan_vs_compiler.py [--grid tiny|sizes] [--devices 8]
 
-`tiny` is the grid of tests/test_plan_compile.py (a few seconds each); `sizes`
-are T5 1.1 sizes on a few meshes (minutes and GiBs of RAM for xl/xxl).
+`tiny` changes one setting at a time (mesh, dtype, remat, microbatches, frozen
+dtype); `test` is the part tests/test_plan_compile.py asserts. Dropout is off
+unless `--dropout` (its masks are what the estimate cannot know: see
+docs/performance.md, "Memory of the train step").
 """
 import argparse
 import itertools
@@ -54,8 +56,12 @@ def measure(binds: list) -> dict:
           "ratio": round(estimate["device_bytes"] / compiled.device_bytes, 3)}
 
 
+# The test's grid: where XLA:CPU is representative (float32 activations, no remat).
+TEST_GRID = ("base", "devices=4+model_parallel=2", "devices=8+model_parallel=1", "microbatches=2")
+
+
 def tiny_grid():
-  """(name, settings) of the tests' grid: one change at a time from a base point."""
+  """(name, settings): one change at a time from a base point."""
   base = dict(devices=1, model_parallel=1, batch=8, inputs=64, targets=8, dtype="float32",
               remat="none", microbatches=1)
   changes = [{}, {"devices": 4, "model_parallel": 2}, {"devices": 8, "model_parallel": 1},
@@ -67,9 +73,14 @@ def tiny_grid():
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--grid", choices=("tiny",), default="tiny")
+  parser.add_argument("--grid", choices=("tiny", "test"), default="tiny",
+                      help="tiny: every row; test: tests/test_plan_compile.py's rows")
+  parser.add_argument("--dropout", type=float, default=0.0)
   args = parser.parse_args(argv)
   for name, settings in tiny_grid():
+    if args.grid == "test" and name not in TEST_GRID:
+      continue
+    settings = {**settings, "dropout": args.dropout}
     row = measure(bindings(TINY, **settings))
     print(json.dumps({"name": name, **settings, **row}), flush=True)
   return 0

@@ -64,9 +64,10 @@ def estimate(size: str, devices: int, s: dict) -> dict:
   return plan_run(devices)
 
 
-def compiled(size: str, devices: int, s: dict) -> dict:
+def compiled(size: str, devices: int, s: dict, activation_dtype: str = "bfloat16") -> dict:
   """`prompt-tuning plan --compile --json` of the setting, on fake CPU devices."""
-  argv = [sys.executable, "-m", "prompt_tuning", "plan", *gin_flags(size, **s),
+  argv = [sys.executable, "-m", "prompt_tuning", "plan",
+          *gin_flags(size, **s, activation_dtype=activation_dtype),
           f"--num_devices={devices}", "--compile", "--json"]
   proc = subprocess.run(argv, capture_output=True, text=True, check=False)
   if proc.returncode:

@@ -245,10 +245,16 @@ def compiled_step_memory(num_microbatches: int):
       _gin_value("train.task_feature_lengths", {"inputs": 512, "targets": 8}), num_microbatches)
 
 
+# XLA's memory per microbatch count measured while resolving 'auto' (this process's gin
+# configuration), so the chosen count is not compiled twice.
+_compiled_for_auto: Dict[int, Any] = {}
+
+
 def resolve_microbatches(num_devices: int, limit: Optional[int], compile_: bool) -> Optional[int]:
   """`train.num_microbatches`, or for 'auto' the smallest count that fits `limit` bytes:
   by XLA's memory with `compile_`, else by the estimate. Prints the choice."""
   from prompt_tuning.train import step_memory
+  _compiled_for_auto.clear()  # measured under an earlier configuration of this process
   setting = _gin_value("train.num_microbatches", 1)
   if setting != step_memory.AUTO:
     return None
@@ -260,7 +266,7 @@ def resolve_microbatches(num_devices: int, limit: Optional[int], compile_: bool)
   candidates = step_memory.microbatch_candidates(_gin_value("train.batch_size", 32),
                                                  axis_sizes["data"])
   if compile_:
-    measure = lambda m: compiled_step_memory(m).device_bytes
+    measure = lambda m: _compiled_for_auto.setdefault(m, compiled_step_memory(m)).device_bytes
   else:
     measure = lambda m: plan_run(num_devices, m)["device_bytes"]
   count, used = step_memory.fitting_microbatches(measure, candidates, limit, "the train step",
@@ -280,8 +286,9 @@ def run(args) -> int:
     microbatches = resolve_microbatches(num_devices, limit, args.compile)
     result = plan_run(num_devices, microbatches)
     if args.compile:
-      result["compiled"] = compiled_step_memory(
-          result["activations"]["num_microbatches"]).as_dict()
+      count = result["activations"]["num_microbatches"]
+      memory = _compiled_for_auto.get(count) if microbatches else None
+      result["compiled"] = (memory or compiled_step_memory(count)).as_dict()
   print(json.dumps(result) if args.json else format_plan(result), flush=True)
   if limit is not None:
     compiled = result.get("compiled")

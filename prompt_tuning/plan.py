@@ -88,8 +88,31 @@ class ActivationShape:
   batch: int            # global batch per (micro)step
   encoder_length: int   # inputs + prompt
   decoder_length: int   # targets
-  dtype_bytes: int = 4
+  dtype: str = "float32"  # the activation dtype (T5Config.dtype)
   remat: Any = False    # a T5Config.remat value: False/'none', True/'full', 'dots', 'dots_saveable'
+  dropout_rate: float = 0.0
+
+
+# Bytes kept per dropped element for the backward pass: the keep mask, one byte (a boolean).
+# What a backend really keeps is its own choice, which the estimate cannot know: XLA:CPU
+# draws every mask's random bits early and keeps ~10 bytes per element (docs/performance.md,
+# "Memory of the train step").
+DROPOUT_MASK_BYTES = 1
+
+
+# What one layer keeps for the backward pass, in arrays per token: `embed`-wide (replicated
+# over `model`), `heads * head_dim`-wide and `mlp`-wide (both split over `model`). Counted
+# in the compiled float32 step of XLA (CPU, memory-minimizing scheduler; docs/performance.md,
+# "Memory of the train step"): an encoder layer keeps its two norms' inputs, q, k, v and the
+# attention output before the division, and the MLP's two projections, its GELU's tanh and
+# output; a decoder layer likewise, with its cross-attention's q and output (its keys and
+# values span the encoder: `CROSS_KV`).
+ENCODER_LAYER = {"embed": 2, "joined": 4, "mlp": 4}
+DECODER_LAYER = {"embed": 3, "joined": 6, "mlp": 4}
+CROSS_KV = 2
+# `remat='dots'` keeps the weight matmuls' outputs (q, k, v, out; MLP in x2, out),
+# 'dots_saveable' also the attention products (scores `[heads, q, k]` and value product).
+DOTS_KEPT = {"embed": 2, "joined": 4, "mlp": 2}
 
 
 def activation_bytes(a: ActivationShape, data_shards: int, model_shards: int) -> int:
@@ -97,41 +120,53 @@ def activation_bytes(a: ActivationShape, data_shards: int, model_shards: int) ->
 
   Prompt tuning back-propagates through every layer to reach the prompt, so
   all layers' activations are live even though no weight gradient is made.
-  Per token and layer we count what the backward pass reads: normalized
-  inputs and residuals (`embed`, replicated over `model`), q/k/v/attention
-  outputs (`heads*kv`, split over `model`), the gated MLP's two input
-  projections and activation (`mlp`, split over `model`), and attention
-  probabilities plus logits (`heads * keys`, split over `model`). The final
-  logits and their softmax (`vocab`, split over `model`) are added once. With
-  `remat`, each layer keeps its input and what the remat policy saves, plus one
-  layer's working set for the recomputation.
+  Per layer: the arrays of `ENCODER_LAYER` / `DECODER_LAYER` per token, and the
+  attention probabilities (`heads * keys` per token, split over `model`):
+  float32 (the softmax's exponentials), plus their cast to the activation dtype
+  when that is narrower. The logits and their exponentials (`vocab`, float32,
+  split over `model`) are added once, and one `embed`-wide array per stack (its
+  input or output). With `remat`, each layer keeps its input and what the
+  policy saves (`DOTS_KEPT`), plus one layer's working set and, for the
+  recomputation, the encoder's attention bias `[heads, length, length]`.
+  With dropout, each dropped element keeps its mask (`DROPOUT_MASK_BYTES`):
+  the attention probabilities, the MLP's hidden units and each residual branch
+  (recomputed inside a remat layer, like the rest of it).
   """
+  x = np.dtype(a.dtype).itemsize
+  probability = 4 + (x if x < 4 else 0)
   b = math.ceil(a.batch / data_shards)
-  hd = math.ceil(a.num_heads * a.head_dim / model_shards)
+  joined = math.ceil(a.num_heads * a.head_dim / model_shards)
   heads = math.ceil(a.num_heads / model_shards)
   mlp = math.ceil(a.mlp_dim / model_shards)
   le, ld, e = a.encoder_length, a.decoder_length, a.emb_dim
-  enc_layer = b * le * (4 * e + 4 * hd + 3 * mlp) + 2 * b * heads * le * le
-  dec_layer = (b * ld * (6 * e + 8 * hd + 3 * mlp)
-               + 2 * b * heads * ld * ld + 2 * b * heads * ld * le)
-  logits = 2 * b * ld * math.ceil(a.vocab_size / model_shards)
+  width = {"embed": e, "joined": joined, "mlp": mlp}
+
+  def per_token(counts):
+    return sum(counts[k] * width[k] for k in counts)
+
+  enc_layer = b * le * per_token(ENCODER_LAYER) * x + b * heads * le * le * probability
+  dec_layer = (b * ld * per_token(DECODER_LAYER) * x + CROSS_KV * b * le * joined * x
+               + b * heads * ld * (ld + le) * probability)
+  logits = 2 * b * ld * math.ceil(a.vocab_size / model_shards) * 4
+  stacks = b * (le + ld) * e * x
+  if a.dropout_rate > 0:  # masks: attention probabilities, MLP hidden, residual branches
+    enc_layer += DROPOUT_MASK_BYTES * b * (heads * le * le + le * (2 * e + mlp))
+    dec_layer += DROPOUT_MASK_BYTES * b * (heads * ld * (ld + le) + ld * (3 * e + mlp))
+    stacks += DROPOUT_MASK_BYTES * 2 * b * (le + ld) * e  # each stack's input and output
   policy = a.remat if isinstance(a.remat, str) else ("full" if a.remat else "none")
-  if policy != "none":
-    # Each layer's input, plus what the policy saves: 'dots' the weight matmuls'
-    # outputs (q/k/v, attention out, MLP in x2 and out; cross-attention k/v over the
-    # encoder), 'dots_saveable' also the attention scores and their value product.
-    enc_kept, dec_kept = b * le * e, b * ld * e
-    if policy in ("dots", "dots_saveable"):
-      enc_kept += b * le * (3 * hd + 2 * e + 2 * mlp)
-      dec_kept += b * ld * (4 * hd + 3 * e + 2 * mlp) + 2 * b * le * hd
-    if policy == "dots_saveable":
-      enc_kept += b * heads * le * le + b * le * hd
-      dec_kept += b * heads * ld * (ld + le) + 2 * b * ld * hd
-    kept = a.num_encoder_layers * enc_kept + a.num_decoder_layers * dec_kept
-    values = kept + max(enc_layer, dec_layer) + logits
-  else:
-    values = a.num_encoder_layers * enc_layer + a.num_decoder_layers * dec_layer + logits
-  return int(values * a.dtype_bytes)
+  if policy == "none":
+    layers = a.num_encoder_layers * enc_layer + a.num_decoder_layers * dec_layer
+    return int(layers + logits + stacks)
+  enc_kept, dec_kept = b * le * e * x, b * ld * e * x + CROSS_KV * b * le * joined * x
+  if policy in ("dots", "dots_saveable"):
+    enc_kept += b * le * per_token(DOTS_KEPT) * x
+    dec_kept += b * ld * (per_token(DOTS_KEPT) + 2 * joined) * x
+  if policy == "dots_saveable":
+    enc_kept += b * le * joined * 4 + b * heads * le * le * 4
+    dec_kept += 2 * b * ld * joined * 4 + b * heads * ld * (ld + le) * 4
+  kept = a.num_encoder_layers * enc_kept + a.num_decoder_layers * dec_kept
+  bias = b * heads * le * le * 4
+  return int(kept + max(enc_layer, dec_layer) + logits + stacks + bias)
 
 
 def human_bytes(n: float) -> str:

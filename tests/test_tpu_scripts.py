@@ -208,7 +208,7 @@ def test_train_xxl_splits_the_model_and_checks_the_fit_first(stubs, tmp_path, sh
   env, stub = stubs
   _worker_prompt_tuning(tmp_path)
   vocab = str(shared_data / "t5_vocab" / "sentencepiece.model")  # class labels are tokenized
-  run_env = {**TRAIN_ENV, "SIZE": "xxl", "NUM_MICROBATCHES": "4", "PROMPT_TUNING_VOCAB": vocab,
+  run_env = {**TRAIN_ENV, "SIZE": "xxl", "PROMPT_TUNING_VOCAB": vocab,
              "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
   proc = _run(TRAIN, env, **run_env)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -217,9 +217,13 @@ def test_train_xxl_splits_the_model_and_checks_the_fit_first(stubs, tmp_path, sh
   assert "--gin.make_mesh.model_parallel_size=8" in plan and "--num_devices" in plan
   assert plan[plan.index("--num_devices") + 1] == "32"
   assert plan[plan.index("--device_memory_gib") + 1] == "16"
-  assert "total per device" in proc.stdout
+  assert "--compile" not in plan  # PLAN_COMPILE=1 asks for it
+  # The v3-32 defaults: 8-way model parallel, bf16 activations, the count that fits chosen.
+  assert "NUM_MICROBATCHES='auto': " in proc.stdout and "total per device" in proc.stdout
   for flag in ("--distributed", "--tfds_data_dir=gs://bucket/tfds",
-               "--gin.make_mesh.model_parallel_size=8", "--gin.train.num_microbatches=4",
+               "--gin.make_mesh.model_parallel_size=8", "--gin.NUM_MICROBATCHES='auto'",
+               "--gin.ACTIVATION_DTYPE='bfloat16'", "--gin.train.frozen_dtype='float32'",
+               "--gin.T5Config.remat='none'",
                "--gin.TRAIN_STEPS=1_130_000", "--gin_file=models/t5_1_1_xxl_prompt.gin",
                "--gin.INITIAL_CHECKPOINT_PATH='gs://t5-data/pretrained_models/t5x/"
                "t5_1_1_lm100k_xxl/checkpoint_1100000'",
@@ -227,6 +231,16 @@ def test_train_xxl_splits_the_model_and_checks_the_fit_first(stubs, tmp_path, sh
     assert flag in train, (flag, train)
   gcloud = _calls(stub / "gcloud.calls")
   assert "--worker=0" in gcloud[0] and "--worker=all" in gcloud[1]
+
+  # Every knob plan may advise reaches both commands.
+  (stub / "prompt_tuning.calls").unlink()
+  proc = _run(TRAIN, env, **{**run_env, "NUM_MICROBATCHES": "2", "REMAT": "full",
+                             "FROZEN_DTYPE": "bfloat16", "ACTIVATION_DTYPE": "float32"})
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+  for call in _calls(stub / "prompt_tuning.calls"):
+    for flag in ("--gin.NUM_MICROBATCHES=2", "--gin.T5Config.remat='full'",
+                 "--gin.train.frozen_dtype='bfloat16'", "--gin.ACTIVATION_DTYPE='float32'"):
+      assert flag in call, (flag, call)
 
   # Unsplit, XXL does not fit a 16 GiB v3 core: nothing is started. (One microbatch: a
   # batch of 32 cannot be cut in 4 over 32 data shards, which plan refuses first.)
@@ -236,6 +250,29 @@ def test_train_xxl_splits_the_model_and_checks_the_fit_first(stubs, tmp_path, sh
   assert "more than the 16 GiB of one device" in proc.stderr
   assert "no training started" in proc.stderr
   assert [c[0] for c in _calls(stub / "prompt_tuning.calls")] == ["plan"]
+
+
+@pytest.mark.parametrize("setting", ["REMAT=some", "FROZEN_DTYPE=int8", "NUM_MICROBATCHES=two"])
+def test_train_rejects_a_bad_knob_before_any_call(stubs, setting):
+  env, stub = stubs
+  key, value = setting.split("=")
+  proc = _run(TRAIN, env, **TRAIN_ENV, **{key: value})
+  assert proc.returncode != 0 and f"{key}={value}" in proc.stderr
+  assert _calls(stub / "gcloud.calls") == []
+
+
+def test_train_raises_model_parallel_until_the_batch_splits(stubs, tmp_path, shared_data):
+  """64 devices, batch 32: 1-way model parallel would leave devices without an example."""
+  env, stub = stubs
+  _worker_prompt_tuning(tmp_path)
+  vocab = str(shared_data / "t5_vocab" / "sentencepiece.model")
+  proc = _run(TRAIN, env, **{**TRAIN_ENV, "SIZE": "small", "ACCELERATOR": "v3-64",
+                             "PROMPT_TUNING_VOCAB": vocab, "TF_CPP_MIN_LOG_LEVEL": "3",
+                             "PYTHONPATH": REPO})
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+  plan, train = _calls(stub / "prompt_tuning.calls")
+  assert "--gin.make_mesh.model_parallel_size=2" in plan and \
+      "--gin.make_mesh.model_parallel_size=2" in train
 
 
 def test_train_rejects_an_unknown_size_or_accelerator(stubs):

@@ -92,3 +92,14 @@ def test_a_rerun_that_changes_results_is_refused(tmp_path):
   assert "does not fit this model" in error and "prompt/prompt" in error
   assert sorted(os.listdir(run / "checkpoints")) == steps
   assert not os.path.exists(run / "checkpoints_corrupt") and not os.path.exists(run / ".lock")
+
+
+def test_a_step_that_does_not_fit_the_device_stops_before_the_checkpoint_is_read(tmp_path,
+                                                                                 shared_data):
+  """With the device memory known, XLA's memory of the compiled step is checked first: the
+  checkpoint here is the wrong size, so reading it would be a different error."""
+  ckpt = shared_data / "t5x_t5_1_1_tiny" / "checkpoint_3"
+  proc = run_train(tmp_path / "run", f"--gin.INITIAL_CHECKPOINT_PATH='{ckpt}'",
+                   "--gin.TRAIN_STEPS=5", "--gin.train.device_memory_gib=0.00001")
+  assert_one_line_error(proc, tmp_path / "run", "by XLA with NUM_MICROBATCHES=1",
+                        "more than the 10.49 KiB of one device", "NUM_MICROBATCHES='auto'")

@@ -1,12 +1,20 @@
-"""`prompt-tuning plan --gin_file=... [--num_devices N]`: per-device memory of a run, on paper.
+"""`prompt-tuning plan --gin_file=... [--num_devices N] [--compile]`: per-device memory of a run.
 
 The model's variables come from `jax.eval_shape` (nothing is allocated), their
 mesh PartitionSpecs from the run's real logical-axis rules
 (`Partitioner.rules`), and the mesh from `make_mesh.model_parallel_size` /
 `make_mesh.mesh_shape` over `--num_devices` devices (default: the devices
 present), so T5 1.1 XXL on a 64-chip mesh can be planned on a laptop.
+
+`--compile` also compiles the run's real train step with abstract weights
+(`train.step_memory`) and prints XLA's memory per device beside the estimate:
+on the devices present when there are `--num_devices` of them, else on as many
+fake CPU devices, in a child process (`--xla_force_host_platform_device_count`).
 """
 import json
+import os
+import subprocess
+import sys
 from typing import Any, Dict, Optional
 
 import flax.linen as nn
@@ -28,7 +36,12 @@ def add_arguments(parser) -> None:
   parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
   parser.add_argument("--device_memory_gib", type=checks.float_flag(above=0), default=None,
                       help="memory of one device in GiB (e.g. 16 for a TPU v3 core): exit with an "
-                      "error when the run does not fit (scripts/tpu/train_rte.sh checks this)")
+                      "error when the run does not fit (scripts/tpu/train_rte.sh checks this); "
+                      "needed by NUM_MICROBATCHES='auto'")
+  parser.add_argument("--compile", action="store_true",
+                      help="also compile the run's train step (abstract weights, nothing "
+                      "allocated) and print XLA's memory per device; without --num_devices "
+                      "devices present, on that many fake CPU devices in a child process")
 
 
 def _gin_value(name: str, default: Any = None) -> Any:
@@ -53,8 +66,10 @@ def _leaves(tree: Any, specs: Any):
   return [(x.shape, x.dtype, s) for x, s in zip(shapes, spec_leaves)]
 
 
-def plan_run(num_devices: Optional[int] = None) -> Dict[str, Any]:
-  """The plan of the parsed gin configuration (see module docstring)."""
+def plan_run(num_devices: Optional[int] = None,
+             num_microbatches: Optional[int] = None) -> Dict[str, Any]:
+  """The plan of the parsed gin configuration (see module docstring); `num_microbatches`
+  replaces `train.num_microbatches` (how 'auto' is resolved)."""
   from prompt_tuning.train import data as data_lib, initialize, run_setup
   from prompt_tuning.train import trainable as trainable_lib
   from prompt_tuning.train.partitioning import DEFAULT_RULES, check_batch_split
@@ -74,8 +89,9 @@ def plan_run(num_devices: Optional[int] = None) -> Dict[str, Any]:
   data_lib.validate_feature_lengths(lengths)
   batch = checks.positive_int(_gin_value("train.batch_size", 32), "BATCH_SIZE (train.batch_size)",
                               "--gin.BATCH_SIZE=32")
-  microbatches = checks.positive_int(_gin_value("train.num_microbatches", 1),
-                                     "train.num_microbatches", "--gin.train.num_microbatches=1")
+  microbatches = checks.positive_int(
+      num_microbatches or _gin_value("train.num_microbatches", 1),
+      "NUM_MICROBATCHES (train.num_microbatches)", "--gin.NUM_MICROBATCHES=1 (or 'auto')")
   check_batch_split(batch, axis_sizes["data"], microbatches)  # the trainer's rule, on this mesh
   def init():
     tokens = jax.numpy.ones((1, 4), np.int32)
@@ -110,8 +126,8 @@ def plan_run(num_devices: Optional[int] = None) -> Dict[str, Any]:
       mlp_dim=config.mlp_dim, vocab_size=config.vocab_size,
       num_encoder_layers=config.num_encoder_layers, num_decoder_layers=config.num_decoder_layers,
       batch=max(1, batch // microbatches), encoder_length=int(lengths["inputs"]) + prompt_length,
-      decoder_length=int(lengths["targets"]), dtype_bytes=np.dtype(config.dtype).itemsize,
-      remat=remat_policy(config))
+      decoder_length=int(lengths["targets"]), dtype=np.dtype(config.dtype).name,
+      remat=remat_policy(config), dropout_rate=config.dropout_rate)
   activations = plan_lib.activation_bytes(shape, axis_sizes["data"], axis_sizes["model"])
   per_device = frozen_fp.device_bytes + trainable_fp.device_bytes + opt_fp.device_bytes + activations
   return {
@@ -119,7 +135,8 @@ def plan_run(num_devices: Optional[int] = None) -> Dict[str, Any]:
       "model": {"emb_dim": config.emb_dim, "layers": [config.num_encoder_layers,
                                                       config.num_decoder_layers],
                 "vocab_size": config.vocab_size, "param_dtype": config.param_dtype,
-                "frozen_dtype": frozen_dtype or config.param_dtype, "prompt_length": prompt_length},
+                "frozen_dtype": frozen_dtype or config.param_dtype, "activation_dtype": config.dtype,
+                "prompt_length": prompt_length},
       "trainable_patterns": list(patterns),
       "frozen": dataclass_dict(frozen_fp), "trainable": dataclass_dict(trainable_fp),
       "optimizer_state": dataclass_dict(opt_fp), "optimizer_groups": groups,
@@ -160,7 +177,7 @@ def format_plan(p: Dict[str, Any]) -> str:
   m, a = p["model"], p["activations"]
   lines = [
       f"model: T5 1.1 d_model {m['emb_dim']}, {m['layers'][0]}+{m['layers'][1]} layers, vocab "
-      f"{m['vocab_size']}, prompt {m['prompt_length']} tokens; frozen weights {m['frozen_dtype']}",
+      f"{m['vocab_size']}, prompt {m['prompt_length']} tokens; frozen weights {m['frozen_dtype']}, activations {m['activation_dtype']}",
       f"mesh: data {p['mesh']['data']} x model {p['mesh']['model']} = {p['num_devices']} devices",
       f"{'':<28}{'count':>10}{'total':>13}{'per device':>13}",
   ]
@@ -175,19 +192,113 @@ def format_plan(p: Dict[str, Any]) -> str:
                f"   batch {a['batch']}/{a['num_microbatches']} microbatch(es), encoder "
                f"{a['encoder_length']}, decoder {a['decoder_length']}, remat {a['remat']}")
   lines.append(f"{'total per device':<28}{'':>10}{'':>13}{h(p['device_bytes']):>13}")
+  if "compiled" in p:
+    x = p["compiled"]
+    lines.append(f"{'XLA compiled, per device':<28}{'':>10}{'':>13}{h(x['device_bytes']):>13}"
+                 f"   arguments {h(x['argument_bytes'])}, temporaries {h(x['temp_bytes'])}, "
+                 f"outputs not in place {h(x['output_bytes'] - x['alias_bytes'])}; "
+                 f"estimate/XLA {p['device_bytes'] / max(x['device_bytes'], 1):.2f}")
   return "\n".join(lines)
 
 
-def run(args) -> int:
-  configurables.setup_from_args(args)
-  result = plan_run(args.num_devices)
-  print(json.dumps(result) if args.json else format_plan(result), flush=True)
+def _fake_device_argv(args, num_devices: int) -> list:
+  """This command's arguments, for the child process that compiles on fake devices."""
+  argv = ["plan", *[f"--gin_file={f}" for f in args.gin_file],
+          *[f"--gin.{b}" for b in args.gin_bindings], f"--num_devices={num_devices}",
+          "--compile", "--json"]
+  if args.gin_search_paths:
+    argv.append(f"--gin_search_paths={args.gin_search_paths}")
   if args.device_memory_gib is not None:
-    limit = args.device_memory_gib * 2 ** 30
-    if result["device_bytes"] > limit:
+    argv.append(f"--device_memory_gib={args.device_memory_gib!r}")
+  return argv
+
+
+def on_fake_devices(args, num_devices: int) -> Dict[str, Any]:
+  """The `--compile --json` result of this command on `num_devices` fake CPU devices."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(
+      [os.environ.get("XLA_FLAGS", ""), f"--xla_force_host_platform_device_count={num_devices}"]
+  ).strip())
+  proc = subprocess.run([sys.executable, "-m", "prompt_tuning", *_fake_device_argv(args, num_devices)],
+                        env=env, capture_output=True, text=True, check=False)
+  lines = proc.stdout.strip().splitlines()
+  if proc.returncode == 0 and lines:
+    for line in lines[:-1]:  # what the child printed before its result ('auto' choices)
+      print(line, flush=True)
+    return json.loads(lines[-1])
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+  if errors:
+    raise UserError(errors[-1][len("error: "):])
+  tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+  raise UserError(f"compiling on {num_devices} fake CPU devices failed (exit {proc.returncode}: "
+                  f"{tail}); rerun with fewer --num_devices, or on the devices themselves")
+
+
+def compiled_step_memory(num_microbatches: int):
+  """XLA's memory of the parsed run's train step on the devices present (`step_memory`)."""
+  from prompt_tuning.train import initialize, step_memory
+  from prompt_tuning.train import trainable as trainable_lib
+  from prompt_tuning.train.partitioning import Partitioner
+  model = gin_utils.call(initialize.build_model)
+  return step_memory.step_memory(
+      model, Partitioner(), trainable_lib.trainable_patterns(), _gin_value("train.optimizer"),
+      _gin_value("train.frozen_dtype"), _gin_value("train.batch_size", 32),
+      _gin_value("train.task_feature_lengths", {"inputs": 512, "targets": 8}), num_microbatches)
+
+
+# XLA's memory per microbatch count measured while resolving 'auto' (this process's gin
+# configuration), so the chosen count is not compiled twice.
+_compiled_for_auto: Dict[int, Any] = {}
+
+
+def resolve_microbatches(num_devices: int, limit: Optional[int], compile_: bool) -> Optional[int]:
+  """`train.num_microbatches`, or for 'auto' the smallest count that fits `limit` bytes:
+  by XLA's memory with `compile_`, else by the estimate. Prints the choice."""
+  from prompt_tuning.train import step_memory
+  _compiled_for_auto.clear()  # measured under an earlier configuration of this process
+  setting = _gin_value("train.num_microbatches", 1)
+  if setting != step_memory.AUTO:
+    return None
+  if limit is None:
+    raise UserError("NUM_MICROBATCHES='auto' picks the smallest count that fits one device: "
+                    "give --device_memory_gib (e.g. 16 for a TPU v3 core)")
+  axis_sizes = plan_lib.mesh_axis_sizes(num_devices, _gin_value("make_mesh.model_parallel_size", 1),
+                                        _gin_value("make_mesh.mesh_shape"))
+  candidates = step_memory.microbatch_candidates(_gin_value("train.batch_size", 32),
+                                                 axis_sizes["data"])
+  if compile_:
+    measure = lambda m: _compiled_for_auto.setdefault(m, compiled_step_memory(m)).device_bytes
+  else:
+    measure = lambda m: plan_run(num_devices, m)["device_bytes"]
+  count, used = step_memory.fitting_microbatches(measure, candidates, limit, "the train step",
+                                                 auto=True)
+  print(f"NUM_MICROBATCHES='auto': {count} ({plan_lib.human_bytes(used)} per device by "
+        f"{'XLA' if compile_ else 'the estimate'}, of {plan_lib.human_bytes(limit)})", flush=True)
+  return count
+
+
+def run(args) -> int:
+  limit = None if args.device_memory_gib is None else int(args.device_memory_gib * 2 ** 30)
+  num_devices = args.num_devices or jax.device_count()
+  if args.compile and num_devices != jax.device_count():
+    result = on_fake_devices(args, num_devices)
+  else:
+    configurables.setup_from_args(args)
+    microbatches = resolve_microbatches(num_devices, limit, args.compile)
+    result = plan_run(num_devices, microbatches)
+    if args.compile:
+      count = result["activations"]["num_microbatches"]
+      memory = _compiled_for_auto.get(count) if microbatches else None
+      result["compiled"] = (memory or compiled_step_memory(count)).as_dict()
+  print(json.dumps(result) if args.json else format_plan(result), flush=True)
+  if limit is not None:
+    compiled = result.get("compiled")
+    needed = compiled["device_bytes"] if compiled else result["device_bytes"]
+    if needed > limit:
       raise UserError(
-          f"the run needs {plan_lib.human_bytes(result['device_bytes'])} per device, more than "
-          f"the {args.device_memory_gib:g} GiB of one device; raise make_mesh.model_parallel_size "
-          f"(now {result['mesh']['model']}) or train.num_microbatches, or set "
-          "T5Config.remat='full' (or 'dots') or train.frozen_dtype='bfloat16'")
+          f"the run needs {plan_lib.human_bytes(needed)} per device"
+          f"{' by XLA' if compiled else ''}, more than the {args.device_memory_gib:g} GiB of one "
+          f"device; raise make_mesh.model_parallel_size (now {result['mesh']['model']}) or "
+          "NUM_MICROBATCHES (train.num_microbatches; 'auto' picks one), or set "
+          "T5Config.remat='full' (or 'dots'), ACTIVATION_DTYPE='bfloat16' or "
+          "train.frozen_dtype='bfloat16'")
   return 0

@@ -38,6 +38,12 @@ class T5Config:
 
   def __post_init__(self):
     remat_policy(self)  # a bad name fails where it is bound, not at the first step
+    for field, macro in (("dtype", "ACTIVATION_DTYPE"), ("param_dtype", None)):
+      value = getattr(self, field)
+      if value not in DTYPES:
+        name = f"{macro} (T5Config.{field})" if macro else f"T5Config.{field}"
+        raise UserError(f"{name} = {value!r} is not one of {list(DTYPES)}; e.g. "
+                        f"--gin.{macro or 'T5Config.' + field}=\"'float32'\"")
 
   def to_dict(self) -> Dict[str, Any]:
     d = dataclasses.asdict(self)
@@ -73,6 +79,10 @@ class T5Config:
     except json.JSONDecodeError as e:
       raise UserError(f"model config {source or ''} is not valid JSON ({e}); "
                       "re-run `prompt-tuning convert` to rewrite it") from None
+
+
+# Compute and storage dtypes a T5 can use (names, as gin binds them).
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 # Fields each run chooses (dropout while tuning, none in eval; remat; the compute dtype), not

@@ -207,6 +207,19 @@ class CompiledStep:
   opt_shardings: Any
 
 
+def jit_train_step(model: T5, optimizer: optax.GradientTransformation, partitioner: Partitioner,
+                   trainable_shardings: Any, opt_shardings: Any, frozen_shardings: Any,
+                   num_microbatches: int = 1, loss_config: Optional[LossConfig] = None) -> Callable:
+  """The jitted, sharded train step `trainer.train` runs; `step_memory` lowers this same
+  function with abstract arguments to read XLA's memory before any weight exists."""
+  return jax.jit(
+      make_train_step(model, optimizer, loss_config or LossConfig(), num_microbatches),
+      in_shardings=(trainable_shardings, opt_shardings, frozen_shardings,
+                    partitioner.data_sharding, partitioner.replicated),
+      out_shardings=(trainable_shardings, opt_shardings, partitioner.replicated),
+      donate_argnums=(0, 1))
+
+
 def compile_train_step(ctx: RunContext, split: Split, optimizer: optax.GradientTransformation,
                        num_microbatches: int = 1, loss_config: Optional[LossConfig] = None,
                        start_step: int = 0) -> CompiledStep:
@@ -220,10 +233,6 @@ def compile_train_step(ctx: RunContext, split: Split, optimizer: optax.GradientT
                              partitioner.replicated)
   opt_state = jax.jit(lambda t: optim.start_at_step(optimizer.init(t), start_step),
                       out_shardings=opt_sh)(split.trainable)
-  step = jax.jit(
-      make_train_step(ctx.model, optimizer, loss_config or LossConfig(), num_microbatches),
-      in_shardings=(split.trainable_shardings, opt_sh, split.frozen_shardings,
-                    partitioner.data_sharding, partitioner.replicated),
-      out_shardings=(split.trainable_shardings, opt_sh, partitioner.replicated),
-      donate_argnums=(0, 1))
+  step = jit_train_step(ctx.model, optimizer, partitioner, split.trainable_shardings, opt_sh,
+                        split.frozen_shardings, num_microbatches, loss_config)
   return CompiledStep(step, opt_state, opt_sh)

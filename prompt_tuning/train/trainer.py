@@ -19,7 +19,7 @@ that checkpoint tunes 50,000 steps. Checkpoints, `prompts/step_N.npy`, eval
 and checkpoint periods, TensorBoard and `train_summary.json` count the same way.
 """
 import math
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import gin
 import jax
@@ -31,7 +31,7 @@ from prompt_tuning.data.task_tokens import task_tokens_of
 from prompt_tuning.errors import UserError
 from prompt_tuning.run_dir import RunDir
 from prompt_tuning.train import data as data_lib
-from prompt_tuning.train import run_lock, run_records
+from prompt_tuning.train import run_lock, run_records, step_memory
 from prompt_tuning.train.best import BestSoFar
 from prompt_tuning.train.evaluation import PeriodicEval
 from prompt_tuning.train.initialize import checkpoint_step
@@ -63,7 +63,9 @@ def _check_arguments(*, model_dir, train_steps, batch_size, eval_period, checkpo
   checks.one_of(early_stopping_mode, ("max", "min"), "train.early_stopping_mode")
   checks.optional_positive_int(early_stopping_patience, "train.early_stopping_patience",
                                "--gin.train.early_stopping_patience=5")
-  checks.positive_int(num_microbatches, "train.num_microbatches", "--gin.train.num_microbatches=1")
+  if num_microbatches != step_memory.AUTO:
+    checks.positive_int(num_microbatches, "NUM_MICROBATCHES (train.num_microbatches)",
+                        "--gin.NUM_MICROBATCHES=1 (or 'auto')")
   checks.positive_int(log_every, "train.log_every", "--gin.train.log_every=10")
   checks.optional_positive_int(eval_num_examples, "train.eval_num_examples",
                                "--gin.train.eval_num_examples=1000")
@@ -185,14 +187,14 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           eval_mixture_or_task_name: Optional[str] = None, eval_num_examples: Optional[int] = None,
           checkpoint_period: int = 1000, keep_checkpoints: Optional[int] = 3,
           early_stopping_metric: Optional[str] = None, early_stopping_mode: str = "max",
-          early_stopping_patience: Optional[int] = None, num_microbatches: int = 1,
+          early_stopping_patience: Optional[int] = None, num_microbatches: Union[int, str] = 1,
           frozen_dtype: Optional[str] = None, use_cached_tasks: bool = False, log_every: int = 10,
           train_split: str = "train", stop_after_steps: Optional[int] = None,
           return_variables: bool = False, allow_config_change: bool = False,
           max_trainable_norm: Optional[float] = 1e6,
           length_buckets: Optional[bucketing.LengthBuckets] = None,
-          edit_initial_variables: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None
-          ) -> Dict[str, Any]:
+          edit_initial_variables: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None,
+          device_memory_gib: Optional[float] = None) -> Dict[str, Any]:
   """Tunes the trainable subtree on a task; returns a summary dict.
 
   `train_steps` is the absolute step to stop at (T5X's `TRAIN_STEPS`): the
@@ -210,6 +212,10 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   `length_buckets` cuts each batch to the smallest bucket holding it (the step
   compiles once per bucket; `runs/prompt_finetune.gin` binds 'auto', None is
   fixed shapes: `runs/fixed_shapes.gin`, `data/bucketing.py`).
+  Where one device's memory is known (`device_memory_gib`, else what TPU and GPU
+  devices report), the step is compiled with abstract weights and checked against it
+  before the checkpoint is read (`step_memory.check_run_fits`); `num_microbatches='auto'`
+  (`NUM_MICROBATCHES`) takes the smallest count that fits.
   See `configs/runs/prompt_finetune.gin`.
   """
   _check_arguments(model_dir=model_dir, train_steps=train_steps, batch_size=batch_size,
@@ -223,6 +229,11 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   initial_step, length_buckets = _check_data(
       mixture_or_task_name, mixture_or_task_module, task_feature_lengths, length_buckets,
       train_split, eval_name, eval_split, initial_checkpoint_path, train_steps)
+  if device_memory_gib is not None:
+    checks.positive_number(device_memory_gib, "train.device_memory_gib",
+                           "--gin.train.device_memory_gib=16 (None: the devices' own)")
+  num_microbatches = step_memory.check_run_fits(num_microbatches, device_memory_gib, batch_size,
+                                                task_feature_lengths, optimizer, frozen_dtype)
   ctx, split, compiled, local_batch = _compile_run(
       initial_checkpoint_path, seed, mixture_or_task_name, train_split, eval_name, eval_split,
       mixture_or_task_module, task_feature_lengths, frozen_dtype, edit_initial_variables,

@@ -31,7 +31,7 @@ from prompt_tuning.data.task_tokens import task_tokens_of
 from prompt_tuning.errors import UserError
 from prompt_tuning.run_dir import RunDir
 from prompt_tuning.train import data as data_lib
-from prompt_tuning.train import run_lock, run_records
+from prompt_tuning.train import packed_runs, run_lock, run_records
 from prompt_tuning.train.best import BestSoFar
 from prompt_tuning.train.evaluation import PeriodicEval
 from prompt_tuning.train.initialize import checkpoint_step
@@ -39,6 +39,7 @@ from prompt_tuning.train.partitioning import Partitioner, check_batch_size
 from prompt_tuning.train.run_setup import (CompiledStep, RunContext, Split, build_run,
                                             compile_train_step)
 from prompt_tuning.train.saves import Saves, TrainState, check_rerun_config
+from prompt_tuning.train.step import LossConfig
 from prompt_tuning.train.summaries import TrainLog
 from prompt_tuning.train.trainable import (check_extras_train, count_parameters,
                                            trainable_patterns)
@@ -117,8 +118,8 @@ def _check_data(mixture_or_task_name, mixture_or_task_module, task_feature_lengt
 
 def _compile_run(initial_checkpoint_path, seed, mixture_or_task_name, train_split, eval_name,
                  eval_split, mixture_or_task_module, task_feature_lengths, frozen_dtype,
-                 edit_initial_variables, optimizer, batch_size, num_microbatches, initial_step
-                 ) -> Tuple[RunContext, Split, CompiledStep, int]:
+                 edit_initial_variables, optimizer, batch_size, num_microbatches, initial_step,
+                 pack: bool = False) -> Tuple[RunContext, Split, CompiledStep, int]:
   """The run's model, mesh and variables, split into trainable and frozen, its compiled step
   (the optimizer's global-step counters at `initial_step`) and the batch size of this host
   (checked before anything compiles)."""
@@ -130,6 +131,8 @@ def _compile_run(initial_checkpoint_path, seed, mixture_or_task_name, train_spli
                   mixture_or_task_module=mixture_or_task_module,
                   task_feature_lengths=task_feature_lengths, frozen_dtype=frozen_dtype,
                   edit_initial_variables=edit_initial_variables)
+  if pack:  # before the step compiles
+    packed_runs.check_packable(ctx.model, LossConfig().extra_terms)
   local_batch = check_batch_size(batch_size, ctx.partitioner, num_microbatches)
   ctx.check_pass_fits(batch_size // num_microbatches, "a train step of TASK_FEATURE_LENGTHS "
                       f"{dict(task_feature_lengths)} and BATCH_SIZE={batch_size}",
@@ -191,6 +194,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           return_variables: bool = False, allow_config_change: bool = False,
           max_trainable_norm: Optional[float] = 1e6,
           length_buckets: Optional[bucketing.LengthBuckets] = None,
+          pack: bool = False, pack_targets_length: Optional[int] = None,
           edit_initial_variables: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None
           ) -> Dict[str, Any]:
   """Tunes the trainable subtree on a task; returns a summary dict.
@@ -209,7 +213,10 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   `max_trainable_norm` (divergence; None turns the bound off).
   `length_buckets` cuts each batch to the smallest bucket holding it (the step
   compiles once per bucket; `runs/prompt_finetune.gin` binds 'auto', None is
-  fixed shapes: `runs/fixed_shapes.gin`, `data/bucketing.py`).
+  fixed shapes: `runs/fixed_shapes.gin`, `data/bucketing.py`). `pack` (`PACK`)
+  packs several examples per row, each behind its own prompt (`data/packing.py`): BATCH_SIZE
+  then counts rows, as in T5X, and 'auto' buckets mean fixed shapes; `pack_targets_length`
+  (`PACK_TARGETS_LENGTH`) is the packed decoder row (None: `packing.auto_targets_length`).
   See `configs/runs/prompt_finetune.gin`.
   """
   _check_arguments(model_dir=model_dir, train_steps=train_steps, batch_size=batch_size,
@@ -220,13 +227,17 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                    max_trainable_norm=max_trainable_norm, eval_num_examples=eval_num_examples,
                    stop_after_steps=stop_after_steps, seed=seed)
   eval_name = (eval_mixture_or_task_name or mixture_or_task_name) if eval_period else None
+  length_buckets = packed_runs.check_pack(pack, pack_targets_length, length_buckets)
   initial_step, length_buckets = _check_data(
       mixture_or_task_name, mixture_or_task_module, task_feature_lengths, length_buckets,
       train_split, eval_name, eval_split, initial_checkpoint_path, train_steps)
   ctx, split, compiled, local_batch = _compile_run(
       initial_checkpoint_path, seed, mixture_or_task_name, train_split, eval_name, eval_split,
       mixture_or_task_module, task_feature_lengths, frozen_dtype, edit_initial_variables,
-      optimizer, batch_size, num_microbatches, initial_step)
+      optimizer, batch_size, num_microbatches, initial_step, pack)
+  layout = None
+  if pack:
+    layout = packed_runs.layout(ctx.model, task_feature_lengths, pack_targets_length)
   # After the arguments' own checks (their errors are the more specific), before a resume
   # reads or anything writes.
   check_rerun_config(RunDir(model_dir), allow_config_change)
@@ -240,10 +251,17 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   end_step = train_steps if stop_after_steps is None else min(train_steps, stop_after_steps)
   _print_steps(start_step, train_steps, end_step)
   task_tokens = task_tokens_of(ctx.model)  # multi-task prompts: each input's task token
-  batches = data_lib.batches(mixture_or_task_name, task_feature_lengths, train_split, local_batch,
-                             seed=seed, skip_batches=state.batches_consumed,
-                             use_cached=use_cached_tasks, task_tokens=task_tokens,
-                             length_buckets=length_buckets)
+  if layout is None:
+    batches = data_lib.batches(mixture_or_task_name, task_feature_lengths, train_split,
+                               local_batch, seed=seed, skip_batches=state.batches_consumed,
+                               use_cached=use_cached_tasks, task_tokens=task_tokens,
+                               length_buckets=length_buckets)
+  else:
+    state.examples_consumed = packed_runs.data_position(state, model_dir)
+    batches = data_lib.packed_batches(mixture_or_task_name, task_feature_lengths, train_split,
+                                      local_batch, seed, layout,
+                                      skip_examples=state.examples_consumed,
+                                      use_cached=use_cached_tasks, task_tokens=task_tokens)
   fs.makedirs(model_dir)
   run_records.write_records(run, records)
   sizes = _print_sizes(state.trainable, split, ctx.partitioner)
@@ -258,9 +276,13 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     rows = next(batches, None)
     if rows is None:
       raise UserError(f"{mixture_or_task_name} ran out of data at step {state.step}")
+    if layout is None:
+      rows = data_lib.with_example_index(rows, state.batches_consumed, batch_size)
+    else:  # rows are not examples: no example index (methods that need one refuse PACK)
+      rows, count = rows
+      state.examples_consumed += count
     with ctx.partitioner.context():
-      batch = ctx.partitioner.shard_batch(
-          data_lib.with_example_index(rows, state.batches_consumed, batch_size))
+      batch = ctx.partitioner.shard_batch(rows)
       state.trainable, state.opt_state, metrics = compiled.step(
           state.trainable, state.opt_state, split.frozen, batch, ctx.step_rng(state.step))
     if state.step == start_step:  # the step has compiled: its compiler's memory is free now

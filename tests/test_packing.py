@@ -157,3 +157,9 @@ def test_packed_losses_and_prompt_gradients_equal_unpacked_per_example(prompt_mo
   np.testing.assert_allclose(got_grads[rows, segs], want_grads, rtol=1e-5, atol=1e-5)
   # Padding segments (no example) contribute nothing.
   np.testing.assert_allclose(got.sum(), want.sum(), rtol=1e-5, atol=1e-5)
+
+
+def test_evaluation_and_inference_refuse_pack_in_one_line():
+  from prompt_tuning.train.evaluation import EvalModelFns
+  with pytest.raises(UserError, match="do not pack .*set PACK = False"):
+    EvalModelFns(None, None, None, None, pack=True)

@@ -50,3 +50,21 @@ def test_what_cannot_pack_refuses_in_one_line(tmp_path, bindings, needle):
   assert code != 0 and len(errors) == 1, out[-2000:]
   assert needle in errors[0] and "PACK" in errors[0], errors[0]
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_plan_counts_packed_rows():
+  from prompt_tuning import configurables
+  from prompt_tuning.commands.plan import plan_run
+  from tests.test_plan import FILES, SMALL_MODEL
+  configurables.parse(FILES, list(SMALL_MODEL))
+  plain = plan_run(1)["activations"]
+  configurables.parse(FILES, [*SMALL_MODEL, "PACK = True"])
+  packed = plan_run(1)["activations"]
+  # 8 rows of 5 + 12 positions; the decoder row holds targets of up to 2 segments (17 // 6).
+  assert packed["packed"] and not plain["packed"]
+  assert packed["batch"] == plain["batch"] == 8
+  assert (packed["encoder_length"], packed["decoder_length"]) == (17, 2 * 4)
+  assert packed["device_bytes"] > plain["device_bytes"]
+  configurables.parse([*FILES, "prompts/per_layer.gin"], [*SMALL_MODEL, "PACK = True"])
+  with pytest.raises(Exception, match="PACK = True does not work here: per-layer"):
+    plan_run(1)

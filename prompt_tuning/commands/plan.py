@@ -77,6 +77,13 @@ def plan_run(num_devices: Optional[int] = None) -> Dict[str, Any]:
   microbatches = checks.positive_int(_gin_value("train.num_microbatches", 1),
                                      "train.num_microbatches", "--gin.train.num_microbatches=1")
   check_batch_split(batch, axis_sizes["data"], microbatches)  # the trainer's rule, on this mesh
+  pack = _gin_value("train.pack", False)
+  decoder_length = int(lengths["targets"])
+  if pack:  # BATCH_SIZE counts packed rows of P + L encoder positions (data/packing.py)
+    from prompt_tuning.train import packed_runs
+    packed_runs.check_pack(pack, _gin_value("train.pack_targets_length"), None)
+    decoder_length = packed_runs.layout(model, lengths,
+                                        _gin_value("train.pack_targets_length")).targets_length
   def init():
     tokens = jax.numpy.ones((1, 4), np.int32)
     return model.init(jax.random.PRNGKey(0), tokens, tokens)
@@ -110,7 +117,7 @@ def plan_run(num_devices: Optional[int] = None) -> Dict[str, Any]:
       mlp_dim=config.mlp_dim, vocab_size=config.vocab_size,
       num_encoder_layers=config.num_encoder_layers, num_decoder_layers=config.num_decoder_layers,
       batch=max(1, batch // microbatches), encoder_length=int(lengths["inputs"]) + prompt_length,
-      decoder_length=int(lengths["targets"]), dtype_bytes=np.dtype(config.dtype).itemsize,
+      decoder_length=decoder_length, dtype_bytes=np.dtype(config.dtype).itemsize,
       remat=remat_policy(config))
   activations = plan_lib.activation_bytes(shape, axis_sizes["data"], axis_sizes["model"])
   per_device = frozen_fp.device_bytes + trainable_fp.device_bytes + opt_fp.device_bytes + activations
@@ -123,7 +130,8 @@ def plan_run(num_devices: Optional[int] = None) -> Dict[str, Any]:
       "trainable_patterns": list(patterns),
       "frozen": dataclass_dict(frozen_fp), "trainable": dataclass_dict(trainable_fp),
       "optimizer_state": dataclass_dict(opt_fp), "optimizer_groups": groups,
-      "activations": {"device_bytes": activations, "batch": batch, "num_microbatches": microbatches,
+      "activations": {"device_bytes": activations, "batch": batch, "packed": bool(pack),
+                      "num_microbatches": microbatches,
                       "encoder_length": shape.encoder_length, "decoder_length": shape.decoder_length,
                       "remat": remat_policy(config)},
       "device_bytes": per_device,
@@ -172,7 +180,8 @@ def format_plan(p: Dict[str, Any]) -> str:
     lines.append(f"  optimizer group {g['pattern']:<12}{c(g['parameters']):>10}{'':>13}"
                  f"{h(g['state_device_bytes']):>13}   {g['tensors']} tensors")
   lines.append(f"{'activations (estimate)':<28}{'':>10}{'':>13}{h(a['device_bytes']):>13}"
-               f"   batch {a['batch']}/{a['num_microbatches']} microbatch(es), encoder "
+               f"   batch {a['batch']}{' packed rows' if a.get('packed') else ''}/"
+               f"{a['num_microbatches']} microbatch(es), encoder "
                f"{a['encoder_length']}, decoder {a['decoder_length']}, remat {a['remat']}")
   lines.append(f"{'total per device':<28}{'':>10}{'':>13}{h(p['device_bytes']):>13}")
   return "\n".join(lines)

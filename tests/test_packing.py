@@ -163,3 +163,20 @@ def test_evaluation_and_inference_refuse_pack_in_one_line():
   from prompt_tuning.train.evaluation import EvalModelFns
   with pytest.raises(UserError, match="do not pack .*set PACK = False"):
     EvalModelFns(None, None, None, None, pack=True)
+
+
+def test_pack_auto_packs_on_tpu_only_and_not_a_model_that_cannot(monkeypatch, capsys):
+  from prompt_tuning.prompts.per_layer import PerLayerPrompt
+  from prompt_tuning.train import packed_runs
+  assert packed_runs.resolve_pack("auto", "tpu") is True
+  assert packed_runs.resolve_pack("auto", "cpu") is False
+  assert packed_runs.resolve_pack(True, "cpu") is True
+  with pytest.raises(UserError, match="PACK .* must be True, False or 'auto'"):
+    packed_runs.resolve_pack("yes")
+  monkeypatch.setattr(packed_runs.jax, "default_backend", lambda: "tpu")
+  per_layer = T5(CONFIG, prompt=PerLayerPrompt(prompt=Prompt(length=P)))
+  assert packed_runs.resolve_for_model("auto", T5(CONFIG, prompt=Prompt(length=P))) is True
+  assert packed_runs.resolve_for_model("auto", per_layer) is False
+  assert "packing (PACK='auto'): off, since per-layer prompts" in capsys.readouterr().out
+  with pytest.raises(UserError, match="PACK = True does not work here: per-layer .*PACK = False"):
+    packed_runs.resolve_for_model(True, per_layer)

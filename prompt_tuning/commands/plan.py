@@ -77,11 +77,12 @@ def plan_run(num_devices: Optional[int] = None) -> Dict[str, Any]:
   microbatches = checks.positive_int(_gin_value("train.num_microbatches", 1),
                                      "train.num_microbatches", "--gin.train.num_microbatches=1")
   check_batch_split(batch, axis_sizes["data"], microbatches)  # the trainer's rule, on this mesh
+  from prompt_tuning.train import packed_runs
   pack = _gin_value("train.pack", False)
+  packed_runs.check_pack(pack, _gin_value("train.pack_targets_length"), None)
+  pack = packed_runs.resolve_for_model(pack, model)
   decoder_length = int(lengths["targets"])
   if pack:  # BATCH_SIZE counts packed rows of P + L encoder positions (data/packing.py)
-    from prompt_tuning.train import packed_runs
-    packed_runs.check_pack(pack, _gin_value("train.pack_targets_length"), None)
     decoder_length = packed_runs.layout(model, lengths,
                                         _gin_value("train.pack_targets_length")).targets_length
   def init():

@@ -6,9 +6,18 @@ position's computation depends only on its own segment. That holds for a prefix 
 its reparameterizations (Residual's MLP, XPrompt's masks: they change the `[P, E]` value,
 computed once per batch either way) and for the delta insertions of the PET baselines and
 APET (per token, or per query for prefix keys/values). It does not hold, or is not built
-yet, where a module places or reads positions by their index in the row:
+yet, where a module places or reads positions by their index in the row (`refusal`).
+
+`PACK = 'auto'` (the run file's default) packs where packing pays: on TPU, whose one
+compiled program already pays the full padding (length buckets mean fixed shapes there);
+not on CPU and GPU, where length buckets cut the padding and train BoolQ-like lengths faster
+than packed rows (docs/performance.md, "Packing"). Where it would pack a model that cannot,
+it does not, and says so in one printed line.
 """
-from typing import Mapping, Optional
+import functools
+from typing import Mapping, Optional, Union
+
+import jax
 
 from prompt_tuning.data import bucketing, packing
 from prompt_tuning.errors import UserError
@@ -16,6 +25,9 @@ from prompt_tuning.train.run_setup import prompt_length
 from prompt_tuning.train.step import LossConfig
 
 WAY_OUT = "set PACK = False (--gin.PACK=False)"
+AUTO = "auto"
+# Backends where PACK = 'auto' packs (see the module docstring).
+PACKING_BACKENDS = ("tpu",)
 
 
 def refusal(model, loss_terms=()) -> Optional[str]:
@@ -47,12 +59,44 @@ def check_packable(model, loss_terms=()) -> None:
     raise UserError(f"PACK = True does not work here: {why}; {WAY_OUT}")
 
 
+@functools.lru_cache(maxsize=None)
+def _announce(line: str) -> None:
+  print(line, flush=True)
+
+
+def resolve_pack(pack: Union[bool, str], backend: Optional[str] = None) -> bool:
+  """PACK as a bool: 'auto' packs on `PACKING_BACKENDS` (default: this process's backend);
+  a one-line UserError for anything but True, False and 'auto'."""
+  if pack == AUTO:
+    backend = backend or jax.default_backend()
+    packs = backend in PACKING_BACKENDS
+    _announce(f"packing (PACK='auto', {backend}): "
+              + ("on; off: --gin.PACK=False" if packs else "off (length buckets); on: --gin.PACK=True"))
+    return packs
+  if not isinstance(pack, bool):
+    raise UserError(f"PACK (train.pack) must be True, False or 'auto', got {pack!r}; set e.g. "
+                    "--gin.PACK=True")
+  return pack
+
+
+def resolve_for_model(pack: Union[bool, str], model) -> bool:
+  """Whether the run packs: `resolve_pack`, except that 'auto' does not pack (and says so)
+  a model that cannot (`refusal`); True for such a model is `check_packable`'s error."""
+  packs = resolve_pack(pack)
+  why = refusal(model, LossConfig().extra_terms) if packs and pack == AUTO else None
+  if why is not None:
+    _announce(f"packing (PACK='auto'): off, since {why}")
+    return False
+  if packs:
+    check_packable(model, LossConfig().extra_terms)
+  return packs
+
+
 def check_pack(pack, pack_targets_length, length_buckets):
   """`length_buckets` as the run uses them: None when packing (rows have fixed shapes; the
   default 'auto' buckets mean that), else unchanged. One-line UserErrors for a PACK that is
-  not a bool and for settings packing would ignore."""
-  if not isinstance(pack, bool):
-    raise UserError(f"PACK (train.pack) must be True or False, got {pack!r}; set --gin.PACK=True")
+  not True, False or 'auto' and for settings packing would ignore."""
+  pack = resolve_pack(pack)
   if not pack:
     if pack_targets_length is not None:
       raise UserError(f"PACK_TARGETS_LENGTH={pack_targets_length!r} is ignored without packing; "

@@ -19,7 +19,7 @@ that checkpoint tunes 50,000 steps. Checkpoints, `prompts/step_N.npy`, eval
 and checkpoint periods, TensorBoard and `train_summary.json` count the same way.
 """
 import math
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import gin
 import jax
@@ -39,7 +39,6 @@ from prompt_tuning.train.partitioning import Partitioner, check_batch_size
 from prompt_tuning.train.run_setup import (CompiledStep, RunContext, Split, build_run,
                                             compile_train_step)
 from prompt_tuning.train.saves import Saves, TrainState, check_rerun_config
-from prompt_tuning.train.step import LossConfig
 from prompt_tuning.train.summaries import TrainLog
 from prompt_tuning.train.trainable import (check_extras_train, count_parameters,
                                            trainable_patterns)
@@ -119,10 +118,11 @@ def _check_data(mixture_or_task_name, mixture_or_task_module, task_feature_lengt
 def _compile_run(initial_checkpoint_path, seed, mixture_or_task_name, train_split, eval_name,
                  eval_split, mixture_or_task_module, task_feature_lengths, frozen_dtype,
                  edit_initial_variables, optimizer, batch_size, num_microbatches, initial_step,
-                 pack: bool = False) -> Tuple[RunContext, Split, CompiledStep, int]:
+                 pack: Union[bool, str] = False
+                 ) -> Tuple[RunContext, Split, CompiledStep, int, bool]:
   """The run's model, mesh and variables, split into trainable and frozen, its compiled step
-  (the optimizer's global-step counters at `initial_step`) and the batch size of this host
-  (checked before anything compiles)."""
+  (the optimizer's global-step counters at `initial_step`), the batch size of this host
+  (checked before anything compiles) and whether it packs (`packed_runs.resolve_for_model`)."""
   splits = {mixture_or_task_name: [train_split]}
   if eval_name:
     splits.setdefault(eval_name, []).append(eval_split)
@@ -131,8 +131,7 @@ def _compile_run(initial_checkpoint_path, seed, mixture_or_task_name, train_spli
                   mixture_or_task_module=mixture_or_task_module,
                   task_feature_lengths=task_feature_lengths, frozen_dtype=frozen_dtype,
                   edit_initial_variables=edit_initial_variables)
-  if pack:  # before the step compiles
-    packed_runs.check_packable(ctx.model, LossConfig().extra_terms)
+  pack = packed_runs.resolve_for_model(pack, ctx.model)  # before the step compiles
   local_batch = check_batch_size(batch_size, ctx.partitioner, num_microbatches)
   ctx.check_pass_fits(batch_size // num_microbatches, "a train step of TASK_FEATURE_LENGTHS "
                       f"{dict(task_feature_lengths)} and BATCH_SIZE={batch_size}",
@@ -142,7 +141,7 @@ def _compile_run(initial_checkpoint_path, seed, mixture_or_task_name, train_spli
   check_extras_train(ctx.model, split.trainable, split.patterns)
   ctx.variables = None  # the split holds them; the backbone is not kept twice
   compiled = compile_train_step(ctx, split, optimizer, num_microbatches, start_step=initial_step)
-  return ctx, split, compiled, local_batch
+  return ctx, split, compiled, local_batch, pack
 
 
 
@@ -194,7 +193,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           return_variables: bool = False, allow_config_change: bool = False,
           max_trainable_norm: Optional[float] = 1e6,
           length_buckets: Optional[bucketing.LengthBuckets] = None,
-          pack: bool = False, pack_targets_length: Optional[int] = None,
+          pack: Union[bool, str] = False, pack_targets_length: Optional[int] = None,
           edit_initial_variables: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None
           ) -> Dict[str, Any]:
   """Tunes the trainable subtree on a task; returns a summary dict.
@@ -231,7 +230,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   initial_step, length_buckets = _check_data(
       mixture_or_task_name, mixture_or_task_module, task_feature_lengths, length_buckets,
       train_split, eval_name, eval_split, initial_checkpoint_path, train_steps)
-  ctx, split, compiled, local_batch = _compile_run(
+  ctx, split, compiled, local_batch, pack = _compile_run(
       initial_checkpoint_path, seed, mixture_or_task_name, train_split, eval_name, eval_split,
       mixture_or_task_module, task_feature_lengths, frozen_dtype, edit_initial_variables,
       optimizer, batch_size, num_microbatches, initial_step, pack)

@@ -180,3 +180,53 @@ def test_pack_auto_packs_on_tpu_only_and_not_a_model_that_cannot(monkeypatch, ca
   assert "packing (PACK='auto'): off, since per-layer prompts" in capsys.readouterr().out
   with pytest.raises(UserError, match="PACK = True does not work here: per-layer .*PACK = False"):
     packed_runs.resolve_for_model(True, per_layer)
+
+
+def test_packed_deltas_of_every_pet_baseline_match_unpacked():
+  """LoRA, adapters, biases, IA3 and prefix keys/values (every baseline at once) with a prompt:
+  per-example losses, and the gradient of all their parameters of a randomly weighted sum of
+  them (a mixed-up example would change it), packed vs unpacked."""
+  import dataclasses
+  import flax
+  from prompt_tuning.methods.apet import baselines
+  from prompt_tuning.models.deltas import DeltaPlan
+  plans = (baselines.bitfit_deltas, baselines.lora_deltas, baselines.adapter_deltas,
+           baselines.ia3_deltas, baselines.concat_deltas)
+  plan = DeltaPlan(sum((make().rules for make in plans), ()))
+  config = dataclasses.replace(CONFIG, num_encoder_layers=1, num_decoder_layers=1)
+  model = T5(config, prompt=Prompt(length=P), deltas=plan)
+  tokens, decoder = np.ones((1, L), np.int32), np.ones((1, LT), np.int32)
+  params = nn.meta.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), tokens, decoder))["params"]
+  flat = flax.traverse_util.flatten_dict(params, sep="/")
+  names = {ins.name for _, ins in plan.rules} | {"prompt"}
+  new = sorted(k for k in flat if names & set(k.split("/")))
+  keys = jax.random.split(jax.random.PRNGKey(5), len(new))
+  # Away from the identity at init, so every delta changes the output.
+  trained = {k: flat[k] + 0.3 * jax.random.normal(key, flat[k].shape) for k, key in zip(new, keys)}
+
+  exs = examples(10, seed=4, longest=6)
+  enc, dec = packing.sizes(exs, LAYOUT)
+  count, placed = packing.longest_prefix(enc, dec, 3, LAYOUT)
+  exs = exs[:count]
+  packed, plain = packing.pack_rows(exs, placed, 3, LAYOUT), unpacked(exs)
+  segments = int(packed["encoder_segment_ids"].max())
+  assert segments >= 2
+  rows, segs = (np.array(x) for x in zip(*_segment_of(placed)))
+  weights = np.random.default_rng(0).uniform(0.5, 2.0, count).astype(np.float32)
+  packed_weights = np.zeros((3, segments), np.float32)
+  packed_weights[rows, segs] = weights
+
+  def losses_and_grads(batch, w, segs=None):
+    def weighted(t):
+      merged = flax.traverse_util.unflatten_dict({**flat, **t}, sep="/")
+      per_example = _per_example_loss(model, {"params": merged}, batch, segs)
+      return jnp.sum(w * per_example), per_example
+    return jax.jit(jax.grad(weighted, has_aux=True))(trained)
+
+  want_grads, want = losses_and_grads(plain, weights)
+  got_grads, got = losses_and_grads(packed, packed_weights, segments)
+  np.testing.assert_allclose(got[rows, segs], want, rtol=1e-5, atol=1e-5)
+  for name in new:
+    assert np.abs(want_grads[name]).max() > 0, name
+    np.testing.assert_allclose(got_grads[name], want_grads[name], rtol=1e-5, atol=1e-5,
+                               err_msg=name)

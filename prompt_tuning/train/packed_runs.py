@@ -8,11 +8,12 @@ computed once per batch either way) and for the delta insertions of the PET base
 APET (per token, or per query for prefix keys/values). It does not hold, or is not built
 yet, where a module places or reads positions by their index in the row (`refusal`).
 
-`PACK = 'auto'` (the run file's default) packs where packing pays: on TPU, whose one
-compiled program already pays the full padding (length buckets mean fixed shapes there);
-not on CPU and GPU, where length buckets cut the padding and train BoolQ-like lengths faster
-than packed rows (docs/performance.md, "Packing"). Where it would pack a model that cannot,
-it does not, and says so in one printed line.
+`PACK = 'auto'` (the run file's default) packs on TPU, whose one compiled program otherwise
+pays the full padding ('auto' length buckets mean fixed shapes there). On CPU and GPU it keeps
+length buckets for now: on this CPU packing measured faster (docs/performance.md, "Packing"),
+but making it the CPU default changes what BATCH_SIZE means in every CPU run and has not been
+through the whole test suite yet; GPU is not measured. Where 'auto' would pack a model that
+cannot, it does not, and says so in one printed line.
 """
 import functools
 from typing import Mapping, Optional, Union

@@ -44,8 +44,12 @@ LENGTHS_FILE = os.path.join(HERE, "boolq_lengths.json")
 VOCAB = 32128
 
 
-def sample_lengths(n: int, seed: int, max_length: int) -> np.ndarray:
-  """`[n]` input lengths drawn from the file's percentiles (linear between them)."""
+def sample_lengths(n: int, seed: int, max_length: int, distribution: str = "boolq") -> np.ndarray:
+  """`[n]` input lengths drawn from the file's percentiles (linear between them), or from the
+  skewed log-normal (median 48, sigma 1.0: a third under 32 tokens, 2% over 400)."""
+  if distribution == "skewed":
+    drawn = np.random.default_rng(seed).lognormal(np.log(48.0), 1.0, size=n)
+    return np.clip(np.rint(drawn), 2, max_length).astype(int)
   with open(LENGTHS_FILE) as f:
     pct = np.asarray(json.load(f)["inputs_percentiles_1_to_99"], np.float64)
   u = np.random.default_rng(seed).uniform(0, len(pct) - 1, size=n)
@@ -53,7 +57,8 @@ def sample_lengths(n: int, seed: int, max_length: int) -> np.ndarray:
 
 
 def make_batches(path: str, steps: int, batch_size: int, window: int, buckets: List[int],
-                 max_length: int, targets_length: int, seed: int) -> None:
+                 max_length: int, targets_length: int, seed: int,
+                 distribution: str = "boolq") -> None:
   """Writes `.npz` of the grouped batches (`inputs [S, B, max_length]`, `targets [S, B, T]`,
   `widths [S]`: the bucket of each batch)."""
   import tensorflow as tf
@@ -62,7 +67,7 @@ def make_batches(path: str, steps: int, batch_size: int, window: int, buckets: L
   n += -n % (window * batch_size)  # whole windows
   rng = np.random.default_rng(seed)
   enc = np.zeros((n, max_length), np.int32)
-  for i, length in enumerate(sample_lengths(n, seed, max_length)):
+  for i, length in enumerate(sample_lengths(n, seed, max_length, distribution)):
     enc[i, :length] = rng.integers(3, VOCAB, size=length)
     enc[i, length - 1] = 1  # EOS
   tgt = np.zeros((n, targets_length), np.int32)
@@ -155,6 +160,68 @@ def run_ours(args) -> Dict[str, Any]:
           "jit_cache_size": compiled.step._cache_size(), **_rates(times, batch_size)}
 
 
+def packed_stream(path: str, prompt_length: int, rows: int, targets_length: int):
+  """The examples of the batches file, in its order, packed by the library (`PACK = True`):
+  `[(packed batch, examples in it)]`."""
+  from prompt_tuning.data import packing
+  data = np.load(path, allow_pickle=False)
+  inputs = data["inputs"].reshape(-1, data["inputs"].shape[-1])
+  targets = data["targets"].reshape(-1, data["targets"].shape[-1])
+  examples = packing.unpadded({"encoder_input_tokens": inputs, "decoder_target_tokens": targets})
+  layout = packing.layout_for({"inputs": inputs.shape[1], "targets": targets_length},
+                              prompt_length)
+  out = []
+  while examples:
+    batch, count = packing.pack(examples, rows, layout)
+    out.append((batch, count))
+    examples = examples[count:]
+  return out
+
+
+def run_packed(args) -> Dict[str, Any]:
+  """Our trainer's step on packed rows (`PACK = True`): the batches file's examples packed
+  `batch_size` rows at a time; one shape, compiled before timing."""
+  import jax
+  from prompt_tuning.models.config import t5_1_1_config
+  from prompt_tuning.models.t5 import T5
+  from prompt_tuning.prompts import initializers
+  from prompt_tuning.prompts.prompt import Prompt
+  from prompt_tuning.train import optim
+  from prompt_tuning.train.run_setup import build_run, compile_train_step
+
+  data = np.load(args.batches, allow_pickle=False)
+  model = T5(t5_1_1_config(args.size, dtype=args.dtype),
+             prompt=Prompt(length=args.prompt_length, initializer=initializers.uniform()))
+  ctx = build_run(model=model, seed=0,
+                  frozen_dtype=None if args.dtype == "float32" else args.dtype)
+  split = ctx.split(("prompt/.*",))
+  ctx.variables = None
+  compiled = compile_train_step(ctx, split, optim.adafactor())
+  trainable, opt_state, frozen = split.trainable, compiled.opt_state, split.frozen
+  stream = packed_stream(args.batches, args.prompt_length, data["inputs"].shape[1],
+                         data["targets"].shape[-1])
+  rng = jax.random.PRNGKey(1)
+  with ctx.partitioner.context():
+    batches = [ctx.partitioner.shard_batch(b) for b, _ in stream]
+    start = time.perf_counter()
+    trainable, opt_state, metrics = compiled.step(trainable, opt_state, frozen, batches[0], rng)
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - start
+    times = []
+    for s, b in enumerate(batches):
+      t = time.perf_counter()
+      trainable, opt_state, metrics = compiled.step(trainable, opt_state, frozen, b,
+                                                    jax.random.fold_in(rng, s))
+      jax.block_until_ready(metrics)
+      times.append(time.perf_counter() - t)
+  examples = sum(c for _, c in stream)
+  rates = _rates(times, 1)
+  rates["examples_per_s"] = examples / sum(times)
+  return {"compile_and_warmup_s": compile_s, "shapes": 1, "rows_per_step": len(batches[0][
+      "encoder_input_tokens"]), "examples": examples, "examples_per_row":
+      examples / (len(stream) * data["inputs"].shape[1]), **rates}
+
+
 def run_peft(args) -> Dict[str, Any]:
   import torch
   import peft_step  # pylint: disable=import-outside-toplevel
@@ -233,7 +300,12 @@ def main() -> None:
                       "(e.g. /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4; "
                       "docs/performance.md, \"Host allocator\")")
   parser.add_argument("--out", default=None)
-  parser.add_argument("--worker", choices=["bucketed", "padded", "peft"], default=None)
+  parser.add_argument("--worker", choices=["bucketed", "padded", "packed", "peft"], default=None)
+  parser.add_argument("--arms", nargs="+", default=["packed", "bucketed", "padded"],
+                      help="our runs to time (PEFT too with --peft_python)")
+  parser.add_argument("--distribution", choices=["boolq", "skewed"], default="boolq",
+                      help="input lengths: boolq_lengths.json's percentiles, or skewed: "
+                      "log-normal, median 48 tokens, sigma 1.0 (most short, a long tail)")
   parser.add_argument("--batches", default=None,
                       help="grouped batches from --save_batches (default: grouped now)")
   parser.add_argument("--save_batches", default=None,
@@ -247,27 +319,27 @@ def main() -> None:
     args.buckets = list(bucketing.auto_inputs(512))
   if args.worker:
     args.mode = args.worker
-    result = run_peft(args) if args.worker == "peft" else run_ours(args)
+    result = {"peft": run_peft, "packed": run_packed}.get(args.worker, run_ours)(args)
     print(json.dumps(result), flush=True)
     return
   max_length = args.buckets[-1]
   if args.save_batches:
     make_batches(args.save_batches, args.steps, args.batch_size, args.window, args.buckets,
-                 max_length, args.targets_length, args.seed)
+                 max_length, args.targets_length, args.seed, args.distribution)
     print(json.dumps(batch_stats(args.save_batches)), flush=True)
     return
   with tempfile.TemporaryDirectory() as tmp:
     path = args.batches or os.path.join(tmp, "batches.npz")
     if not args.batches:
       make_batches(path, args.steps, args.batch_size, args.window, args.buckets,
-                   max_length, args.targets_length, args.seed)
+                   max_length, args.targets_length, args.seed, args.distribution)
     data = batch_stats(path)
     args.steps, args.batch_size = np.load(path)["inputs"].shape[:2]
     common = ["--batches", path, "--prompt_length", str(args.prompt_length), "--size", args.size,
               "--threads", str(args.threads), "--buckets", *map(str, args.buckets),
               "--device", args.device, "--dtype", args.dtype]
-    runs = {"ours_bucketed": [sys.executable, __file__, "--worker", "bucketed", *common],
-            "ours_padded": [sys.executable, __file__, "--worker", "padded", *common]}
+    runs = {f"ours_{arm}": [sys.executable, __file__, "--worker", arm, *common]
+            for arm in args.arms}
     if args.peft_python:
       runs["peft"] = [args.peft_python, __file__, "--worker", "peft", *common]
     rounds: Dict[str, List[Dict[str, Any]]] = {k: [] for k in runs}
@@ -296,7 +368,12 @@ def _summary(args, data: Dict[str, Any], rounds: Dict[str, List[Dict[str, Any]]]
     ratios["bucketed_over_padded"] = med["ours_bucketed"] / med["ours_padded"]
   if med.get("ours_bucketed") and med.get("peft"):
     ratios["bucketed_over_peft"] = med["ours_bucketed"] / med["peft"]
-  return {"lengths": os.path.basename(LENGTHS_FILE), "steps": args.steps,
+  if med.get("ours_packed") and med.get("peft"):
+    ratios["packed_over_peft"] = med["ours_packed"] / med["peft"]
+  if med.get("ours_packed") and med.get("ours_bucketed"):
+    ratios["packed_over_bucketed"] = med["ours_packed"] / med["ours_bucketed"]
+  return {"lengths": (os.path.basename(LENGTHS_FILE) if args.distribution == "boolq"
+                      else "skewed: log-normal, median 48, sigma 1.0"), "steps": args.steps,
           "rounds_done": min(len(v) for v in rounds.values()), "repeats": args.repeats,
           "batch_size": args.batch_size, "window": args.window, "buckets": args.buckets,
           "prompt_length": args.prompt_length, "targets_length": args.targets_length,

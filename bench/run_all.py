@@ -12,8 +12,9 @@ pages both frameworks spend a tenth of each step in page faults on freshly
 mapped activation buffers. One pair of runs without it is recorded for comparison
 (`*_default_malloc`).
 
-`bench/bucketing_throughput.py` (realistic lengths) runs its three contenders in
-alternating processes itself and reports medians over rounds.
+`bench/bucketing_throughput.py` (realistic lengths: BoolQ-like and skewed) runs its
+contenders (packed, bucketed, padded, PEFT) in alternating processes itself and reports medians
+over rounds.
 
 Usage: python bench/run_all.py [--steps N] [--quick] [--skip_peft]
 """
@@ -118,11 +119,16 @@ def main() -> None:
     record(f"eval_throughput_{classes}_classes",
            _json_line([sys.executable, "bench/eval_throughput.py", *SHAPES, "--classes",
                        str(classes), "--repeats", "3" if args.quick else "5"]))
-  # Realistic (BoolQ) lengths: bucketed vs padded to 512 vs PEFT's dynamic padding, same batches.
+  # Realistic (BoolQ) lengths: packed vs bucketed vs padded to 512 vs PEFT's dynamic padding,
+  # the same examples; then a skewed length distribution (packed, bucketed, PEFT).
+  realistic = ["--steps", "10", "--repeats", "1"] if args.quick else ["--steps", "50",
+                                                                      "--repeats", "3"]
+  peft = [] if args.skip_peft else ["--peft_python", ensure_peft_venv()]
   record("bucketing_throughput", _json_line(
-      [sys.executable, "bench/bucketing_throughput.py",
-       *(["--steps", "10", "--repeats", "1"] if args.quick else ["--steps", "50", "--repeats", "3"]),
-       *([] if args.skip_peft else ["--peft_python", ensure_peft_venv()])]))
+      [sys.executable, "bench/bucketing_throughput.py", *realistic, *peft]))
+  record("bucketing_throughput_skewed", _json_line(
+      [sys.executable, "bench/bucketing_throughput.py", *realistic, *peft,
+       "--distribution", "skewed", "--arms", "packed", "bucketed"]))
   prompt_lengths = (1, 100) if args.quick else (1, 20, 100, 150)
   record("prompt_length_sweep", [
       ours("--size", "small", *SHAPES[:-4], "--prompt_length", str(p), "--targets_length", "8",

@@ -90,3 +90,20 @@ def test_preload_reaches_every_run_and_a_missing_library_is_refused(tmp_path):
   # enough to see that the variable arrived.
   library.write_bytes(b"")
   assert bucketing_throughput._child(probe, 2, str(library))["preload"] == str(library)
+
+
+def test_packed_arm_packs_every_example_of_the_batches_file_once(tmp_path):
+  sys.path.insert(0, BENCH)
+  import bucketing_throughput  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  lengths = np.minimum(bucketing_throughput.sample_lengths(32, 0, 64, "skewed") // 4 + 1, 20)
+  inputs = np.zeros((4, 8, 64), np.int32)
+  for i, n in enumerate(lengths):
+    inputs[i // 8, i % 8, :n] = rng.integers(3, 100, n)
+  targets = np.tile(np.array([7, 1, 0, 0], np.int32), (4, 8, 1))
+  path = str(tmp_path / "batches.npz")
+  np.savez(path, inputs=inputs, targets=targets, widths=np.full(4, 64, np.int32))
+  stream = bucketing_throughput.packed_stream(path, 10, 8, 4)
+  assert sum(count for _, count in stream) == 32
+  assert sum(int((b["encoder_input_tokens"] > 0).sum()) for b, _ in stream) == int(lengths.sum())
+  assert len(stream) < 4  # fewer steps than the unpacked batches

@@ -93,6 +93,14 @@ def plan_run(num_devices: Optional[int] = None,
       num_microbatches or _gin_value("train.num_microbatches", 1),
       "NUM_MICROBATCHES (train.num_microbatches)", "--gin.NUM_MICROBATCHES=1 (or 'auto')")
   check_batch_split(batch, axis_sizes["data"], microbatches)  # the trainer's rule, on this mesh
+  from prompt_tuning.train import packed_runs
+  pack = _gin_value("train.pack", False)
+  packed_runs.check_pack(pack, _gin_value("train.pack_targets_length"), None)
+  pack = packed_runs.resolve_for_model(pack, model)
+  decoder_length = int(lengths["targets"])
+  if pack:  # BATCH_SIZE counts packed rows of P + L encoder positions (data/packing.py)
+    decoder_length = packed_runs.layout(model, lengths,
+                                        _gin_value("train.pack_targets_length")).targets_length
   def init():
     tokens = jax.numpy.ones((1, 4), np.int32)
     return model.init(jax.random.PRNGKey(0), tokens, tokens)
@@ -126,7 +134,7 @@ def plan_run(num_devices: Optional[int] = None,
       mlp_dim=config.mlp_dim, vocab_size=config.vocab_size,
       num_encoder_layers=config.num_encoder_layers, num_decoder_layers=config.num_decoder_layers,
       batch=max(1, batch // microbatches), encoder_length=int(lengths["inputs"]) + prompt_length,
-      decoder_length=int(lengths["targets"]), dtype=np.dtype(config.dtype).name,
+      decoder_length=decoder_length, dtype=np.dtype(config.dtype).name,
       remat=remat_policy(config), dropout_rate=config.dropout_rate)
   activations = plan_lib.activation_bytes(shape, axis_sizes["data"], axis_sizes["model"])
   per_device = frozen_fp.device_bytes + trainable_fp.device_bytes + opt_fp.device_bytes + activations
@@ -140,7 +148,8 @@ def plan_run(num_devices: Optional[int] = None,
       "trainable_patterns": list(patterns),
       "frozen": dataclass_dict(frozen_fp), "trainable": dataclass_dict(trainable_fp),
       "optimizer_state": dataclass_dict(opt_fp), "optimizer_groups": groups,
-      "activations": {"device_bytes": activations, "batch": batch, "num_microbatches": microbatches,
+      "activations": {"device_bytes": activations, "batch": batch, "packed": bool(pack),
+                      "num_microbatches": microbatches,
                       "encoder_length": shape.encoder_length, "decoder_length": shape.decoder_length,
                       "remat": remat_policy(config)},
       "device_bytes": per_device,
@@ -189,7 +198,8 @@ def format_plan(p: Dict[str, Any]) -> str:
     lines.append(f"  optimizer group {g['pattern']:<12}{c(g['parameters']):>10}{'':>13}"
                  f"{h(g['state_device_bytes']):>13}   {g['tensors']} tensors")
   lines.append(f"{'activations (estimate)':<28}{'':>10}{'':>13}{h(a['device_bytes']):>13}"
-               f"   batch {a['batch']}/{a['num_microbatches']} microbatch(es), encoder "
+               f"   batch {a['batch']}{' packed rows' if a.get('packed') else ''}/"
+               f"{a['num_microbatches']} microbatch(es), encoder "
                f"{a['encoder_length']}, decoder {a['decoder_length']}, remat {a['remat']}")
   lines.append(f"{'total per device':<28}{'':>10}{'':>13}{h(p['device_bytes']):>13}")
   if "compiled" in p:

@@ -32,6 +32,27 @@ def smoothing_normalizer(vocab_size: int, label_smoothing: float) -> float:
                  + (vocab_size - 1) * low * np.log(low + 1e-20)))
 
 
+def token_cross_entropy_with_z_loss(logits: Array, targets: Array, z_loss: float = 1e-4,
+                                    label_smoothing: float = 0.0) -> Tuple[Array, Array]:
+  """Unweighted per-token loss (`cross_entropy_with_z_loss`'s terms): (`[B, L]` loss including
+  the z-loss, `[B, L]` z-loss alone), for `[B, L, V]` logits and `[B, L]` targets."""
+  vocab_size = logits.shape[-1]
+  logits = logits.astype(jnp.float32)
+  confidence = 1.0 - label_smoothing
+  low = label_smoothing / (vocab_size - 1)
+  log_z = jax.nn.logsumexp(logits, axis=-1)  # [B, L]
+  # sum_v soft_v * log p_v with soft = (c - low) * one_hot + low, without
+  # materialising the `[B, L, V]` one-hot: (c - low) * log p_target + low * sum_v log p_v.
+  target_log_prob = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - log_z
+  expected_log_prob = (confidence - low) * target_log_prob
+  if low:
+    expected_log_prob = expected_log_prob + low * (jnp.sum(logits, axis=-1) - vocab_size * log_z)
+  token_z_loss = z_loss * jnp.square(log_z)
+  token_loss = (-expected_log_prob - smoothing_normalizer(vocab_size, label_smoothing)
+                + token_z_loss)
+  return token_loss, token_z_loss
+
+
 def cross_entropy_with_z_loss(logits: Array, targets: Array, weights: Optional[Array] = None,
                               z_loss: float = 1e-4,
                               label_smoothing: float = 0.0) -> Tuple[Array, Array, Array]:
@@ -49,20 +70,8 @@ def cross_entropy_with_z_loss(logits: Array, targets: Array, weights: Optional[A
     (loss_sum, z_loss_sum, weight_sum): scalars. `loss_sum` includes the z-loss
     term; `z_loss_sum` reports that term alone.
   """
-  vocab_size = logits.shape[-1]
-  logits = logits.astype(jnp.float32)
-  confidence = 1.0 - label_smoothing
-  low = label_smoothing / (vocab_size - 1)
-  log_z = jax.nn.logsumexp(logits, axis=-1)  # [B, L]
-  # sum_v soft_v * log p_v with soft = (c - low) * one_hot + low, without
-  # materialising the `[B, L, V]` one-hot: (c - low) * log p_target + low * sum_v log p_v.
-  target_log_prob = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - log_z
-  expected_log_prob = (confidence - low) * target_log_prob
-  if low:
-    expected_log_prob = expected_log_prob + low * (jnp.sum(logits, axis=-1) - vocab_size * log_z)
-  token_z_loss = z_loss * jnp.square(log_z)
-  token_loss = (-expected_log_prob - smoothing_normalizer(vocab_size, label_smoothing)
-                + token_z_loss)
+  token_loss, token_z_loss = token_cross_entropy_with_z_loss(logits, targets, z_loss,
+                                                             label_smoothing)
   if weights is None:
     weight_sum = jnp.asarray(np.prod(targets.shape), jnp.float32)
   else:

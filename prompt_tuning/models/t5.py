@@ -37,6 +37,7 @@ from prompt_tuning.models.deltas import NO_DELTAS, DeltaPlan, SiteInfo, path_mat
 from prompt_tuning.models.layers import (Dense, Embed, GatedMlp, MultiHeadAttention,
                                          RMSNorm, RelativePositionBiases,
                                          attention_bias_from_mask)
+from prompt_tuning.models.packed import causal_segment_mask, segment_mask
 
 Array = jax.Array
 
@@ -140,8 +141,13 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, y: Array, encoded: Array, encoder_valid: Array,
                deterministic: bool = True, decode: bool = False,
-               segments: int = 1) -> Tuple[Array, Array]:
+               segments: int = 1, decoder_segment_ids: Optional[Array] = None,
+               encoder_segment_ids: Optional[Array] = None) -> Tuple[Array, Array]:
     """y: `[B, Lt, E]` embedded decoder inputs (`[B, 1, E]` when decoding).
+
+    Packed rows (`data/packing.py`): `decoder_segment_ids` `[B, Lt]` and
+    `encoder_segment_ids` `[B, L']` confine self-attention (causal) and
+    cross-attention to each target's own segment (`models/packed.py`).
 
     `segments` > 1 packs that many independent target sequences of `Lt / segments`
     tokens into each row (rank classification's candidates): each attends
@@ -178,8 +184,14 @@ class Decoder(nn.Module):
       if segments > 1:
         segment, positions = jnp.divmod(positions, y.shape[1] // segments)
         causal = causal & (segment[None, :] == segment[:, None])
-      self_bias = relpos(positions, positions, False) + attention_bias_from_mask(causal)[None, None]
-    cross_bias = attention_bias_from_mask(encoder_valid[:, None, None, :])
+      if decoder_segment_ids is not None:
+        causal = causal_segment_mask(decoder_segment_ids)[:, None]  # [B, 1, Lt, Lt]
+      self_bias = relpos(positions, positions, False) + attention_bias_from_mask(causal)
+    if decoder_segment_ids is not None:
+      cross_bias = attention_bias_from_mask(
+          segment_mask(decoder_segment_ids, encoder_segment_ids)[:, None])
+    else:
+      cross_bias = attention_bias_from_mask(encoder_valid[:, None, None, :])
 
     y = nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
     layer = _layer_class(DecoderLayer, c)
@@ -229,10 +241,22 @@ class T5(nn.Module):
         raise ValueError(f"model extra {name!r} would shadow the model's own {name!r}")
       setattr(self, name, make())
 
-  def embed_encoder_inputs(self, encoder_input_tokens: Array,
-                           enable_dropout: bool = False) -> Tuple[Array, Array]:
-    """`[B, L]` tokens -> (`[B, L', E]` embeddings incl. prompt, `[B, L']` valid mask)."""
+  def embed_encoder_inputs(self, encoder_input_tokens: Array, enable_dropout: bool = False,
+                           encoder_segment_ids: Optional[Array] = None,
+                           encoder_positions: Optional[Array] = None) -> Tuple[Array, Array]:
+    """`[B, L]` tokens -> (`[B, L', E]` embeddings incl. prompt, `[B, L']` valid mask).
+
+    Packed rows (`encoder_segment_ids`, `encoder_positions` `[B, L]`, `data/packing.py`)
+    already hold every segment's prompt slots: L' = L, and the prompt fills them.
+    """
     x = self.token_embedder(encoder_input_tokens)
+    if encoder_segment_ids is not None:
+      valid = encoder_segment_ids > 0
+      if self.prompt is not None:
+        x = self.prompt.packed(encoder_input_tokens, x, self.token_embedder.embedding,
+                               encoder_segment_ids, encoder_positions,
+                               deterministic=not enable_dropout)
+      return nn.with_logical_constraint(x, ("batch", "length", "embed")), valid
     valid = encoder_input_tokens > 0
     if self.prompt is not None:
       extra = {}
@@ -248,10 +272,17 @@ class T5(nn.Module):
     encoded = self.encoder(embedded, valid, deterministic=True)
     return jax.lax.stop_gradient(encoded), valid
 
-  def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False) -> Tuple[Array, Array]:
-    """`[B, L]` tokens -> (encoded `[B, L', E]`, valid `[B, L']`); L' = L + prompt length."""
-    x, valid = self.embed_encoder_inputs(encoder_input_tokens, enable_dropout)
-    mask = self.prompt.attention_mask(valid) if hasattr(self.prompt, "attention_mask") else None
+  def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False,
+             encoder_segment_ids: Optional[Array] = None,
+             encoder_positions: Optional[Array] = None) -> Tuple[Array, Array]:
+    """`[B, L]` tokens -> (encoded `[B, L', E]`, valid `[B, L']`); L' = L + prompt length,
+    or L for packed rows (`embed_encoder_inputs`), whose segments see only themselves."""
+    x, valid = self.embed_encoder_inputs(encoder_input_tokens, enable_dropout,
+                                         encoder_segment_ids, encoder_positions)
+    if encoder_segment_ids is not None:
+      mask = segment_mask(encoder_segment_ids, encoder_segment_ids)
+    else:
+      mask = self.prompt.attention_mask(valid) if hasattr(self.prompt, "attention_mask") else None
     layer_prompt = None
     if hasattr(self.prompt, "layer"):  # per-layer prompts
       layer_prompt = lambda i, h: self.prompt.layer(i, h, self.token_embedder.embedding)
@@ -259,24 +290,35 @@ class T5(nn.Module):
                         layer_prompt=layer_prompt), valid
 
   def decode(self, encoded: Array, encoder_valid: Array, decoder_input_tokens: Array,
-             enable_dropout: bool = False, decode: bool = False, segments: int = 1) -> Array:
+             enable_dropout: bool = False, decode: bool = False, segments: int = 1,
+             decoder_segment_ids: Optional[Array] = None,
+             encoder_segment_ids: Optional[Array] = None) -> Array:
     """Decoder logits `[B, Lt, V]` (float32) for `[B, Lt]` decoder input tokens
-    (`segments` equal-length independent sequences per row; see `Decoder`)."""
+    (`segments` equal-length independent sequences per row, or packed rows' segment ids;
+    see `Decoder`)."""
     y = self.token_embedder(decoder_input_tokens)
     logits, _ = self.decoder(y, encoded, encoder_valid, deterministic=not enable_dropout,
-                             decode=decode, segments=segments)
+                             decode=decode, segments=segments,
+                             decoder_segment_ids=decoder_segment_ids,
+                             encoder_segment_ids=encoder_segment_ids)
     return logits
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
-               enable_dropout: bool = False) -> Array:
-    """Teacher-forced logits `[B, Lt, V]`.
+               enable_dropout: bool = False, encoder_segment_ids: Optional[Array] = None,
+               encoder_positions: Optional[Array] = None,
+               decoder_segment_ids: Optional[Array] = None) -> Array:
+    """Teacher-forced logits `[B, Lt, V]`; packed rows with the segment ids and positions
+    of `data/packing.py` (all three, or none).
 
     Also sows the `features` dict into the `intermediates` collection (a no-op
     unless the caller makes it mutable), for losses that need more than logits.
     """
-    encoded, valid = self.encode(encoder_input_tokens, enable_dropout)
+    encoded, valid = self.encode(encoder_input_tokens, enable_dropout, encoder_segment_ids,
+                                 encoder_positions)
     y = self.token_embedder(decoder_input_tokens)
-    logits, hidden = self.decoder(y, encoded, valid, deterministic=not enable_dropout)
+    logits, hidden = self.decoder(y, encoded, valid, deterministic=not enable_dropout,
+                                  decoder_segment_ids=decoder_segment_ids,
+                                  encoder_segment_ids=encoder_segment_ids)
     features = {"encoded": encoded, "encoder_valid": valid, "decoder_hidden": hidden}
     for key, value in features.items():
       self.sow("intermediates", key, value)

@@ -93,6 +93,25 @@ def place_prompt(prompt: Array, tokens: Array, embedded: Array, valid: Array,
   return placed, j < n + p
 
 
+def place_prompt_packed(prompt: Array, embedded: Array, segment_ids: Array,
+                        positions: Array) -> Array:
+  """Fills every segment's prompt slots of packed rows (`data/packing.py`) with the prompt.
+
+  Args:
+    prompt: `[P, E]` prompt embeddings.
+    embedded: `[B, L, E]` embedded packed tokens (prompt slots hold token 0's embedding).
+    segment_ids: `[B, L]` int, 0 = padding.
+    positions: `[B, L]` int, position inside the segment; slot i of a segment's prompt is at i.
+
+  Returns:
+    `[B, L, E]`: prompt row i wherever a segment's position is i < P, `embedded` elsewhere.
+  """
+  p = prompt.shape[0]
+  is_prompt = (segment_ids > 0) & (positions < p)
+  slots = jnp.take(prompt.astype(embedded.dtype), jnp.clip(positions, 0, p - 1), axis=0)
+  return jnp.where(is_prompt[..., None], slots, embedded)
+
+
 @gin.configurable
 class Prompt(nn.Module):
   """A trainable soft prompt.
@@ -147,6 +166,17 @@ class Prompt(nn.Module):
     prompt = self.value(embedding_table, deterministic)
     prompt = nn.with_logical_constraint(prompt, PROMPT_AXES)
     return place_prompt(prompt, tokens, embedded, tokens > 0, self.placement)
+
+  def packed(self, tokens: Array, embedded: Array, embedding_table: Array, segment_ids: Array,
+             positions: Array, deterministic: bool = True) -> Array:
+    """`[B, L, E]` embedded packed rows with every segment's prompt slots filled
+    (`place_prompt_packed`); the prompt is computed once, as for an unpacked batch, so
+    its dropout mask is shared by the segments as it is by a batch's rows."""
+    del tokens  # the slots are found by segment and position
+    if self.placement != "prefix":
+      raise ValueError(f"packed rows need a prefix prompt, not {self.placement!r}")
+    prompt = nn.with_logical_constraint(self.value(embedding_table, deterministic), PROMPT_AXES)
+    return place_prompt_packed(prompt, embedded, segment_ids, positions)
 
 
 def encoder_prompt(model: nn.Module, variables) -> Array:

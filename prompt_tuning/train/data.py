@@ -9,14 +9,14 @@ batches it already consumed and sees exactly what an uninterrupted run would.
 """
 import contextlib
 import importlib
-from typing import Dict, Iterator, Mapping, Optional
+from typing import Dict, Iterator, Mapping, Optional, Tuple
 
 import jax
 import numpy as np
 import seqio
 
 from prompt_tuning import checks
-from prompt_tuning.data import bucketing, vocab
+from prompt_tuning.data import bucketing, packing, vocab
 from prompt_tuning.errors import UserError, closest
 
 _MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens",
@@ -226,6 +226,37 @@ def batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], 
     yield host_rows(first)
     for batch in iterator:
       yield host_rows(batch)
+  return gen()
+
+
+def packed_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], split: str,
+                   local_rows: int, seed: Optional[int], layout: packing.PackedLayout,
+                   shuffle: bool = True, num_epochs: Optional[int] = None,
+                   skip_examples: int = 0, use_cached: bool = False,
+                   task_tokens: Optional[Mapping[str, int]] = None
+                   ) -> Iterator[Tuple[Dict[str, np.ndarray], int]]:
+  """Endless (by default) iterator of (this host's rows of a packed global batch, examples in
+  the global batch) (`data/packing.py`).
+
+  The global batch of `local_rows * jax.process_count()` rows is packed from the global
+  example stream, the same on every host; `skip_examples` (the data position a checkpoint
+  recorded) examples of it were consumed before.
+  """
+  global_rows = local_rows * jax.process_count()
+  with readable_data_errors(mixture_or_task_name):
+    ds = converted_dataset(mixture_or_task_name, task_feature_lengths, split, shuffle, seed,
+                           num_epochs, use_cached, task_tokens)
+    ds = ds.map(lambda ex: {k: ex[k] for k in _MODEL_FEATURES if k in ex})
+    iterator = packing.packed_batches(ds, global_rows, layout, skip_examples)
+    first = next(iterator, None)
+  if first is None:
+    raise UserError(f"{mixture_or_task_name} split {split!r} yields no example to pack (empty "
+                    "dataset?); check the data")
+
+  def gen():
+    yield host_rows(first[0]), first[1]
+    for batch, count in iterator:
+      yield host_rows(batch), count
   return gen()
 
 

@@ -66,13 +66,19 @@ class EvalModelFns:
     inputs_length: `TASK_FEATURE_LENGTHS['inputs']` of the evaluated data:
       'auto' buckets resolve from it and explicit ones must end at it (None:
       only the lists' form is checked; 'auto' is an error).
+    pack: `PACK` of the eval/infer run files; True is refused (packing is built for
+      training, `data/packing.py`); training's periodic evaluation never packs.
   """
 
   def __init__(self, model, partitioner: Partitioner, variables: Variables,
                variable_shardings: Any, batch_size: int = 32, beam_size: int = 1,
                alpha: float = 0.6, max_decode_length: Optional[int] = None,
                length_buckets: Optional[bucketing.LengthBuckets] = None,
-               inputs_length: Optional[int] = None):
+               inputs_length: Optional[int] = None, pack: bool = False):
+    if pack is not False:
+      raise UserError(f"PACK={pack!r} (EvalModelFns.pack): evaluation and inference do not pack "
+                      "(decoding and rank classification read one example per row; length "
+                      "buckets already cut their padding); set PACK = False")
     self.model = model
     buckets = bucketing.check_buckets(
         length_buckets, None if inputs_length is None else {"inputs": inputs_length})

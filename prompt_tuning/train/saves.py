@@ -38,6 +38,9 @@ class TrainState:
   step: int
   first_step: int
   resumed: bool = False
+  # Packed runs (PACK = True): examples consumed, the data position (a batch holds a varying
+  # number of them); None for unpacked runs, whose position is `batches_consumed`.
+  examples_consumed: Optional[int] = None
 
   @property
   def batches_consumed(self) -> int:
@@ -78,8 +81,10 @@ class Saves:
       logging.warning("resuming a run tuned against %s with backbone %s",
                       meta.get("initial_checkpoint_path"), self.initial_checkpoint_path)
     print(f"resumed from {self.checkpoints.directory} at step {step:,}", flush=True)
+    examples = meta.get("examples_consumed")
     state = TrainState(restored["trainable"], restored["opt_state"], step,
-                       first_step=step - int(meta.get("batches_consumed", step)), resumed=True)
+                       first_step=step - int(meta.get("batches_consumed", step)), resumed=True,
+                       examples_consumed=None if examples is None else int(examples))
     self.rebuild_exports(f"step_{step}", step, state.trainable, f"checkpoint {step}")
     return state
 
@@ -87,6 +92,8 @@ class Saves:
     """The checkpoint of `state`'s step, then its exports (the loss record is the caller's)."""
     meta = {"step": state.step, "batches_consumed": state.batches_consumed,
             "initial_step": state.first_step, **self.description}
+    if state.examples_consumed is not None:
+      meta["examples_consumed"] = state.examples_consumed
     self.checkpoints.save(state.step, {"trainable": state.trainable,
                                        "opt_state": state.opt_state}, meta)
     self.export(f"step_{state.step}", state.step, state.trainable)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from prompt_tuning.models import losses
+from prompt_tuning.models import packed as packed_lib
 from prompt_tuning.train import optim
 from prompt_tuning.train.trainable import merge_variables
 
@@ -61,12 +62,14 @@ def token_loss_sums(model: nn.Module, variables: Any, batch: Batch, rng: jax.Arr
   `rng`) is the key handed to `loss_config.extra_terms`.
   """
   inputs = (batch["encoder_input_tokens"], batch["decoder_input_tokens"])
+  packed = packed_lib.model_kwargs(batch)  # packed rows (data/packing.py): segments' ids
   if loss_config.extra_terms:
     logits, sown = model.apply(variables, *inputs, enable_dropout=enable_dropout,
-                               rngs={"dropout": rng}, mutable=["intermediates"])
+                               rngs={"dropout": rng}, mutable=["intermediates"], **packed)
     features = {k: v[0] for k, v in sown["intermediates"].items()}
   else:
-    logits = model.apply(variables, *inputs, enable_dropout=enable_dropout, rngs={"dropout": rng})
+    logits = model.apply(variables, *inputs, enable_dropout=enable_dropout, rngs={"dropout": rng},
+                         **packed)
   weights = batch.get("decoder_loss_weights", (batch["decoder_target_tokens"] > 0))
   weights = weights.astype(jnp.float32)
   loss_sum, z_loss_sum, weight_sum = losses.cross_entropy_with_z_loss(

@@ -31,7 +31,7 @@ from prompt_tuning.data.task_tokens import task_tokens_of
 from prompt_tuning.errors import UserError
 from prompt_tuning.run_dir import RunDir
 from prompt_tuning.train import data as data_lib
-from prompt_tuning.train import run_lock, run_records, step_memory
+from prompt_tuning.train import packed_runs, run_lock, run_records, step_memory
 from prompt_tuning.train.best import BestSoFar
 from prompt_tuning.train.evaluation import PeriodicEval
 from prompt_tuning.train.initialize import checkpoint_step
@@ -119,11 +119,12 @@ def _check_data(mixture_or_task_name, mixture_or_task_module, task_feature_lengt
 
 def _compile_run(initial_checkpoint_path, seed, mixture_or_task_name, train_split, eval_name,
                  eval_split, mixture_or_task_module, task_feature_lengths, frozen_dtype,
-                 edit_initial_variables, optimizer, batch_size, num_microbatches, initial_step
-                 ) -> Tuple[RunContext, Split, CompiledStep, int]:
+                 edit_initial_variables, optimizer, batch_size, num_microbatches, initial_step,
+                 pack: Union[bool, str] = False
+                 ) -> Tuple[RunContext, Split, CompiledStep, int, bool]:
   """The run's model, mesh and variables, split into trainable and frozen, its compiled step
-  (the optimizer's global-step counters at `initial_step`) and the batch size of this host
-  (checked before anything compiles)."""
+  (the optimizer's global-step counters at `initial_step`), the batch size of this host
+  (checked before anything compiles) and whether it packs (`packed_runs.resolve_for_model`)."""
   splits = {mixture_or_task_name: [train_split]}
   if eval_name:
     splits.setdefault(eval_name, []).append(eval_split)
@@ -132,6 +133,7 @@ def _compile_run(initial_checkpoint_path, seed, mixture_or_task_name, train_spli
                   mixture_or_task_module=mixture_or_task_module,
                   task_feature_lengths=task_feature_lengths, frozen_dtype=frozen_dtype,
                   edit_initial_variables=edit_initial_variables)
+  pack = packed_runs.resolve_for_model(pack, ctx.model)  # before the step compiles
   local_batch = check_batch_size(batch_size, ctx.partitioner, num_microbatches)
   ctx.check_pass_fits(batch_size // num_microbatches, "a train step of TASK_FEATURE_LENGTHS "
                       f"{dict(task_feature_lengths)} and BATCH_SIZE={batch_size}",
@@ -141,7 +143,7 @@ def _compile_run(initial_checkpoint_path, seed, mixture_or_task_name, train_spli
   check_extras_train(ctx.model, split.trainable, split.patterns)
   ctx.variables = None  # the split holds them; the backbone is not kept twice
   compiled = compile_train_step(ctx, split, optimizer, num_microbatches, start_step=initial_step)
-  return ctx, split, compiled, local_batch
+  return ctx, split, compiled, local_batch, pack
 
 
 
@@ -193,6 +195,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           return_variables: bool = False, allow_config_change: bool = False,
           max_trainable_norm: Optional[float] = 1e6,
           length_buckets: Optional[bucketing.LengthBuckets] = None,
+          pack: Union[bool, str] = False, pack_targets_length: Optional[int] = None,
           edit_initial_variables: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None,
           device_memory_gib: Optional[float] = None) -> Dict[str, Any]:
   """Tunes the trainable subtree on a task; returns a summary dict.
@@ -211,7 +214,10 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   `max_trainable_norm` (divergence; None turns the bound off).
   `length_buckets` cuts each batch to the smallest bucket holding it (the step
   compiles once per bucket; `runs/prompt_finetune.gin` binds 'auto', None is
-  fixed shapes: `runs/fixed_shapes.gin`, `data/bucketing.py`).
+  fixed shapes: `runs/fixed_shapes.gin`, `data/bucketing.py`). `pack` (`PACK`)
+  packs several examples per row, each behind its own prompt (`data/packing.py`): BATCH_SIZE
+  then counts rows, as in T5X, and 'auto' buckets mean fixed shapes; `pack_targets_length`
+  (`PACK_TARGETS_LENGTH`) is the packed decoder row (None: `packing.auto_targets_length`).
   Where one device's memory is known (`device_memory_gib`, else what TPU and GPU
   devices report), the step is compiled with abstract weights and checked against it
   before the checkpoint is read (`step_memory.check_run_fits`); `num_microbatches='auto'`
@@ -226,6 +232,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                    max_trainable_norm=max_trainable_norm, eval_num_examples=eval_num_examples,
                    stop_after_steps=stop_after_steps, seed=seed)
   eval_name = (eval_mixture_or_task_name or mixture_or_task_name) if eval_period else None
+  length_buckets = packed_runs.check_pack(pack, pack_targets_length, length_buckets)
   initial_step, length_buckets = _check_data(
       mixture_or_task_name, mixture_or_task_module, task_feature_lengths, length_buckets,
       train_split, eval_name, eval_split, initial_checkpoint_path, train_steps)
@@ -234,10 +241,13 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                            "--gin.train.device_memory_gib=16 (None: the devices' own)")
   num_microbatches = step_memory.check_run_fits(num_microbatches, device_memory_gib, batch_size,
                                                 task_feature_lengths, optimizer, frozen_dtype)
-  ctx, split, compiled, local_batch = _compile_run(
+  ctx, split, compiled, local_batch, pack = _compile_run(
       initial_checkpoint_path, seed, mixture_or_task_name, train_split, eval_name, eval_split,
       mixture_or_task_module, task_feature_lengths, frozen_dtype, edit_initial_variables,
-      optimizer, batch_size, num_microbatches, initial_step)
+      optimizer, batch_size, num_microbatches, initial_step, pack)
+  layout = None
+  if pack:
+    layout = packed_runs.layout(ctx.model, task_feature_lengths, pack_targets_length)
   # After the arguments' own checks (their errors are the more specific), before a resume
   # reads or anything writes.
   check_rerun_config(RunDir(model_dir), allow_config_change)
@@ -251,10 +261,17 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   end_step = train_steps if stop_after_steps is None else min(train_steps, stop_after_steps)
   _print_steps(start_step, train_steps, end_step)
   task_tokens = task_tokens_of(ctx.model)  # multi-task prompts: each input's task token
-  batches = data_lib.batches(mixture_or_task_name, task_feature_lengths, train_split, local_batch,
-                             seed=seed, skip_batches=state.batches_consumed,
-                             use_cached=use_cached_tasks, task_tokens=task_tokens,
-                             length_buckets=length_buckets)
+  if layout is None:
+    batches = data_lib.batches(mixture_or_task_name, task_feature_lengths, train_split,
+                               local_batch, seed=seed, skip_batches=state.batches_consumed,
+                               use_cached=use_cached_tasks, task_tokens=task_tokens,
+                               length_buckets=length_buckets)
+  else:
+    state.examples_consumed = packed_runs.data_position(state, model_dir)
+    batches = data_lib.packed_batches(mixture_or_task_name, task_feature_lengths, train_split,
+                                      local_batch, seed, layout,
+                                      skip_examples=state.examples_consumed,
+                                      use_cached=use_cached_tasks, task_tokens=task_tokens)
   fs.makedirs(model_dir)
   run_records.write_records(run, records)
   sizes = _print_sizes(state.trainable, split, ctx.partitioner)
@@ -270,9 +287,13 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     rows = next(batches, None)
     if rows is None:
       raise UserError(f"{mixture_or_task_name} ran out of data at step {state.step}")
+    if layout is None:
+      rows = data_lib.with_example_index(rows, state.batches_consumed, batch_size)
+    else:  # rows are not examples: no example index (methods that need one refuse PACK)
+      rows, count = rows
+      state.examples_consumed += count
     with ctx.partitioner.context():
-      batch = ctx.partitioner.shard_batch(
-          data_lib.with_example_index(rows, state.batches_consumed, batch_size))
+      batch = ctx.partitioner.shard_batch(rows)
       state.trainable, state.opt_state, metrics = compiled.step(
           state.trainable, state.opt_state, split.frozen, batch, ctx.step_rng(state.step))
     if state.step == start_step:  # the step has compiled: its compiler's memory is free now

@@ -9,11 +9,10 @@ APET (per token, or per query for prefix keys/values). It does not hold, or is n
 yet, where a module places or reads positions by their index in the row (`refusal`).
 
 `PACK = 'auto'` (the run file's default) packs on TPU, whose one compiled program otherwise
-pays the full padding ('auto' length buckets mean fixed shapes there). On CPU and GPU it keeps
-length buckets for now: on this CPU packing measured faster (docs/performance.md, "Packing"),
-but making it the CPU default changes what BATCH_SIZE means in every CPU run and has not been
-through the whole test suite yet; GPU is not measured. Where 'auto' would pack a model that
-cannot, it does not, and says so in one printed line.
+pays the full padding ('auto' length buckets mean fixed shapes there). On CPU and GPU it
+keeps length buckets: on CPU packing did not measure clearly faster (docs/performance.md,
+"Packing"), and packing changes what BATCH_SIZE means; GPU is not measured. Where 'auto' would
+pack a model that cannot, it does not, and says so in one printed line.
 """
 import functools
 from typing import Mapping, Optional, Union
@@ -71,8 +70,9 @@ def resolve_pack(pack: Union[bool, str], backend: Optional[str] = None) -> bool:
   if pack == AUTO:
     backend = backend or jax.default_backend()
     packs = backend in PACKING_BACKENDS
-    _announce(f"packing (PACK='auto', {backend}): "
-              + ("on; off: --gin.PACK=False" if packs else "off (length buckets); on: --gin.PACK=True"))
+    state = ("on; off: --gin.PACK=False" if packs
+             else "off (length buckets); on: --gin.PACK=True")
+    _announce(f"packing (PACK='auto', {backend}): {state}")
     return packs
   if not isinstance(pack, bool):
     raise UserError(f"PACK (train.pack) must be True, False or 'auto', got {pack!r}; set e.g. "

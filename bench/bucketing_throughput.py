@@ -44,6 +44,25 @@ LENGTHS_FILE = os.path.join(HERE, "boolq_lengths.json")
 VOCAB = 32128
 
 
+def _compiled_prompt_run(args):
+  """(run context, compiled step, (trainable, opt_state, frozen)) of a T5 1.1 `args.size` with
+  an `args.prompt_length` prompt, as both timed arms train it."""
+  from prompt_tuning.models.config import t5_1_1_config
+  from prompt_tuning.models.t5 import T5
+  from prompt_tuning.prompts import initializers
+  from prompt_tuning.prompts.prompt import Prompt
+  from prompt_tuning.train import optim
+  from prompt_tuning.train.run_setup import build_run, compile_train_step
+  model = T5(t5_1_1_config(args.size, dtype=args.dtype),
+             prompt=Prompt(length=args.prompt_length, initializer=initializers.uniform()))
+  ctx = build_run(model=model, seed=0,
+                  frozen_dtype=None if args.dtype == "float32" else args.dtype)
+  split = ctx.split(("prompt/.*",))
+  ctx.variables = None
+  compiled = compile_train_step(ctx, split, optim.adafactor())
+  return ctx, compiled, (split.trainable, compiled.opt_state, split.frozen)
+
+
 def sample_lengths(n: int, seed: int, max_length: int, distribution: str = "boolq") -> np.ndarray:
   """`[n]` input lengths drawn from the file's percentiles (linear between them), or from the
   skewed log-normal (median 48, sigma 1.0: a third under 32 tokens, 2% over 400)."""
@@ -104,22 +123,9 @@ def run_ours(args) -> Dict[str, Any]:
   """One of our runs over the batches file; `args.mode` is `bucketed` or `padded`."""
   import jax
   from prompt_tuning.data import bucketing
-  from prompt_tuning.models.config import t5_1_1_config
-  from prompt_tuning.models.t5 import T5
-  from prompt_tuning.prompts import initializers
-  from prompt_tuning.prompts.prompt import Prompt
-  from prompt_tuning.train import optim
-  from prompt_tuning.train.run_setup import build_run, compile_train_step
 
   data = np.load(args.batches, allow_pickle=False)
-  model = T5(t5_1_1_config(args.size, dtype=args.dtype),
-             prompt=Prompt(length=args.prompt_length, initializer=initializers.uniform()))
-  ctx = build_run(model=model, seed=0,
-                  frozen_dtype=None if args.dtype == "float32" else args.dtype)
-  split = ctx.split(("prompt/.*",))
-  ctx.variables = None
-  compiled = compile_train_step(ctx, split, optim.adafactor())
-  trainable, opt_state, frozen = split.trainable, compiled.opt_state, split.frozen
+  ctx, compiled, (trainable, opt_state, frozen) = _compiled_prompt_run(args)
   buckets = bucketing.LengthBuckets(tuple(args.buckets))
   batch_size = data["inputs"].shape[1]
 
@@ -182,22 +188,9 @@ def run_packed(args) -> Dict[str, Any]:
   """Our trainer's step on packed rows (`PACK = True`): the batches file's examples packed
   `batch_size` rows at a time; one shape, compiled before timing."""
   import jax
-  from prompt_tuning.models.config import t5_1_1_config
-  from prompt_tuning.models.t5 import T5
-  from prompt_tuning.prompts import initializers
-  from prompt_tuning.prompts.prompt import Prompt
-  from prompt_tuning.train import optim
-  from prompt_tuning.train.run_setup import build_run, compile_train_step
 
   data = np.load(args.batches, allow_pickle=False)
-  model = T5(t5_1_1_config(args.size, dtype=args.dtype),
-             prompt=Prompt(length=args.prompt_length, initializer=initializers.uniform()))
-  ctx = build_run(model=model, seed=0,
-                  frozen_dtype=None if args.dtype == "float32" else args.dtype)
-  split = ctx.split(("prompt/.*",))
-  ctx.variables = None
-  compiled = compile_train_step(ctx, split, optim.adafactor())
-  trainable, opt_state, frozen = split.trainable, compiled.opt_state, split.frozen
+  ctx, compiled, (trainable, opt_state, frozen) = _compiled_prompt_run(args)
   stream = packed_stream(args.batches, args.prompt_length, data["inputs"].shape[1],
                          data["targets"].shape[-1])
   rng = jax.random.PRNGKey(1)

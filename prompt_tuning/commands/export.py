@@ -31,7 +31,7 @@ def add_arguments(parser) -> None:
   source.add_argument("--deltas", help="a run's export folder, e.g. MODEL_DIR/exports/step_N "
                       "(LoRA or a plain prompt)")
   checkpoint_flags.add_checkpoint_arguments(parser, "the backbone it was tuned on")
-  parser.add_argument("--num_transformer_submodules", type=int, default=None,
+  parser.add_argument("--num_transformer_submodules", type=checks.int_flag(1, 2), default=None,
                       metavar="{1,2}", help="PEFT layout of a prompt adapter: 1 (encoder only) "
                       "or 2 (PEFT's seq2seq default; its second half is not applied by PEFT); "
                       "default: that of --prompt")
@@ -97,9 +97,6 @@ def run(args) -> int:
     if os.path.exists(os.path.join(hf_output, hf.CONFIG_FILE)):
       raise UserError(f"--hf_output {args.hf_output} already holds a model; choose a new folder")
     _check_new_folder(hf_output, "--hf_output")
-  if args.num_transformer_submodules not in (None, 1, 2):
-    raise UserError(f"--num_transformer_submodules {args.num_transformer_submodules}: PEFT's "
-                    "prompt tuning has 1 (encoder only) or 2 (its seq2seq default)")
   if args.deltas and args.num_transformer_submodules is not None:
     raise UserError("--num_transformer_submodules is for prompt adapters; pass it with --prompt")
   config = sources.read_config(args.checkpoint, "--checkpoint",

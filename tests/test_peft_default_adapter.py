@@ -99,6 +99,7 @@ def test_export_writes_peft_default_layout(tmp_path, capsys):
   assert done.value.code == 0
   assert json.loads((tmp_path / "c" / "adapter_config.json").read_text())[
       "num_transformer_submodules"] == 1
+  capsys.readouterr()  # the exports' note lines above
   with pytest.raises(SystemExit) as done:
     main(["export", "--prompt", ADAPTER, "--checkpoint", HF, "--output", str(tmp_path / "d"),
           "--num_transformer_submodules", "3"])

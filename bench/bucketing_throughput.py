@@ -63,6 +63,19 @@ def _compiled_prompt_run(args):
   return ctx, compiled, (split.trainable, compiled.opt_state, split.frozen)
 
 
+def _timed_steps(compiled, trainable, opt_state, frozen, batches, rng):
+  """Seconds of each train step over `batches` (already compiled for their shapes)."""
+  import jax
+  times = []
+  for s, b in enumerate(batches):
+    t = time.perf_counter()
+    trainable, opt_state, metrics = compiled.step(trainable, opt_state, frozen, b,
+                                                  jax.random.fold_in(rng, s))
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t)
+  return times
+
+
 def sample_lengths(n: int, seed: int, max_length: int, distribution: str = "boolq") -> np.ndarray:
   """`[n]` input lengths drawn from the file's percentiles (linear between them), or from the
   skewed log-normal (median 48, sigma 1.0: a third under 32 tokens, 2% over 400)."""
@@ -155,13 +168,7 @@ def run_ours(args) -> Dict[str, Any]:
         jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - start
     batches = [batch(s) for s in range(steps)]
-    times = []
-    for s, b in enumerate(batches):
-      t = time.perf_counter()
-      trainable, opt_state, metrics = compiled.step(trainable, opt_state, frozen, b,
-                                                    jax.random.fold_in(rng, s))
-      jax.block_until_ready(metrics)
-      times.append(time.perf_counter() - t)
+    times = _timed_steps(compiled, trainable, opt_state, frozen, batches, rng)
   return {"compile_and_warmup_s": compile_s, "shapes": len(seen),
           "jit_cache_size": compiled.step._cache_size(), **_rates(times, batch_size)}
 
@@ -200,13 +207,7 @@ def run_packed(args) -> Dict[str, Any]:
     trainable, opt_state, metrics = compiled.step(trainable, opt_state, frozen, batches[0], rng)
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - start
-    times = []
-    for s, b in enumerate(batches):
-      t = time.perf_counter()
-      trainable, opt_state, metrics = compiled.step(trainable, opt_state, frozen, b,
-                                                    jax.random.fold_in(rng, s))
-      jax.block_until_ready(metrics)
-      times.append(time.perf_counter() - t)
+    times = _timed_steps(compiled, trainable, opt_state, frozen, batches, rng)
   examples = sum(c for _, c in stream)
   rates = _rates(times, 1)
   rates["examples_per_s"] = examples / sum(times)

@@ -133,6 +133,7 @@ def check_same_on_hosts(what: str, *arrays: np.ndarray) -> None:
     digest.update(str((a.dtype, a.shape)).encode())
     digest.update(a.tobytes())
   local = np.frombuffer(digest.digest()[:16], np.int32)
+  sync(f"{what} computed")  # the gather may be the first collective: hosts arrive together
   gathered = np.asarray(multihost_utils.process_allgather(local)).reshape(jax.process_count(), -1)
   differ = [i for i in range(len(gathered)) if not np.array_equal(gathered[i], gathered[0])]
   if differ:
@@ -141,13 +142,73 @@ def check_same_on_hosts(what: str, *arrays: np.ndarray) -> None:
                     "files, flags and package version on every host)")
 
 
-def sync(name: str) -> None:
+# Long enough for the slowest host to finish a big compile or checkpoint read.
+BARRIER_TIMEOUT_S = 3600
+_barrier_count = 0
+_warm_meshes = set()
+
+
+def to_host(x: Any) -> np.ndarray:
+  """A replicated (or fully addressable) array as numpy on this host; gathers otherwise."""
+  if getattr(x, "is_fully_replicated", False):
+    return np.asarray(x.addressable_data(0))
+  if getattr(x, "is_fully_addressable", True):
+    return np.asarray(x)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def sync(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> None:
   """Waits until every process reaches `sync(name)` (no-op with one process).
 
   Before a host reads a file that process 0 wrote during the same run
-  (`fs.write_on_first_host`), so it never reads a missing or older file.
+  (`fs.write_on_first_host`), so it never reads a missing or older file. The
+  barrier is the coordination service's, not a collective: a collective's
+  first use on CPU (gloo) gives up after a fixed 30 s, shorter than one host's
+  compile can lag behind another's.
   """
   import jax
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices(name)
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  global _barrier_count
+  _barrier_count += 1  # every host calls the same sequence, so the ids agree
+  try:
+    distributed.global_state.client.wait_at_barrier(f"{name}#{_barrier_count}",
+                                                    timeout_in_ms=timeout_s * 1000)
+  except Exception as e:  # pylint: disable=broad-except
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise UserError(f"hosts did not all reach {name!r} within {timeout_s} s ({first}); a host "
+                    "failed or is stuck: read every host's log") from None
+
+
+def open_collectives(mesh) -> None:
+  """Sets up, on every host at once, the CPU collectives `mesh`'s programs use.
+
+  Gloo builds a communicator for each group of devices on its first
+  collective and waits only 30 s there for the other hosts, whatever
+  `--xla_cpu_collective_timeout_seconds` says; later collectives on the same
+  group wait as long as that flag allows. A host that compiles the train step
+  slower than the others (a busy machine) would fail there. So behind a
+  barrier, one tiny all-reduce over each combination of mesh axes (the device
+  groups SPMD partitioning communicates in) builds every communicator first. Runs once
+  per mesh; a no-op with one process or on accelerators (their own collectives).
+  """
+  import itertools  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
+  devices = mesh.devices
+  key = (tuple(d.id for d in devices.flat), devices.shape)
+  if jax.process_count() == 1 or devices.flat[0].platform != "cpu" or key in _warm_meshes:
+    return
+  sync("open collectives")
+  sizes = dict(zip(mesh.axis_names, devices.shape))
+  for count in range(1, len(sizes) + 1):
+    for group in itertools.combinations(mesh.axis_names, count):
+      # One value per device of each group, summed: an all-reduce over exactly those groups.
+      ones = np.ones(int(np.prod([sizes[a] for a in group])), np.float32)
+      spread = jax.make_array_from_callback(ones.shape, NamedSharding(mesh, PartitionSpec(group)),
+                                            lambda index, ones=ones: ones[index])
+      jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, PartitionSpec()))(spread).block_until_ready()
+  _warm_meshes.add(key)

@@ -97,6 +97,7 @@ def test_hosts_split_the_same_global_batches_for_any_number_of_hosts(monkeypatch
 def test_hosts_that_disagree_are_named(monkeypatch):
   from jax.experimental import multihost_utils
   monkeypatch.setattr(jax, "process_count", lambda: 3)
+  monkeypatch.setattr(multihost, "sync", lambda name: None)
   masks = np.array([1.0, 0.0, 1.0])
 
   def gather(local):  # process 2 saw other masks
@@ -108,6 +109,32 @@ def test_hosts_that_disagree_are_named(monkeypatch):
     multihost.check_same_on_hosts("XPrompt's masks", masks)
   monkeypatch.setattr(multihost_utils, "process_allgather", lambda local: np.stack([local] * 3))
   multihost.check_same_on_hosts("XPrompt's masks", masks)  # agreeing hosts pass
+
+
+def test_barriers_are_distinct_and_a_missing_host_is_one_line(monkeypatch):
+  from jax._src import distributed
+
+  class Client:
+    def __init__(self):
+      self.barriers = []
+
+    def wait_at_barrier(self, name, timeout_in_ms):
+      self.barriers.append((name, timeout_in_ms))
+      if name.startswith("late"):
+        raise RuntimeError("DEADLINE_EXCEEDED: Barrier timed out. Id: late\n  (a long C++ trace)")
+
+  client = Client()
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(distributed.global_state, "client", client)
+  multihost.sync("written")
+  multihost.sync("written")
+  first, second = client.barriers
+  assert first[0] != second[0] and first[1] == second[1] == multihost.BARRIER_TIMEOUT_S * 1000
+  with pytest.raises(UserError) as error:
+    multihost.sync("late", timeout_s=5)
+  message = str(error.value)
+  assert "\n" not in message and "'late'" in message and "5 s" in message
+  assert "DEADLINE_EXCEEDED" in message
 
 
 def test_a_failed_join_is_one_line_naming_the_settings(monkeypatch):

@@ -164,3 +164,39 @@ def test_only_process_zero_writes_and_the_lock_is_released(runs):
     return [f for f in os.listdir(stage.train_tensorboard) if f.startswith("events.out")]
   assert len(events(folder.stage1)) == 2
   assert len(events(folder.stage3)) == 1
+
+
+_LAGGING_HOST = """
+import sys, time
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from prompt_tuning import multihost
+from prompt_tuning.train import partitioning
+index, port, lag = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+multihost.initialize(None, {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                            "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(index)})
+mesh = partitioning.Partitioner(partitioning.make_mesh(model_parallel_size=2)).mesh
+x = jax.make_array_from_process_local_data(NamedSharding(mesh, P(("data", "model"))),
+                                           np.arange(2, dtype=np.float32) + 2 * index)
+program = jax.jit(lambda x: (jnp.max(x), x.reshape(2, 2).sum(0)),
+                  out_shardings=NamedSharding(mesh, P())).lower(x).compile()
+if index == 1:
+  time.sleep(lag)  # as a host whose compile takes longer than the other's
+top, sums = program(x)
+print("result", float(top), multihost.to_host(sums).tolist(), flush=True)
+multihost.sync("done")
+"""
+
+
+def test_a_host_that_compiles_over_30_s_later_still_joins(tmp_path):
+  """Gloo gives a device group's first collective 30 s for every host to arrive (CI lost a
+  run to it under load); the Partitioner opens the mesh's groups behind a barrier first."""
+  port, procs = _free_port(), []
+  for i in range(2):
+    log = open(tmp_path / f"lag_{i}.log", "w")
+    procs.append((subprocess.Popen([sys.executable, "-c", _LAGGING_HOST, str(i), str(port), "35"],
+                                   env=_env(2, tmp_path / "cache"), stdout=log,
+                                   stderr=subprocess.STDOUT), log))
+  _finish(procs, timeout=300)
+  for i in range(2):
+    assert "result 3.0 [2.0, 4.0]" in (tmp_path / f"lag_{i}.log").read_text()

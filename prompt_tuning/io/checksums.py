@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_tuning import multihost
+
 ALGORITHM = "fmix32-index-sum-v1"
 _GOLDEN = 0x9E3779B9
 _SEED_A, _SEED_B = 0x243F6A88, 0x85A308D3
@@ -78,13 +80,6 @@ def _on_device(x: Any) -> jax.Array:
   return jax.device_put(np.asarray(x), jax.local_devices(backend="cpu")[0])
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
-  if x.is_fully_replicated:
-    return np.asarray(x.addressable_data(0))
-  if x.is_fully_addressable:
-    return np.asarray(x)
-  from jax.experimental import multihost_utils
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def array_checksum(x: Any, dtype: Optional[str] = None) -> str:
@@ -95,7 +90,7 @@ def array_checksum(x: Any, dtype: Optional[str] = None) -> str:
   """
   if dtype is not None and np.dtype(dtype) == np.dtype(x.dtype):
     dtype = None
-  lanes = _to_host(_sums(_on_device(x), dtype))
+  lanes = multihost.to_host(_sums(_on_device(x), dtype))
   return "".join(f"{int(v):08x}" for v in lanes)
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from prompt_tuning import fs
+from prompt_tuning import multihost
 from prompt_tuning.errors import UserError
 from prompt_tuning.io import checksums
 from prompt_tuning.run_dir import RunDir
@@ -207,9 +208,7 @@ class RunCheckpoints:
                 else f"resuming from step {resumed_at}")
         print(f"warning: checkpoint {self._step_dir(step)} is unusable ({reason}); moved it to "
               f"{target}, {then}", flush=True)
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-      multihost_utils.sync_global_devices("RunCheckpoints.restore_latest")
+    multihost.sync("RunCheckpoints.restore_latest")  # process 0 moved the unusable ones
     self._manager.reload()
 
 
@@ -294,7 +293,7 @@ def prompt_problem(path: str, value: np.ndarray) -> Optional[str]:
 
 def save_tree(path: str, tree: Any) -> None:
   """Writes a parameter tree as `.npz` with '/'-joined keys (e.g. `prompt/prompt`), first host."""
-  from prompt_tuning.train.partitioning import to_host  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.multihost import to_host  # pylint: disable=g-import-not-at-top
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/")
   arrays = {k: to_host(v) for k, v in flat.items()}
   fs.write_on_first_host(path, lambda f: np.savez(f, **arrays))

@@ -23,7 +23,8 @@ from prompt_tuning.errors import UserError
 from prompt_tuning.models import decoding
 from prompt_tuning.prompts import ensemble
 from prompt_tuning.train import eval_logs, rank_scoring
-from prompt_tuning.train.partitioning import Partitioner, to_host
+from prompt_tuning.multihost import to_host
+from prompt_tuning.train.partitioning import Partitioner
 
 Variables = Dict[str, Any]
 

@@ -26,7 +26,7 @@ from prompt_tuning.errors import UserError
 from prompt_tuning.models.config import architecture_of
 from prompt_tuning.run_dir import ExportDir, RunDir
 from prompt_tuning.train.initialize import BACKBONE_COLLECTION, backbone_paths
-from prompt_tuning.train.partitioning import to_host
+from prompt_tuning.multihost import to_host
 
 FORMAT = "prompt_tuning.export/1"
 Variables = Dict[str, Any]

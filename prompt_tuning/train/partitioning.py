@@ -15,6 +15,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from prompt_tuning import multihost
 from prompt_tuning.errors import UserError
 
 LogicalRules = Tuple[Tuple[str, Optional[str]], ...]
@@ -76,6 +77,7 @@ class Partitioner:
 
   def __init__(self, mesh: Optional[Mesh] = None, rules: LogicalRules = DEFAULT_RULES):
     self.mesh = mesh if mesh is not None else make_mesh()
+    multihost.open_collectives(self.mesh)
     self.rules = tuple(tuple(r) for r in rules)
 
   @property
@@ -146,11 +148,3 @@ def check_batch_size(batch_size: int, partitioner: Partitioner, num_microbatches
                            jax.process_count())
 
 
-def to_host(x: jax.Array) -> np.ndarray:
-  """A replicated (or fully addressable) array as numpy on this host; gathers otherwise."""
-  if getattr(x, "is_fully_replicated", False):
-    return np.asarray(x.addressable_data(0))
-  if getattr(x, "is_fully_addressable", True):
-    return np.asarray(x)
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -169,6 +169,8 @@ class RunLock:
     if jax.process_count() > 1:
       import numpy as np
       from jax.experimental import multihost_utils
+      from prompt_tuning import multihost
+      multihost.sync("run lock taken")  # process 0 may have waited on a remote lock file
       failed = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
       if failed and error is None:
         error = UserError(f"{self.model_dir} is in use by another run (see process 0's error)")

@@ -23,7 +23,8 @@ from prompt_tuning.models.t5 import T5
 from prompt_tuning.prompts.prompt import encoder_prompt
 from prompt_tuning.train import optim
 from prompt_tuning.train.initialize import build_model, initialize_variables
-from prompt_tuning.train.partitioning import Partitioner, to_host
+from prompt_tuning.multihost import to_host
+from prompt_tuning.train.partitioning import Partitioner
 from prompt_tuning.train.step import LossConfig, make_train_step
 from prompt_tuning.train.trainable import merge_variables, split_variables
 

@@ -28,7 +28,8 @@ from prompt_tuning.run_dir import XPromptDir, XPromptSearchDir, XPromptStageDir
 from prompt_tuning.train import trainer
 from prompt_tuning.train.checkpoints import load_tree, save_tree, write_prompt
 from prompt_tuning.train.initialize import abstract_variables, build_model
-from prompt_tuning.train.partitioning import Partitioner, to_host
+from prompt_tuning.multihost import to_host
+from prompt_tuning.train.partitioning import Partitioner
 from prompt_tuning.train.trainable import merge_variables
 
 

@@ -21,7 +21,8 @@ from prompt_tuning.train import data as data_lib
 from prompt_tuning.train import evaluation
 from prompt_tuning.train.best import metric_key
 from prompt_tuning.train.initialize import build_model, variable_shardings
-from prompt_tuning.train.partitioning import Partitioner, check_batch_size, to_host
+from prompt_tuning.multihost import to_host
+from prompt_tuning.train.partitioning import Partitioner, check_batch_size
 from prompt_tuning.train.run_setup import RunContext, build_run
 from prompt_tuning.train.step import LossConfig, token_loss_sums
 from prompt_tuning.train.trainable import merge_variables

@@ -8,7 +8,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # cost ~10% of a CPU train step in page faults (docs/performance.md, "Host allocator").
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
-.PHONY: demo test bench venv peft_venv clean
+.PHONY: demo test test-slow test-all bench venv peft_venv clean
 
 $(STAMP): requirements.lock setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,12 +28,22 @@ demo: $(STAMP)
 # (every toy run, in-process and in subprocesses): one JAX compilation cache, new for each run
 # and removed after it, lets every later compile of a program load it instead (a third less time;
 # the programs and their results are the same).
+# `make test` is the developer's loop (under 15 minutes here): every test but those marked
+# `slow` (over ~20 s each: multi-device and multi-process runs, whole commands end to end).
+# `make test-slow` runs those; `make test-all` both in one pass; CI (.ci/run) runs both tiers.
 TEST_WORKERS ?= 2
-test: $(STAMP)
-	cache=$$(mktemp -d -t prompt-tuning-test-jax-cache.XXXXXX) && trap 'rm -rf "$$cache"' EXIT && \
+PYTEST = cache=$$(mktemp -d -t prompt-tuning-test-jax-cache.XXXXXX) && trap 'rm -rf "$$cache"' EXIT && \
 	JAX_COMPILATION_CACHE_DIR=$$cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
 	JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0 \
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests
+test: $(STAMP)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(PYTEST) -m slow $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(PYTEST) $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

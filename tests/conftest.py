@@ -10,6 +10,12 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", "slow: over ~20 s on 2 cores (multi-device and multi-process runs, end-to-end "
+      "commands); `make test` leaves them to `make test-slow`, and CI runs both")
+
+
 @pytest.fixture
 def shared_data():
   """../shared/data, or skip when this clone has none beside it."""

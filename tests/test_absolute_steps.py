@@ -59,6 +59,7 @@ def test_legacy_t5x_backbone_without_a_step_counts_from_zero_with_a_warning(tmp_
   assert "re-run `prompt-tuning convert`" in caplog.text
 
 
+@pytest.mark.slow
 def test_steps_are_absolute_and_resume_is_exact(tmp_path, backbone_at_step):
   start = [f"INITIAL_CHECKPOINT_PATH = '{backbone_at_step}'", "CHECKPOINT_PERIOD = 2"]
   straight = toy_train(tmp_path / "straight", steps=START + 6, extra=start)

@@ -138,6 +138,7 @@ def test_the_empty_plan_is_the_plain_model():
 
 # ---- identity at init ----
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(PLANS) + ["apet", "all"])
 def test_every_method_is_the_identity_at_init(method, backbone):
   if method == "apet":
@@ -179,6 +180,7 @@ def test_ungated_prefix_is_a_plain_joint_softmax():
 
 # ---- decoding ----
 
+@pytest.mark.slow
 def test_kv_cache_decoding_with_deltas_matches_full_recompute(backbone):
   plan = (baselines.lora_deltas(cross_attention=True)
           + baselines.concat_deltas(length=2) + baselines.ia3_deltas())
@@ -368,6 +370,7 @@ def test_delta_parameters_shard_like_the_modules_they_modify():
 
 # ---- training ----
 
+@pytest.mark.slow
 def test_lora_training_changes_only_lora_parameters(tmp_path):
   from prompt_tuning.io.backbone import load_backbone, save_backbone
   from prompt_tuning.train import initialize

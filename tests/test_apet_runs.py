@@ -42,6 +42,7 @@ def _eval_bindings(run, method, deltas):
   return files, [b for b in bindings if not b.startswith(("EVAL_PERIOD", "train."))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["lora", "apet"])
 def test_kill_and_resume_then_export_and_eval_round_trip(tmp_path, method):
   from prompt_tuning.train import eval_run, exports
@@ -132,6 +133,7 @@ print("RESULT" + json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_eight_device_mesh_matches_one_device_for_lora_and_apet(tmp_path):
   result = run_on_eight_devices(_MESH_SCRIPT.format(tmp=str(tmp_path)))
   for method in ("lora", "apet"):

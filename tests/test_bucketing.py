@@ -136,6 +136,7 @@ def traced_widths(monkeypatch):
   return traced
 
 
+@pytest.mark.slow
 def test_default_run_buckets_long_inputs_with_fixed_shape_losses(tmp_path, traced_widths):
   # Without dropout: a bucketed batch draws other dropout masks than the full-width batch.
   long = ["BATCH_SIZE = 2", "MIXTURE_OR_TASK_NAME = 'toy_long_parity'",
@@ -150,6 +151,7 @@ def test_default_run_buckets_long_inputs_with_fixed_shape_losses(tmp_path, trace
   np.testing.assert_allclose(losses(bucketed), losses(fixed), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_trainer_compiles_once_per_bucket_and_matches_fixed_shape_losses(tmp_path, traced_widths):
   traced = traced_widths
   # Without dropout: a bucketed batch draws other dropout masks than the full-width batch.
@@ -165,6 +167,7 @@ def test_trainer_compiles_once_per_bucket_and_matches_fixed_shape_losses(tmp_pat
   np.testing.assert_allclose(losses(bucketed), losses(fixed), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_eval_scores_and_predictions_are_the_same_bucketed(tmp_path):
   from prompt_tuning.models.config import T5Config
   from prompt_tuning.models.t5 import T5

@@ -3,7 +3,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -14,6 +13,7 @@ from prompt_tuning.train.initialize import backbone_shapes
 from prompt_tuning.io import t5x
 from prompt_tuning.io.backbone import flatten_paths, load_backbone
 from prompt_tuning.models.config import T5Config
+from tests.train_helpers import cli_process
 
 REPO = Path(__file__).resolve().parents[1]
 HF_FIXTURE = REPO / "tests" / "fixtures" / "hf_t5_tiny"
@@ -23,8 +23,7 @@ SMALL = T5Config(vocab_size=24, emb_dim=8, num_heads=2, head_dim=4, mlp_dim=16,
 
 
 def convert(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", "prompt_tuning", "convert", *args],
-                        capture_output=True, text=True, cwd=REPO, timeout=300)
+  return cli_process(["convert", *args])
 
 
 def random_params(config: T5Config, seed: int = 0):

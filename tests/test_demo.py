@@ -33,6 +33,7 @@ def test_bare_task_is_ambiguous_without_the_instruction():
   assert len({op(digits) for op in tasks.OPERATIONS.values()}) == len(tasks.OPERATIONS)
 
 
+@pytest.mark.slow
 def test_demo_pipeline_writes_summary_with_baseline(tmp_path):
   from prompt_tuning.demo import experiment
   configurables.parse(["runs/demo.gin"], [*TINY, f"MODEL_DIR = '{tmp_path}'"])

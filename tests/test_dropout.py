@@ -43,6 +43,7 @@ def _batch(seed=0):
           "decoder_target_tokens": targets}
 
 
+@pytest.mark.slow
 def test_training_passes_drop_out_and_deterministic_passes_do_not():
   plain, dropped, variables = _models()
   batch, config = _batch(), LossConfig()

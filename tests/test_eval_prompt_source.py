@@ -1,6 +1,4 @@
 """Eval and infer evaluate exactly the prompt the user named, and refuse a random one."""
-import subprocess
-import sys
 
 import gin
 import numpy as np
@@ -9,7 +7,7 @@ import pytest
 from prompt_tuning import configurables
 from prompt_tuning.errors import UserError
 from prompt_tuning.train import eval_run
-from tests.train_helpers import TOY_EVAL_BINDINGS, toy_train
+from tests.train_helpers import TOY_EVAL_BINDINGS, cli_process, toy_train
 
 BINDINGS = list(TOY_EVAL_BINDINGS)
 
@@ -60,11 +58,10 @@ def test_method_parameters_that_were_not_loaded_are_refused(tmp_path):
 
 def test_cli_refusal_is_one_line_and_writes_nothing(tmp_path):
   out_dir = tmp_path / "eval"
-  proc = subprocess.run(
-      [sys.executable, "-m", "prompt_tuning", "eval", "--gin_file=runs/prompt_eval.gin",
+  proc = cli_process(
+      ["eval", "--gin_file=runs/prompt_eval.gin",
        "--gin_file=models/t5_1_1_toy_prompt.gin", *[f"--gin.{b}" for b in BINDINGS],
-       f"--gin.MODEL_DIR='{out_dir}'", f"--gin.PROMPT_FILE='{tmp_path}/x.npy'"],
-      capture_output=True, text=True, timeout=300)
+       f"--gin.MODEL_DIR='{out_dir}'", f"--gin.PROMPT_FILE='{tmp_path}/x.npy'"])
   assert proc.returncode == 2
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and "refusing to evaluate randomly initialized" in errors[0]

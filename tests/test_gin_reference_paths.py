@@ -9,6 +9,7 @@ import pytest
 from prompt_tuning import configurables, gin_utils
 from prompt_tuning.errors import UserError
 from prompt_tuning.scripts import find_module
+from tests.train_helpers import cli_process
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY_MACROS = ["MODEL_DIR = '/tmp/x'", "MIXTURE_OR_TASK_NAME = 'toy_parity'",
@@ -16,6 +17,9 @@ TOY_MACROS = ["MODEL_DIR = '/tmp/x'", "MIXTURE_OR_TASK_NAME = 'toy_parity'",
 
 
 def _cli(*args, cwd=None):
+  """In-process unless a test needs another working folder (a fresh process there)."""
+  if cwd is None:
+    return cli_process(list(args))
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
   return subprocess.run([sys.executable, "-m", "prompt_tuning", *args], capture_output=True,
                         text=True, timeout=300, cwd=cwd, env=env)

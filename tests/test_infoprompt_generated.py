@@ -61,6 +61,7 @@ def test_each_example_gets_the_prompt_generated_from_its_own_input(tmp_path, sou
   np.testing.assert_allclose(np.asarray(features["prompt"]), np.asarray(x[:, :p]), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_train_exports_the_generator_and_eval_loads_exactly_it(tmp_path):
   from prompt_tuning.train import eval_run
   run = tmp_path / "run"
@@ -130,6 +131,7 @@ def _step_flops(tmp_path, files, extra):
   return _flops(compiled)
 
 
+@pytest.mark.slow
 def test_the_bare_input_is_encoded_once_per_step(tmp_path):
   """The generator's Φ(X), InfoPrompt's bare features and its prompt-free Z′ each run the
   encoder on the bare input; XLA merges the identical passes, so InfoPrompt adds less to a

@@ -117,6 +117,7 @@ def _batch(targets):
           "example_index": jnp.arange(8, dtype=jnp.int32)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("theta", ["class_mean", "gold_label"])
 def test_the_default_mi_terms_read_no_label(tmp_path, theta):
   configurables.parse(list(INFO_FILES), [*TOY_BINDINGS, *INFO, f"MODEL_DIR = '{tmp_path}'",

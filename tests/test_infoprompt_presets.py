@@ -21,6 +21,7 @@ PRESETS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset, settings, learning_rate, weight_decay", PRESETS)
 def test_the_preset_trains_through_the_cli(tmp_path, preset, settings, learning_rate,
                                            weight_decay):

@@ -24,6 +24,7 @@ def _flat(tree):
   return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/")
 
 
+@pytest.mark.slow
 def test_zero_weights_are_plain_prompt_tuning_bit_for_bit(tmp_path):
   plain = toy_train(tmp_path / "plain", steps=4, extra=["train.return_variables = True"])
   off = toy_train(tmp_path / "off", steps=4, files=INFO_FILES,
@@ -34,6 +35,7 @@ def test_zero_weights_are_plain_prompt_tuning_bit_for_bit(tmp_path):
   assert "mi_head" not in off["train_history"][-1]
 
 
+@pytest.mark.slow
 def test_only_prompt_and_info_train_and_both_estimates_are_reported(tmp_path):
   summary = toy_train(tmp_path / "run", steps=6, files=INFO_FILES, extra=list(INFO))
   trained = _flat(summary["trainable"])
@@ -76,6 +78,7 @@ def test_the_heads_have_their_own_optimizer(tmp_path):
   assert moved["prompt/prompt"] > 0.05  # Adafactor at 0.3
 
 
+@pytest.mark.slow
 def test_microbatches_give_the_same_losses_and_estimates(tmp_path):
   # Without dropout: each microbatch folds its own dropout key.
   whole = toy_train(tmp_path / "whole", steps=3, files=INFO_FILES,
@@ -103,6 +106,7 @@ print("RESULT" + json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_an_eight_device_mesh_samples_what_one_device_does(tmp_path):
   result = run_on_eight_devices(_MESH_SCRIPT.format(tmp=str(tmp_path)))
   np.testing.assert_allclose(result["2x4"], result["1x1"], rtol=2e-5, atol=2e-6)

@@ -5,8 +5,6 @@ The fixture in tests/fixtures/hf_t5_tiny was written by scripts/make_hf_fixture.
 """
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -18,6 +16,7 @@ from prompt_tuning.errors import UserError
 from prompt_tuning.io import hf
 from prompt_tuning.io.backbone import flatten_paths, load_backbone
 from prompt_tuning.models.t5 import T5
+from tests.train_helpers import cli_process
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "hf_t5_tiny"
@@ -34,9 +33,7 @@ def reference():
 def converted(tmp_path_factory):
   """The fixture imported the way users do it: `prompt-tuning convert --from hf`."""
   out = tmp_path_factory.mktemp("hf") / "backbone"
-  result = subprocess.run([sys.executable, "-m", "prompt_tuning", "convert", "--from", "hf",
-                           "--input", str(FIXTURE), "--output", str(out)],
-                          capture_output=True, text=True, cwd=REPO, timeout=300)
+  result = cli_process(["convert", "--from", "hf", "--input", FIXTURE, "--output", out])
   assert result.returncode == 0, result.stderr
   return load_backbone(str(out))
 

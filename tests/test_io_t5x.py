@@ -18,6 +18,7 @@ from prompt_tuning.io import t5x
 from prompt_tuning.io.backbone import flatten_paths
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.t5 import T5
+from tests.train_helpers import cli_process
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -269,10 +270,7 @@ def test_a_truncated_chunk_is_an_error(tmp_path):
 def test_convert_cli_refuses_a_checkpoint_with_a_missing_chunk(tmp_path):
   path = _copy_tiny_without_a_chunk(tmp_path, chunk="7.0")
   out = tmp_path / "backbone"
-  result = subprocess.run([sys.executable, "-m", "prompt_tuning", "convert", "--from", "t5x",
-                           "--input", str(path), "--output", str(out)],
-                          capture_output=True, text=True, cwd=REPO, timeout=300,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  result = cli_process(["convert", "--from", "t5x", "--input", path, "--output", out])
   assert result.returncode != 0
   errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]

@@ -23,6 +23,7 @@ from tests.train_helpers import REPO, TOY_BINDINGS
 
 STEPS = 2
 TOLERANCE = dict(rtol=1e-4, atol=1e-5)  # f32 sums over devices/processes in another order
+pytestmark = pytest.mark.slow  # several processes, each ~15 s of imports: `make test-slow`
 
 
 def _free_port() -> int:

@@ -183,6 +183,7 @@ print("RESULT" + json.dumps({{"one": losses(one), "resumed": losses(resumed),
 """
 
 
+@pytest.mark.slow
 def test_mixture_run_on_a_mesh_resumes_reports_each_task_and_exports_per_task(tmp_path):
   """One test (one subprocess, run once under pytest-xdist): resume, per-task eval, exports."""
   from prompt_tuning import configurables, gin_utils

@@ -126,6 +126,7 @@ def prompt_model():
   return model, variables
 
 
+@pytest.mark.slow
 def test_packed_losses_and_prompt_gradients_equal_unpacked_per_example(prompt_model):
   model, variables = prompt_model
   exs = examples(12, seed=3, longest=6)
@@ -182,6 +183,7 @@ def test_pack_auto_packs_on_tpu_only_and_not_a_model_that_cannot(monkeypatch, ca
     packed_runs.resolve_for_model(True, per_layer)
 
 
+@pytest.mark.slow
 def test_packed_deltas_of_every_pet_baseline_match_unpacked():
   """LoRA, adapters, biases, IA3 and prefix keys/values (every baseline at once) with a prompt:
   per-example losses, and the gradient of all their parameters of a randomly weighted sum of

@@ -13,6 +13,7 @@ def _meta(run, step):
   return json.loads((run / "checkpoints" / str(step) / "meta" / "metadata").read_text())
 
 
+@pytest.mark.slow
 def test_packed_kill_and_resume_continues_with_the_same_losses(tmp_path):
   straight = toy_train(tmp_path / "straight", steps=3, extra=PACK)
   first = toy_train(tmp_path / "resumed", steps=3, extra=[*PACK, "train.stop_after_steps = 1",

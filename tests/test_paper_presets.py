@@ -34,6 +34,7 @@ def _bindings(config_gin: str):
           for line in config_gin.splitlines() if " = " in line and not line.startswith("#")}
 
 
+@pytest.mark.slow
 def test_lester2021_trains_as_the_reference_script_with_the_papers_settings(setup):
   work, env = setup
   model_dir = work / "lester"
@@ -79,6 +80,7 @@ def _toy(model_dir, *extra):
           "TASK_FEATURE_LENGTHS = {'inputs': 16, 'targets': 8}", "EVAL_PERIOD = None", *extra]
 
 
+@pytest.mark.slow
 def test_residual2023_trains_prompt_and_mlp_with_the_official_adamw(tmp_path):
   _cli("train", (*TOY, "papers/residual2023.gin"),
        _toy(tmp_path, "RESIDUAL_BOTTLENECK = 8"))
@@ -92,6 +94,7 @@ def test_residual2023_trains_prompt_and_mlp_with_the_official_adamw(tmp_path):
   assert np.load(tmp_path / "prompts" / "step_2.npy").shape == (10, 32)  # P', MLP folded away
 
 
+@pytest.mark.slow
 def test_apet2023_trains_the_budget_without_dropout(tmp_path):
   _cli("train", (*TOY, "papers/apet2023.gin"),
        _toy(tmp_path, "build_model.prompt = None", "APET_BUDGET = 3001", "APET_SEED = 1"))
@@ -101,6 +104,7 @@ def test_apet2023_trains_the_budget_without_dropout(tmp_path):
   assert (tmp_path / "apet_selection.json").exists()
 
 
+@pytest.mark.slow
 def test_xprompt2022_runs_its_three_stages(tmp_path):
   output = _cli("xprompt", (*TOY, "papers/xprompt2022.gin"),
                 _toy(tmp_path, "PROMPT_LENGTH = 4", "XPROMPT_PIECES = 2", "EVAL_PERIOD = 2",

@@ -12,6 +12,7 @@ def _flat(tree):
   return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/")
 
 
+@pytest.mark.slow
 def test_per_layer_export_evaluates_exactly_the_trained_prompts(tmp_path):
   from prompt_tuning.train import eval_run
   run = tmp_path / "run"

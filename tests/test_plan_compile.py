@@ -31,6 +31,7 @@ SMALL_MODEL = (
 )
 
 
+@pytest.mark.slow
 def test_estimate_is_within_15_percent_of_xla_over_meshes_and_microbatches():
   """bench/plan_vs_compiler.py's grid (tiny T5, fake CPU devices): estimate / XLA per device."""
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
@@ -54,6 +55,7 @@ def _compiled(microbatches):
   return compiled_step_memory(microbatches).device_bytes
 
 
+@pytest.mark.slow
 def test_auto_microbatches_is_the_smallest_count_that_fits(capsys):
   from prompt_tuning.commands.plan import _gin_value
   from prompt_tuning.train import step_memory
@@ -76,6 +78,7 @@ def test_auto_microbatches_is_the_smallest_count_that_fits(capsys):
     step_memory.check_run_fits("auto", None, **common)
 
 
+@pytest.mark.slow
 def test_cli_compiles_on_fake_devices_and_refuses_what_xla_says_does_not_fit(capsys):
   from prompt_tuning.cli import main
   argv = ["plan", *[f"--gin_file={f}" for f in FILES], *[f"--gin.{b}" for b in SMALL_MODEL],
@@ -115,6 +118,7 @@ def test_a_bad_activation_dtype_is_one_error_naming_the_macro():
     build_model()
 
 
+@pytest.mark.slow
 def test_bfloat16_activations_match_float32_to_bfloat16_precision():
   """Same weights, both dtypes: loss and prompt gradient agree to bf16's ~3 significant digits
   (8-bit mantissa: 2**-8 relative per rounding; a few roundings per layer)."""

@@ -21,6 +21,7 @@ def checkpoint(shared_data):
   return str(shared_data / "t5x_t5_1_1_tiny" / "checkpoint_3")
 
 
+@pytest.mark.slow
 def test_convert_then_score_equals_a_direct_computation(checkpoint, shared_data, tmp_path, capsys):
   vocab = str(shared_data / "t5_vocab" / "sentencepiece.model")
   backbone = tmp_path / "backbone"
@@ -48,6 +49,7 @@ def test_convert_then_score_equals_a_direct_computation(checkpoint, shared_data,
     assert line["log_likelihood"] < 0
 
 
+@pytest.mark.slow
 def test_prompt_tuning_directly_on_the_t5x_checkpoint_keeps_it_frozen(checkpoint, tmp_path):
   # The checkpoint is at step 3; TRAIN_STEPS is absolute, as in T5X: 3 steps of tuning.
   summary = toy_train(tmp_path / "run", steps=6,

@@ -141,6 +141,7 @@ def _scalars(log_dir, tag):
   return [(e.step, e.value) for e in accumulator.Scalars(tag)]
 
 
+@pytest.mark.slow
 def test_sst2_demo_then_sst2_demo_eval(setup):
   work, env = setup
   train = _bash(TRAIN, work, env)
@@ -179,6 +180,7 @@ TRAIN_XXL = TRAIN.replace(
     "  --tfds_data_dir=${TFDS_DATA_DIR}")
 
 
+@pytest.mark.slow
 def test_sst2_demo_xxl_on_a_model_parallel_mesh(setup):
   work, env = setup
   assert "model_parallel_submesh" in TRAIN_XXL and "test/t5_1_1_tiny_prompt.gin" in TRAIN_XXL

@@ -264,6 +264,7 @@ def _saved_steps(run: pathlib.Path):
   return sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if folder.is_dir() else []
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_gives_the_losses_of_an_unbroken_run(tmp_path):
   run = tmp_path / "run"
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}

@@ -230,6 +230,7 @@ def _temporary_files(root: pathlib.Path):
   return found
 
 
+@pytest.mark.slow
 def test_a_failed_write_names_the_path_and_leaves_nothing_temporary(finished, tmp_path):
   backbone, prompt = tmp_path / "backbone", tmp_path / "prompt.npy"
   np.save(prompt, np.ones((3, 32), np.float32))

@@ -40,6 +40,7 @@ def _loss_and_prompt_grad(remat, params):
   return value, jax.tree_util.tree_leaves(grad)
 
 
+@pytest.mark.slow
 def test_every_policy_gives_the_loss_and_gradients_of_no_remat():
   # Remat changes no parameter: one set of variables serves every policy.
   params = nn.meta.unbox(jax.jit(_model(False).init)(jax.random.PRNGKey(0), ENC, DEC))["params"]

@@ -59,6 +59,7 @@ def _mlp(variables):
   return variables["params"]["prompt"]["residual"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layer_norm", [True, False])
 @pytest.mark.parametrize("separate_mlps", [False, True])
 def test_zero_up_projection_gives_the_raw_prompt(layer_norm, separate_mlps):
@@ -273,6 +274,7 @@ def test_the_mlp_can_have_its_own_learning_rate():
   assert float(optim.current_learning_rate(state)) == pytest.approx(0.3)
 
 
+@pytest.mark.slow
 def test_training_with_a_separate_mlp_learning_rate(tmp_path):
   from tests.train_helpers import TOY_FILES, toy_train
   summary = toy_train(tmp_path / "run", steps=2, files=(*TOY_FILES, "methods/residual.gin"),

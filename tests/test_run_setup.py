@@ -67,6 +67,7 @@ def test_backbone_is_exactly_the_plain_model(backbone_dir):
   assert set(_flat(split.trainable)) == {"prompt/prompt", "critic/w"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [None, "bfloat16"])
 def test_random_backbone_built_in_pieces_is_the_whole_init(dtype):
   """Group by group (less transient memory), the values are exactly `model.init`'s."""

@@ -82,6 +82,7 @@ def tiny_backbone(tmp_path_factory):
   return path
 
 
+@pytest.mark.slow
 def test_a_finished_cell_is_not_recomputed(tmp_path, tiny_backbone, monkeypatch, capsys):
   from prompt_tuning.train import trainer
   out = tmp_path / "sweep"

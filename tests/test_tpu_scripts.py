@@ -204,6 +204,7 @@ def test_train_requires_its_settings(stubs, missing):
   assert _calls(stub / "gcloud.calls") == []
 
 
+@pytest.mark.slow
 def test_train_xxl_splits_the_model_and_checks_the_fit_first(stubs, tmp_path, shared_data):
   env, stub = stubs
   _worker_prompt_tuning(tmp_path)
@@ -261,6 +262,7 @@ def test_train_rejects_a_bad_knob_before_any_call(stubs, setting):
   assert _calls(stub / "gcloud.calls") == []
 
 
+@pytest.mark.slow
 def test_train_raises_model_parallel_until_the_batch_splits(stubs, tmp_path, shared_data):
   """64 devices, batch 32: 1-way model parallel would leave devices without an example."""
   env, stub = stubs

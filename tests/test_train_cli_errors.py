@@ -1,21 +1,17 @@
 """User errors of `prompt-tuning train`: one line, non-zero exit, no checkpoint left behind."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from tests.train_helpers import TOY_BINDINGS, TOY_FILES
+from tests.train_helpers import TOY_BINDINGS, TOY_FILES, cli_process
 
 
 def run_train(model_dir, *extra_flags):
   flags = [f"--gin_file={f}" for f in TOY_FILES]
   flags += [f"--gin.{b.replace(' = ', '=', 1)}" for b in TOY_BINDINGS]
   flags += [f"--gin.MODEL_DIR='{model_dir}'", "--gin.TRAIN_STEPS=2", *extra_flags]
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-  return subprocess.run([sys.executable, "-m", "prompt_tuning", "train", *flags],
-                        capture_output=True, text=True, timeout=300, env=env)
+  return cli_process(["train", *flags])
 
 
 def assert_one_line_error(proc, model_dir, *needles):
@@ -49,6 +45,7 @@ def test_checkpoint_of_the_wrong_size(tmp_path, shared_data):
                         "model expects (32,)")
 
 
+@pytest.mark.slow
 def test_a_prompt_longer_than_the_inputs_is_added_on_top_of_them(tmp_path):
   """As in the reference code: TASK_FEATURE_LENGTHS counts the inputs, the prompt comes on top."""
   proc = run_train(tmp_path / "run", "--gin.PROMPT_LENGTH=40")
@@ -76,6 +73,7 @@ def one_error_line(proc):
   return errors[0]
 
 
+@pytest.mark.slow
 def test_a_rerun_that_changes_results_is_refused(tmp_path):
   run = tmp_path / "run"
   assert run_train(run).returncode == 0

@@ -65,6 +65,7 @@ def test_checkpoint_holds_only_trainable_state(tmp_path):
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "run" / "train"))
 
 
+@pytest.mark.slow
 def test_kill_and_resume_continues_with_the_same_losses(tmp_path):
   straight = losses(toy_train(tmp_path / "straight", steps=8))
   first = losses(toy_train(tmp_path / "resumed", steps=8, extra=["train.stop_after_steps = 4",
@@ -139,6 +140,7 @@ print("RESULT" + json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_eight_device_meshes_match_one_device(tmp_path):
   result = run_on_eight_devices(_MESH_SCRIPT.format(tmp=str(tmp_path)))
   np.testing.assert_allclose(result["2x4"], result["1x1"], rtol=2e-5)
@@ -172,6 +174,7 @@ def test_early_stopping_counts_evaluations_without_improvement():
     EarlyStopping("accuracy").improved({"a/accuracy": 1.0, "b/accuracy": 1.0})
 
 
+@pytest.mark.slow
 def test_initial_checkpoint_may_be_a_hugging_face_folder(tmp_path):
   from prompt_tuning.io.hf import load_hf
   hf = os.path.join(REPO, "tests", "fixtures", "hf_t5_tiny")

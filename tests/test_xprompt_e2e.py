@@ -65,6 +65,7 @@ def _kept(report):
   return np.asarray(report["token_mask"])[:, None] * np.asarray(report["piece_mask"])
 
 
+@pytest.mark.slow
 def test_stages_run_in_order_and_a_restart_resumes_after_the_last_finished_one(finished_run):
   model_dir, (first, second), summary, _ = finished_run
   starts = [first.index(f"=== xprompt stage {i}/3") for i in (1, 2, 3)]

@@ -44,6 +44,25 @@ def run_cli(argv: Sequence[str]) -> Tuple[int, str]:
   return exit_info.value.code, out.getvalue()
 
 
+def cli_process(argv: Sequence) -> subprocess.CompletedProcess:
+  """`python -m prompt_tuning ARGV` run in this process, as `subprocess.run(...,
+  capture_output=True, text=True)` returns it: exit code, stdout, stderr (an uncaught
+  exception's traceback and exit code 1, as the interpreter's). A subprocess costs ~10 s of
+  imports; keep those for what needs a fresh process (device counts, signals, several hosts)."""
+  import traceback  # pylint: disable=g-import-not-at-top
+  out, err = io.StringIO(), io.StringIO()
+  code = 0
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    try:
+      cli.main([str(a) for a in argv])
+    except SystemExit as e:
+      code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except Exception:  # pylint: disable=broad-except
+      traceback.print_exc()
+      code = 1
+  return subprocess.CompletedProcess(list(argv), code, out.getvalue(), err.getvalue())
+
+
 def losses(summary):
   return [h["loss"] for h in summary["train_history"]]
 

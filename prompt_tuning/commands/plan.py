@@ -10,6 +10,10 @@ present), so T5 1.1 XXL on a 64-chip mesh can be planned on a laptop.
 (`train.step_memory`) and prints XLA's memory per device beside the estimate:
 on the devices present when there are `--num_devices` of them, else on as many
 fake CPU devices, in a child process (`--xla_force_host_platform_device_count`).
+On CPU a bfloat16 run's step is compiled with float32 activations, and says so:
+XLA:CPU computes bf16 in float32 and keeps both, 1.5-3x over an accelerator
+(docs/performance.md), so its bf16 number would refuse runs that fit; the
+float32 step bounds the bf16 one from above.
 """
 import json
 import os
@@ -208,6 +212,10 @@ def format_plan(p: Dict[str, Any]) -> str:
                  f"   arguments {h(x['argument_bytes'])}, temporaries {h(x['temp_bytes'])}, "
                  f"outputs not in place {h(x['output_bytes'] - x['alias_bytes'])}; "
                  f"estimate/XLA {p['device_bytes'] / max(x['device_bytes'], 1):.2f}")
+    if x.get("activation_dtype", m["activation_dtype"]) != m["activation_dtype"]:
+      lines.append(f"  compiled with {x['activation_dtype']} activations, an upper bound of the "
+                   f"run's {m['activation_dtype']}: XLA:CPU keeps bf16 math in float32 and both "
+                   "copies, which no accelerator does (docs/performance.md)")
   return "\n".join(lines)
 
 
@@ -243,12 +251,24 @@ def on_fake_devices(args, num_devices: int) -> Dict[str, Any]:
                   f"{tail}); rerun with fewer --num_devices, or on the devices themselves")
 
 
+def compiled_activation_dtype(activation_dtype: str) -> str:
+  """The activation dtype `--compile` compiles a run of `activation_dtype` with here:
+  float32 for bfloat16 on CPU (module docstring), else the run's own."""
+  if jax.default_backend() == "cpu" and np.dtype(activation_dtype) == np.dtype(jax.numpy.bfloat16):
+    return "float32"
+  return np.dtype(activation_dtype).name
+
+
 def compiled_step_memory(num_microbatches: int):
-  """XLA's memory of the parsed run's train step on the devices present (`step_memory`)."""
+  """XLA's memory of the parsed run's train step on the devices present (`step_memory`),
+  with `compiled_activation_dtype`'s activations."""
   from prompt_tuning.train import initialize, step_memory
   from prompt_tuning.train import trainable as trainable_lib
   from prompt_tuning.train.partitioning import Partitioner
   model = gin_utils.call(initialize.build_model)
+  dtype = compiled_activation_dtype(model.config.dtype)
+  if dtype != np.dtype(model.config.dtype).name:
+    model = model.clone(config=model.config.replace(dtype=dtype))
   return step_memory.step_memory(
       model, Partitioner(), trainable_lib.trainable_patterns(), _gin_value("train.optimizer"),
       _gin_value("train.frozen_dtype"), _gin_value("train.batch_size", 32),
@@ -299,6 +319,8 @@ def run(args) -> int:
       count = result["activations"]["num_microbatches"]
       memory = _compiled_for_auto.get(count) if microbatches else None
       result["compiled"] = (memory or compiled_step_memory(count)).as_dict()
+      result["compiled"]["activation_dtype"] = compiled_activation_dtype(
+          result["model"]["activation_dtype"])
   print(json.dumps(result) if args.json else format_plan(result), flush=True)
   if limit is not None:
     compiled = result.get("compiled")

@@ -19,7 +19,8 @@
 # table ("Settings that fit").
 #
 # Before training, `prompt-tuning plan` on worker 0 checks that the run fits one device of
-# ACCELERATOR (PLAN_COMPILE=1: by XLA's compiled memory on fake CPU devices, slower); if it does
+# ACCELERATOR (PLAN_COMPILE=1: by XLA's compiled memory on fake CPU devices, slower; a bf16 run
+# is compiled there with float32 activations, its upper bound: docs/performance.md); if it does
 # not, nothing is started. `train` itself compiles the step with abstract weights on the TPUs and
 # checks it (and resolves NUM_MICROBATCHES='auto') before the checkpoint is read.
 set -euo pipefail

@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import gin
 
 from prompt_tuning.errors import UserError
+from prompt_tuning.train.optim import LR_FACTORS, LR_FACTORS_NOT_HERE
 
 # ---- The T5X configurables gin must know (never called: `apply` rewrites or refuses).
 
@@ -78,10 +79,7 @@ def linen_initializers_uniform(scale=None):
 
 # `utils.create_learning_rate_scheduler` is a real schedule: `train/optim.py` registers it.
 LR_SCHEDULER = "utils.create_learning_rate_scheduler"
-# T5X's factors that a product of ours reproduces exactly (`optim.create_learning_rate_scheduler`).
-LR_FACTORS = ("constant", "linear_warmup", "rsqrt_decay", "rsqrt_normalized_decay")
-# T5X's other factors, and the fields only they read.
-LR_FACTORS_NOT_HERE = ("linear_decay", "decay_every", "cosine_decay")
+# T5X's fields that only its factors missing here (LR_FACTORS_NOT_HERE) read.
 LR_FIELDS_NOT_HERE = ("decay_factor", "steps_per_decay", "steps_per_cycle")
 # The values the reference's run files give the scheduler when a flag sets only some fields:
 # its prompt_finetune.gin sets factors 'constant' (and base_learning_rate 0.3, which is our

@@ -18,6 +18,7 @@ import logging
 import os
 from typing import Any, Dict, Optional, Tuple
 
+import flax.linen as nn
 import jax
 import numpy as np
 
@@ -26,6 +27,7 @@ from prompt_tuning.errors import UserError
 from prompt_tuning.io import checksums
 from prompt_tuning.io.checksums import flatten_paths
 from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.t5 import T5
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -35,6 +37,14 @@ CHECKSUMS_FILE = "checksums.json"
 # so its checksums are recorded for each.
 CHECKSUM_DTYPES = ("float32", "bfloat16", "float16")
 _warned_unverified = set()
+
+
+def backbone_shapes(config: T5Config) -> Dict[str, Any]:
+  """The `params` tree of a plain `T5(config)` as `jax.ShapeDtypeStruct`s (nothing allocated):
+  what a backbone checkpoint of `config` must hold."""
+  tokens = np.ones((1, 4), np.int32)
+  abstract = jax.eval_shape(lambda: T5(config).init(jax.random.PRNGKey(0), tokens, tokens))
+  return nn.meta.unbox(abstract)["params"]
 
 
 def _checkpointer():

@@ -85,7 +85,7 @@ def read_checkpoint(kind: str, path: str, dtype: Optional[str] = None,
   """(config, numpy params) of a T5X or Hugging Face checkpoint, checked against the model
   it describes."""
   from prompt_tuning.io.backbone import check_tree_shapes
-  from prompt_tuning.train.initialize import backbone_shapes
+  from prompt_tuning.io.backbone import backbone_shapes
   if kind == "t5x":
     from prompt_tuning.io.t5x import DEFAULT_MAX_DISTANCE, load_t5x
     config, params = load_t5x(path, max_distance or DEFAULT_MAX_DISTANCE, dtype)

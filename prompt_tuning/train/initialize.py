@@ -24,6 +24,7 @@ import numpy as np
 
 from prompt_tuning import fs, host_memory
 from prompt_tuning.errors import UserError
+from prompt_tuning.io.backbone import backbone_shapes
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.deltas import NO_DELTAS, DeltaPlan
 from prompt_tuning.models.t5 import T5
@@ -85,13 +86,6 @@ def variable_shardings(model: T5, partitioner: Partitioner) -> Tuple[Any, Any]:
   """(unboxed abstract variables, matching tree of NamedShardings)."""
   boxed = abstract_variables(model, partitioner)
   return nn.meta.unbox(boxed), partitioner.shardings_of(boxed)
-
-
-def backbone_shapes(config: T5Config) -> Variables:
-  """The `params` tree of a plain `T5(config)` as `jax.ShapeDtypeStruct`s (nothing allocated)."""
-  enc, dec = _dummy_inputs()
-  abstract = jax.eval_shape(lambda: T5(config).init(jax.random.PRNGKey(0), enc, dec))
-  return nn.meta.unbox(abstract)[BACKBONE_COLLECTION]
 
 
 @functools.lru_cache(maxsize=8)

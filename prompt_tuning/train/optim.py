@@ -120,6 +120,11 @@ def linear_warmup_cosine_schedule(peak: float = 0.3, warmup_steps: int = 100,
   return optax.warmup_cosine_decay_schedule(0.0, peak, warmup_steps, decay_steps, end_value)
 
 
+# T5X's factors that a product of ours reproduces exactly, and its others (refused by name).
+LR_FACTORS = ("constant", "linear_warmup", "rsqrt_decay", "rsqrt_normalized_decay")
+LR_FACTORS_NOT_HERE = ("linear_decay", "decay_every", "cosine_decay")
+
+
 @gin.configurable("create_learning_rate_scheduler", module="utils")
 def create_learning_rate_scheduler(factors: str = "constant * linear_warmup * rsqrt_decay",
                                    base_learning_rate: float = 0.5, warmup_steps: int = 1000,
@@ -137,7 +142,6 @@ def create_learning_rate_scheduler(factors: str = "constant * linear_warmup * rs
   counts global steps (`adafactor` does by default). T5X's `linear_decay`, `decay_every` and
   `cosine_decay` are refused (`t5x_settings` maps T5X's bindings of it onto the run's optimizer).
   """
-  from prompt_tuning import t5x_settings  # pylint: disable=g-import-not-at-top
   name = "utils.create_learning_rate_scheduler"
   # T5X's fields of the factors refused here: accepted by gin so that a binding is refused by
   # name (`t5x_settings`), never set.
@@ -145,13 +149,13 @@ def create_learning_rate_scheduler(factors: str = "constant * linear_warmup * rs
                        ("steps_per_cycle", steps_per_cycle)):
     if value is not None:
       raise UserError(f"{name}.{field} is read only by T5X's "
-                      f"{', '.join(t5x_settings.LR_FACTORS_NOT_HERE)} factors, which are not "
+                      f"{', '.join(LR_FACTORS_NOT_HERE)} factors, which are not "
                       "available here; leave it out")
   names = [f.strip() for f in factors.split("*")] if isinstance(factors, str) else [factors]
-  unknown = [f for f in names if f not in t5x_settings.LR_FACTORS]
+  unknown = [f for f in names if f not in LR_FACTORS]
   if unknown:
     raise UserError(f"{name}.factors: {unknown[0]!r} is not available here (exact: "
-                    f"{', '.join(t5x_settings.LR_FACTORS)}); use a product of those, e.g. "
+                    f"{', '.join(LR_FACTORS)}); use a product of those, e.g. "
                     "'constant * rsqrt_decay'")
   base = checks.number(base_learning_rate, f"{name}.base_learning_rate",
                        f"--gin.{name}.base_learning_rate=0.3", at_least=0)

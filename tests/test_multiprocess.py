@@ -52,6 +52,12 @@ def _env(devices: int, cache_dir):
           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
+def _start(argv, env, log_path):
+  """(process, its open log): stdout and stderr both go to `log_path`."""
+  log = open(log_path, "w")
+  return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT), log
+
+
 def _launch_pair(model_dir, log_dir, tag):
   """Two processes of one run: the flags for process 0, the environment variables for 1."""
   port = _free_port()
@@ -63,8 +69,7 @@ def _launch_pair(model_dir, log_dir, tag):
     else:
       env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
                  JAX_PROCESS_ID="1")
-    log = open(os.path.join(log_dir, f"{tag}_{i}.log"), "w")
-    procs.append((subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    procs.append(_start(argv, env, os.path.join(log_dir, f"{tag}_{i}.log")))
   return procs
 
 
@@ -192,12 +197,9 @@ multihost.sync("done")
 def test_a_host_that_compiles_over_30_s_later_still_joins(tmp_path):
   """Gloo gives a device group's first collective 30 s for every host to arrive (CI lost a
   run to it under load); the Partitioner opens the mesh's groups behind a barrier first."""
-  port, procs = _free_port(), []
-  for i in range(2):
-    log = open(tmp_path / f"lag_{i}.log", "w")
-    procs.append((subprocess.Popen([sys.executable, "-c", _LAGGING_HOST, str(i), str(port), "35"],
-                                   env=_env(2, tmp_path / "cache"), stdout=log,
-                                   stderr=subprocess.STDOUT), log))
-  _finish(procs, timeout=300)
+  port = _free_port()
+  _finish([_start([sys.executable, "-c", _LAGGING_HOST, str(i), str(port), "35"],
+                  _env(2, tmp_path / "cache"), tmp_path / f"lag_{i}.log") for i in range(2)],
+          timeout=300)
   for i in range(2):
     assert "result 3.0 [2.0, 4.0]" in (tmp_path / f"lag_{i}.log").read_text()

@@ -1,6 +1,7 @@
 """TensorBoard scalars that TensorBoard's Scalars dashboard reads, at the right steps."""
 import logging
 
+import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
@@ -29,7 +30,33 @@ def test_train_scalars_have_t5x_tags_and_meanings():
   assert summaries.train_scalars(logged, steps_per_second=4.0, batch_size=8) == {
       "loss": 20.0, "loss_per_nonpadding_target_token": 2.0, "z_loss": 5.0,
       "cross_ent_loss": 15.0, "accuracy": 0.25, "target_tokens": 10.0, "learning_rate": 0.3,
-      "grad_norm": 1.5, "timing/steps_per_second": 4.0, "timing/seqs_per_second": 32.0}
+      "grad_norm": 1.5, "timing/steps_per_second": 4.0, "timing/seqs_per_second": 32.0,
+      "timing/examples_per_second": 32.0}
+
+
+def test_timing_counts_packed_examples_and_the_shapes_that_compiled(tmp_path, monkeypatch):
+  from prompt_tuning.run_dir import RunDir  # pylint: disable=g-import-not-at-top
+  now = [100.0]
+  monkeypatch.setattr(summaries.time, "time", lambda: now[0])
+  monkeypatch.setattr(summaries, "write_operative_config", lambda run: None)
+  log = summaries.TrainLog(RunDir(str(tmp_path)), 0, 10, resumed=False, batch_size=2)
+  # Packed rows: 2 a step, holding 5, then 3, 4 and 6 examples; the third batch has a new
+  # shape. Steps 1-3 take 1 s each, logged every step; steps 4 and 5 are logged together
+  # after 4 s, with an unlogged step between (a batch of the first shape again).
+  batches = [((2, 10), 5), ((2, 10), 3), ((2, 12), 4), ((2, 10), 6), ((2, 12), 2)]
+  for step, (shape, examples) in enumerate(batches, start=1):
+    log.count_batch({"encoder_input_tokens": np.zeros(shape)}, examples)
+    now[0] += 1.0 if step <= 3 else 2.0
+    if step != 4:
+      log.train(step, {"loss": 1.0})
+  log.close()
+  events = event_accumulator.EventAccumulator(str(tmp_path / "train"))
+  events.Reload()
+  def scalars(tag):
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+  assert scalars("timing/examples_per_second") == [(1, 5.0), (2, 3.0), (3, 4.0), (5, 2.0)]
+  assert scalars("timing/seqs_per_second") == [(1, 2.0), (2, 2.0), (3, 2.0), (5, 1.0)]
+  assert scalars("timing/compiled_programs") == [(1, 1.0), (2, 1.0), (3, 2.0), (5, 2.0)]
 
 
 def test_eval_step_comes_from_the_prompt_file_or_the_checkpoint(tmp_path):

@@ -174,7 +174,8 @@ def write_history(run: RunDir, step: int, history: List[Dict[str, Any]],
 
 
 def train_scalars(metrics: Dict[str, float], steps_per_second: float,
-                  batch_size: int) -> Dict[str, float]:
+                  batch_size: int, examples_per_step: Optional[float] = None,
+                  compiled_programs: Optional[int] = None) -> Dict[str, float]:
   """The TensorBoard scalars of a logged train step, under T5X's tags and with T5X's meanings.
 
   T5X's `loss` and `z_loss` are the step's sums over its target tokens (the
@@ -184,7 +185,13 @@ def train_scalars(metrics: Dict[str, float], steps_per_second: float,
   `learning_rate` mean the same in both. Metrics T5X has no name for keep ours
   (`grad_norm`, `trainable_norm`, `prompt_norm`, `target_tokens`, a method's
   terms). `timing/steps_per_second` and `timing/seqs_per_second` are measured
-  over the steps since the last logged one, without evaluations and saves.
+  over the steps since the last logged one, without evaluations and saves; as in
+  T5X, a packed run's sequences are its rows. Ours besides T5X's:
+  `timing/examples_per_second` counts examples (`examples_per_step`, their mean
+  over those steps: more than the rows when packed), the rate by which packed and
+  unpacked runs compare; `timing/compiled_programs` (the distinct batch shapes
+  this process has run: each compiled or loaded the step once) shows which
+  intervals include compiling, e.g. a length bucket's first batch.
   """
   scalars = dict(metrics)
   tokens = metrics.get("target_tokens")
@@ -196,6 +203,10 @@ def train_scalars(metrics: Dict[str, float], steps_per_second: float,
       scalars["cross_ent_loss"] = scalars["loss"] - scalars["z_loss"]
   scalars["timing/steps_per_second"] = steps_per_second
   scalars["timing/seqs_per_second"] = steps_per_second * batch_size
+  scalars["timing/examples_per_second"] = steps_per_second * (
+      batch_size if examples_per_step is None else examples_per_step)
+  if compiled_programs is not None:
+    scalars["timing/compiled_programs"] = compiled_programs
   return scalars
 
 
@@ -217,14 +228,25 @@ class TrainLog:
     self.progress = Progress(start_step, train_steps)
     self.writer = Writer(run.train_tensorboard)
     self._wrote_config = False
+    self._examples = self._examples_at_clock = 0  # trained on by this process
+    self._shapes = set()
+
+  def count_batch(self, rows: Dict[str, Any], examples: int) -> None:
+    """Each step's batch (`rows`: this host's arrays) and the examples in the global batch."""
+    self._examples += examples
+    self._shapes.add(tuple(sorted((k, v.shape) for k, v in rows.items())))
 
   def train(self, step: int, metrics: Dict[str, float]) -> None:
     if not self._wrote_config:  # before any checkpoint: every save is a logged step
       write_operative_config(self.run)
       self._wrote_config = True
     self.history.append({"step": step, **metrics})
-    self.writer.scalars(step, train_scalars(metrics, self.progress.steps_per_second(step),
-                                            self.batch_size))
+    examples_per_step = ((self._examples - self._examples_at_clock)
+                         / max(step - self.progress.last_step, 1))
+    self._examples_at_clock = self._examples
+    self.writer.scalars(step, train_scalars(
+        metrics, self.progress.steps_per_second(step), self.batch_size, examples_per_step,
+        len(self._shapes)))
     print(self.progress.line(step, metrics), flush=True)
 
   def eval(self, step: int, metrics: Dict[str, float]) -> None:

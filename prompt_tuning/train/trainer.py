@@ -292,6 +292,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     else:  # rows are not examples: no example index (methods that need one refuse PACK)
       rows, count = rows
       state.examples_consumed += count
+    log.count_batch(rows, count if layout is not None else batch_size)
     with ctx.partitioner.context():
       batch = ctx.partitioner.shard_batch(rows)
       state.trainable, state.opt_state, metrics = compiled.step(

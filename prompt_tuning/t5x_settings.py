@@ -252,14 +252,21 @@ _INFER_EVAL_FIELDS = {"mixture_or_task_name": "train.eval_mixture_or_task_name",
 # Our one setting for the training data and its evaluation together.
 _SHARED = {"task_feature_lengths": "TASK_FEATURE_LENGTHS", "use_cached": "USE_CACHED_TASKS",
            "module": "MIXTURE_OR_TASK_MODULE"}
-# Fields whose only value here is the one T5X's run files give them.
-_ONLY = {"pack": (False, "examples are padded, never packed, here (the reference's prompt "
-                  "tuning sets pack = False too)", "pack = False, or leave it out")}
+# Fields whose only value here is the one T5X's run files give them (train/ pack is PACK).
+_ONLY = {"pack": (False, "evaluation and inference read one example per row here (packing "
+                  "is for training: train/utils.DatasetConfig.pack or PACK)",
+                  "pack = False, or leave it out")}
 _EVAL_SEED = 42  # seqio.Evaluator's seed, which eval here does not change
 
 
 def _dataset_config(binding: _Binding, run: Optional[str], rewrites: _Rewrites) -> None:
   field, value = binding.field, binding.value
+  if field == "pack" and run == "train" and binding.scope == "train":
+    if not isinstance(_resolved(value), bool):
+      raise _refuse(binding, "T5X's pack is True or False", "train/utils.DatasetConfig.pack = "
+                    "True (or PACK = 'auto', ours: packs where it measured faster)")
+    rewrites.set("train.pack", value, binding)
+    return
   if field in _ONLY:
     only, why, use = _ONLY[field]
     if _resolved(value) is not only:

@@ -18,8 +18,8 @@ import time
 import numpy as np
 import pytest
 
-from prompt_tuning.run_dir import XPromptDir
-from tests.train_helpers import REPO, TOY_BINDINGS
+from prompt_tuning.run_dir import RunDir, XPromptDir
+from tests.train_helpers import REPO, TOY_BINDINGS, TOY_FILES
 
 STEPS = 2
 TOLERANCE = dict(rtol=1e-4, atol=1e-5)  # f32 sums over devices/processes in another order
@@ -58,12 +58,12 @@ def _start(argv, env, log_path):
   return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT), log
 
 
-def _launch_pair(model_dir, log_dir, tag):
+def _launch_pair(model_dir, log_dir, tag, argv_of=_argv):
   """Two processes of one run: the flags for process 0, the environment variables for 1."""
   port = _free_port()
   procs = []
   for i in range(2):
-    argv, env = _argv(model_dir), _env(2, os.path.join(log_dir, "cache"))
+    argv, env = argv_of(model_dir), _env(2, os.path.join(log_dir, "cache"))
     if i == 0:
       argv += [f"--coordinator_address=127.0.0.1:{port}", "--process_count=2", "--process_index=0"]
     else:
@@ -203,3 +203,35 @@ def test_a_host_that_compiles_over_30_s_later_still_joins(tmp_path):
           timeout=300)
   for i in range(2):
     assert "result 3.0 [2.0, 4.0]" in (tmp_path / f"lag_{i}.log").read_text()
+
+
+def _packed_train_argv(model_dir):
+  bindings = [*TOY_BINDINGS, f"MODEL_DIR = '{model_dir}'", "TRAIN_STEPS = 3",
+              "CHECKPOINT_PERIOD = 3", "PACK = True"]
+  return [sys.executable, "-m", "prompt_tuning", "train",
+          *[f"--gin_file={f}" for f in TOY_FILES], *[f"--gin.{b}" for b in bindings]]
+
+
+def test_two_hosts_train_packed_as_one_host(tmp_path):
+  """PACK = True: every host packs the same global batch from the global example stream and
+  keeps its own rows, so 2 processes x 2 devices train as 1 process x 4 (dropout on)."""
+  single_dir, multi_dir = tmp_path / "single", tmp_path / "multi"
+  procs = _launch_pair(str(multi_dir), str(tmp_path), "packed", _packed_train_argv)
+  procs.append(_start(_packed_train_argv(str(single_dir)), _env(4, tmp_path / "cache"),
+                      tmp_path / "packed_single.log"))
+  _finish(procs)
+
+  def history(run):
+    with open(RunDir(str(run)).train_summary) as f:
+      return json.load(f)["train_history"]
+  single, multi = history(single_dir), history(multi_dir)
+  assert [h["step"] for h in multi] == [h["step"] for h in single] == [1, 2, 3]
+  for key in ("loss", "target_tokens"):
+    np.testing.assert_allclose([h[key] for h in multi], [h[key] for h in single], **TOLERANCE)
+  # More target tokens than 8 one-example rows carry: the rows were packed.
+  assert single[0]["target_tokens"] > 8 * 2
+  np.testing.assert_allclose(np.load(RunDir(str(multi_dir)).prompt("step_3")),
+                             np.load(RunDir(str(single_dir)).prompt("step_3")), **TOLERANCE)
+  meta = [json.loads((run / "checkpoints" / "3" / "meta" / "metadata").read_text())
+          for run in (single_dir, multi_dir)]
+  assert meta[0]["examples_consumed"] == meta[1]["examples_consumed"] > 3 * 8

@@ -1,5 +1,7 @@
 """Packing with a prompt per segment: the packer's rows, and a packed batch giving the
 per-example losses and gradients of the same examples unpacked."""
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,6 +10,8 @@ import pytest
 
 from prompt_tuning.data import packing
 from prompt_tuning.errors import UserError
+from prompt_tuning.methods.residual.reparameterization import ResidualReparameterization
+from prompt_tuning.methods.xprompt.masks import MASK_COLLECTION, XPromptMask, set_masks
 from prompt_tuning.models import losses
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.packed import model_kwargs, per_segment_sums
@@ -115,19 +119,32 @@ def _segment_of(placed):
   return out
 
 
-@pytest.fixture(scope="module")
-def prompt_model():
-  model = T5(CONFIG, prompt=Prompt(length=P))
+# Prompt tuning, and the methods that reparameterize its `[P, E]` value: Residual Prompt
+# Tuning's MLP and XPrompt's masks (some tokens and pieces pruned, so the masks matter).
+METHODS = {
+    "prompt": (),
+    "residual": (("residual", functools.partial(ResidualReparameterization, bottleneck=8)),),
+    "xprompt": (("xprompt_mask", functools.partial(XPromptMask, pieces=4)),),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(METHODS))
+def prompt_model(request):
+  model = T5(CONFIG, prompt=Prompt(length=P, reparameterizations=METHODS[request.param]))
   tokens, decoder = np.ones((1, L), np.int32), np.ones((1, LT), np.int32)
   variables = nn.meta.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), tokens, decoder))
   # A prompt unlike the token embeddings, so a slot filled wrongly would show.
   variables["params"]["prompt"]["prompt"] = jax.random.normal(
       jax.random.PRNGKey(7), (P, CONFIG.emb_dim))
+  if request.param == "xprompt":
+    variables[MASK_COLLECTION] = set_masks(variables[MASK_COLLECTION], np.array([1., 0., 1.]),
+                                           np.array([[1., 1., 0., 1.]] * P))
   return model, variables
 
 
 @pytest.mark.slow
 def test_packed_losses_and_prompt_gradients_equal_unpacked_per_example(prompt_model):
+  """Per method (`METHODS`): the losses of each example and their gradients of the raw prompt."""
   model, variables = prompt_model
   exs = examples(12, seed=3, longest=6)
   enc, dec = packing.sizes(exs, LAYOUT)
@@ -145,7 +162,7 @@ def test_packed_losses_and_prompt_gradients_equal_unpacked_per_example(prompt_mo
   def losses_and_jacobian(batch, segs=None):
     """Per-example losses and each one's gradient w.r.t. the prompt, in one compile."""
     def per_example(prompt):
-      t = {"prompt": {"prompt": prompt}}
+      t = {**trainable, "prompt": {**trainable["prompt"], "prompt": prompt}}
       return _per_example_loss(model, merge_variables(t, frozen), batch, segs)
     prompt = trainable["prompt"]["prompt"]
     return jax.jit(lambda p: (per_example(p), jax.jacrev(per_example)(p)))(prompt)
@@ -154,7 +171,8 @@ def test_packed_losses_and_prompt_gradients_equal_unpacked_per_example(prompt_mo
   got, got_grads = losses_and_jacobian(packed, segments)  # [rows, S], [rows, S, P, E]
   rows, segs = zip(*where)
   np.testing.assert_allclose(got[rows, segs], want, rtol=1e-5, atol=1e-5)
-  assert np.abs(want_grads).max(axis=(1, 2)).min() > 1e-3  # every example moves the prompt
+  # Every example moves the prompt (what the masks keep: XPrompt's pruned token gets none).
+  assert np.abs(want_grads).max(axis=(1, 2)).min() > 1e-3
   np.testing.assert_allclose(got_grads[rows, segs], want_grads, rtol=1e-5, atol=1e-5)
   # Padding segments (no example) contribute nothing.
   np.testing.assert_allclose(got.sum(), want.sum(), rtol=1e-5, atol=1e-5)

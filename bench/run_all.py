@@ -14,7 +14,8 @@ mapped activation buffers. One pair of runs without it is recorded for compariso
 
 `bench/bucketing_throughput.py` (realistic lengths: BoolQ-like and skewed) runs its
 contenders (packed, bucketed, padded, PEFT) in alternating processes itself and reports medians
-over rounds.
+over rounds; `bench/train_throughput.py` does the same end to end, through `prompt-tuning train`
+with the default run file.
 
 Usage: python bench/run_all.py [--steps N] [--quick] [--skip_peft]
 """
@@ -129,6 +130,14 @@ def main() -> None:
   record("bucketing_throughput_skewed", _json_line(
       [sys.executable, "bench/bucketing_throughput.py", *realistic, *peft,
        "--distribution", "skewed", "--arms", "packed", "bucketed"]))
+  # End to end: `prompt-tuning train` with the default run file against PEFT (random and
+  # length-grouped batches) on both distributions, and the other of packing and bucketing.
+  end_to_end = ["--steps", "6", "--repeats", "1"] if args.quick else ["--steps", "20",
+                                                                      "--repeats", "3"]
+  for distribution in ("boolq", "skewed"):
+    record(f"train_throughput_{distribution}", _json_line(
+        [sys.executable, "bench/train_throughput.py", *end_to_end, *peft,
+         "--distribution", distribution]))
   prompt_lengths = (1, 100) if args.quick else (1, 20, 100, 150)
   record("prompt_length_sweep", [
       ours("--size", "small", *SHAPES[:-4], "--prompt_length", str(p), "--targets_length", "8",

@@ -102,18 +102,19 @@ def int_flag(at_least: int, at_most: Optional[int] = None) -> Callable[[str], in
 
 
 def float_flag(*, at_least: Optional[float] = None, above: Optional[float] = None,
-               at_most: Optional[float] = None) -> Callable[[str], float]:
+               at_most: Optional[float] = None,
+               below: Optional[float] = None) -> Callable[[str], float]:
   """An argparse `type` for a finite number flag in the given range (NaN, inf refused)."""
   def parse(text: str) -> float:
     try:
       value = float(text)
     except ValueError:
       raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or _out_of_range(value, at_least, above, at_most):
-      bounds = _range_text(at_least, above, at_most)
+    if not math.isfinite(value) or _out_of_range(value, at_least, above, at_most, below):
+      bounds = _range_text(at_least, above, at_most, below)
       raise argparse.ArgumentTypeError(f"must be a finite number {bounds}, got {text}")
     return value
-  parse.bounds = dict(at_least=at_least, above=above, at_most=at_most)
+  parse.bounds = dict(at_least=at_least, above=above, at_most=at_most, below=below)
   return parse
 
 

@@ -107,3 +107,53 @@ def test_packed_arm_packs_every_example_of_the_batches_file_once(tmp_path):
   assert sum(count for _, count in stream) == 32
   assert sum(int((b["encoder_input_tokens"] > 0).sum()) for b, _ in stream) == int(lengths.sum())
   assert len(stream) < 4  # fewer steps than the unpacked batches
+
+
+def test_train_bench_rate_leaves_out_the_first_steps_and_those_that_compiled(tmp_path):
+  import train_throughput  # pylint: disable=import-outside-toplevel
+  from prompt_tuning.train.summaries import Writer  # pylint: disable=import-outside-toplevel
+  writer = Writer(str(tmp_path / "train"))
+  # (steps/s, examples/s, programs so far): step 3 runs a new shape, step 1 is skipped.
+  logged = [(0.1, 0.8, 1), (0.5, 4.0, 1), (0.05, 0.4, 2), (0.25, 4.0, 2), (0.5, 6.0, 2)]
+  for step, (steps_per_s, examples_per_s, programs) in enumerate(logged, start=1):
+    writer.scalars(step, {"timing/steps_per_second": steps_per_s,
+                          "timing/examples_per_second": examples_per_s,
+                          "timing/compiled_programs": programs})
+  writer.close()
+  rates = train_throughput.train_rates(str(tmp_path), skip=1)
+  # Steps 2, 4, 5: 2 + 4 + 2 seconds for 8 + 16 + 12 examples.
+  assert rates["steps"] == 3 and rates["examples"] == 36
+  assert np.isclose(rates["examples_per_s"], 36 / 8)
+  assert np.isclose(rates["seconds_of_steps_left_out"], 10 + 20)
+
+
+def test_train_bench_peft_batches_are_random_or_grouped_as_hf_groups_them():
+  import train_throughput  # pylint: disable=import-outside-toplevel
+  lengths = np.random.default_rng(1).integers(1, 500, 1000)
+  plain = train_throughput.peft_batches(lengths, 8, 100, grouped=False, seed=0)
+  grouped = train_throughput.peft_batches(lengths, 8, 100, grouped=True, seed=0)
+  assert sorted(np.concatenate(plain)) == sorted(np.concatenate(grouped))  # same examples
+  assert len(set(np.concatenate(plain))) == 800
+  def padded(batches):
+    return sum(lengths[b].max() * len(b) for b in batches)
+  assert padded(grouped) < 0.8 * padded(plain)
+  # Within each mega-batch of 50 batches, longest first.
+  first = np.concatenate(grouped[:50])
+  assert list(lengths[first]) == sorted(lengths[first], reverse=True)
+
+
+def test_train_bench_command_is_the_default_run_file_and_parses(tmp_path, monkeypatch):
+  import argparse  # pylint: disable=import-outside-toplevel
+  import train_throughput  # pylint: disable=import-outside-toplevel
+  from prompt_tuning import gin_utils  # pylint: disable=import-outside-toplevel
+  from tests.train_helpers import run_cli  # pylint: disable=import-outside-toplevel
+  args = argparse.Namespace(data_dir=str(tmp_path), batch_size=8, steps=20, prompt_length=100)
+  argv = train_throughput.train_command(args, str(tmp_path / "run"), None)
+  assert argv[3:6] == ["train", "--gin_file=models/t5_1_1_small_prompt.gin",
+                       "--gin_file=runs/prompt_finetune.gin"]
+  assert not [a for a in argv if "PACK" in a or "BUCKET" in a]  # the run file's choice
+  monkeypatch.setattr(gin_utils, "call", lambda fn: None)
+  code, out = run_cli(argv[3:])
+  assert code == 0, out
+  packed = train_throughput.train_command(args, str(tmp_path / "run"), True)
+  assert "--gin.PACK=True" in packed

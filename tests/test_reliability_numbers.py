@@ -50,6 +50,8 @@ def _out_of_range(action) -> list:
     out += [str(bounds["above"]), str(bounds["above"] - 0.5)]
   if bounds.get("at_most") is not None:
     out.append(str(bounds["at_most"] + 1))
+  if bounds.get("below") is not None:
+    out += [str(bounds["below"]), str(bounds["below"] + 0.5)]
   if "above" not in bounds:  # an integer flag
     out += ["1.5", "1e3"]
   return out
@@ -66,6 +68,8 @@ def test_every_numeric_flag_refuses_what_it_cannot_mean(command, flag):
   bounds = action.type.bounds
   low = bounds.get("at_least") if bounds.get("at_least") is not None else bounds.get("above")
   good = str(low + 1 if low is not None else 1)
+  if bounds.get("below") is not None and float(good) >= bounds["below"]:  # e.g. a rate
+    good = str((low + bounds["below"]) / 2)
   assert action.type(good) == float(good)
 
 

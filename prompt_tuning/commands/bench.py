@@ -40,6 +40,9 @@ def add_arguments(parser) -> None:
                       help="rematerialize each layer's activations in the backward pass with "
                       "this policy: none, full (the default of a bare --remat), dots, "
                       "dots_saveable (T5Config.remat)")
+  parser.add_argument("--dropout_rate", type=checks.float_flag(at_least=0.0, below=1.0),
+                      default=0.0, help="dropout in the backbone (the run files' DROPOUT_RATE, "
+                      "0.1 in runs/prompt_finetune.gin; default: 0.0)")
   parser.add_argument("--seed", type=checks.SEED_FLAG, default=0,
                       help="seed of the random backbone, prompt and batch (default: 0)")
 
@@ -103,7 +106,8 @@ def random_batch(rng: np.random.Generator, batch: int, inputs: int, targets: int
 def bench_train_step(size: str = "small", batch_size: int = 8, inputs_length: int = 128,
                      prompt_length: int = 100, targets_length: int = 8, steps: int = 10,
                      frozen_dtype: Optional[str] = None, dtype: str = "float32",
-                     remat: Any = "none", seed: int = 0) -> Dict[str, Any]:
+                     remat: Any = "none", seed: int = 0,
+                     dropout_rate: float = 0.0) -> Dict[str, Any]:
   """Compiles and times the trainer's own jitted train step; returns the measurements.
 
   Also where the memory goes: resident memory after the imports (JAX and the
@@ -122,7 +126,7 @@ def bench_train_step(size: str = "small", batch_size: int = 8, inputs_length: in
 
   from prompt_tuning.models import memory_bound
   rss_imports = rss_mb()
-  config = t5_1_1_config(size, dtype=dtype, remat=remat)
+  config = t5_1_1_config(size, dtype=dtype, remat=remat, dropout_rate=dropout_rate)
   memory_bound.check_fits(config, memory_bound.Pass(batch_size, inputs_length + prompt_length,
                                                     targets_length), "the timed step",
                           "lower --batch_size, --inputs_length, --prompt_length or "
@@ -163,7 +167,7 @@ def bench_train_step(size: str = "small", batch_size: int = 8, inputs_length: in
       "framework": "prompt_tuning (jax)", "size": size, "batch_size": batch_size,
       "inputs_length": inputs_length, "prompt_length": prompt_length,
       "targets_length": targets_length, "dtype": dtype, "frozen_dtype": frozen_dtype or "float32",
-      "remat": remat, "steps": steps, "median_step_s": median, "min_step_s": min(times),
+      "remat": remat, "dropout_rate": dropout_rate, "steps": steps, "median_step_s": median, "min_step_s": min(times),
       "compile_s": compile_s, "peak_rss_mb": peak_rss_mb(), "device_peak_mb": device_peak_mb(),
       "rss_at_start_mb": rss_start,
       "rss_after_imports_mb": rss_imports, "rss_after_setup_mb": rss_setup,
@@ -180,6 +184,6 @@ def bench_train_step(size: str = "small", batch_size: int = 8, inputs_length: in
 def run(args) -> int:
   result = bench_train_step(args.size, args.batch_size, args.inputs_length, args.prompt_length,
                             args.targets_length, args.steps, args.frozen_dtype, args.dtype,
-                            args.remat, args.seed)
+                            args.remat, args.seed, args.dropout_rate)
   print(json.dumps(result), flush=True)
   return 0

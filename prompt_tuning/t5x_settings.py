@@ -264,7 +264,7 @@ def _dataset_config(binding: _Binding, run: Optional[str], rewrites: _Rewrites) 
   if field == "pack" and run == "train" and binding.scope == "train":
     if not isinstance(_resolved(value), bool):
       raise _refuse(binding, "T5X's pack is True or False", "train/utils.DatasetConfig.pack = "
-                    "True (or PACK = 'auto', ours: packs where it measured faster)")
+                    "True, or our PACK = 'auto' (packs on TPU, buckets elsewhere)")
     rewrites.set("train.pack", value, binding)
     return
   if field in _ONLY:

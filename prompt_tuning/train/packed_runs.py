@@ -11,9 +11,9 @@ yet, where a module places or reads positions by their index in the row (`refusa
 `PACK = 'auto'` (the run file's default) packs on TPU, whose one compiled program otherwise
 pays the full padding ('auto' length buckets mean fixed shapes there). On CPU and GPU it
 keeps length buckets: end to end on CPU packing measured 1.07x buckets on BoolQ-like lengths
-(bench/train_throughput.py; docs/performance.md, "Packing"), not enough to change what
-BATCH_SIZE means; GPU is not measured. Where 'auto' would
-pack a model that cannot, it does not, and says so in one printed line.
+and 1.20x on skewed ones (bench/train_throughput.py; docs/performance.md, "Packing"), not
+enough to change what BATCH_SIZE means; GPU is not measured. Where 'auto' would pack a model
+that cannot, it does not, and says so in one printed line.
 """
 import functools
 from typing import Mapping, Optional, Union

@@ -156,7 +156,8 @@ class RunDir(Folder):
   train_tensorboard = Entry("train/", "TensorBoard scalars of training under T5X's tags "
                             "(`loss`, `accuracy`, `learning_rate`, `z_loss`, "
                             "`timing/steps_per_second`, `timing/seqs_per_second`) and ours "
-                            "(`grad_norm`, `trainable_norm`, `prompt_norm`, a method's terms)")
+                            "(`grad_norm`, `trainable_norm`, `prompt_norm`, a method's terms, "
+                            "`timing/examples_per_second`, `timing/compiled_programs`)")
   inference_eval = Entry("inference_eval/", "train-time evaluations, as T5X writes them: "
                          "predictions, metrics and TensorBoard scalars per task",
                          layout=InferenceEvalDir)

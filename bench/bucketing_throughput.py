@@ -26,6 +26,7 @@ Usage: python bench/bucketing_throughput.py [--steps 50] [--repeats 3] [--window
        [--save_batches FILE | --batches FILE]
 """
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -33,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -250,7 +251,9 @@ def _rates(times: List[float], batch_size: int) -> Dict[str, Any]:
           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
 
 
-def _child(cmd: List[str], threads: int, preload: Optional[str] = None) -> Dict[str, Any]:
+def run_child(cmd: List[str], threads: int, preload: Optional[str] = None) -> Dict[str, Any]:
+  """The last JSON line `cmd` prints (or its error), run with the bench's environment: huge
+  pages as run_all.py, `preload` LD_PRELOADed, one pinned core when `threads` is 1."""
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
   if preload:
     if not os.path.exists(preload):
@@ -336,27 +339,46 @@ def main() -> None:
             for arm in args.arms}
     if args.peft_python:
       runs["peft"] = [args.peft_python, __file__, "--worker", "peft", *common]
-    rounds: Dict[str, List[Dict[str, Any]]] = {k: [] for k in runs}
-    names = list(runs)
-    for r in range(args.repeats):
-      for name in names[r % len(names):] + names[:r % len(names)]:  # rotated each round
-        rounds[name].append(_child(runs[name], args.threads, args.preload))
-        print(f"round {r} {name}: {json.dumps(rounds[name][-1])}", file=sys.stderr, flush=True)
-      result = _summary(args, data, rounds)
-      if args.out:  # after every round, so a cut-short run still leaves its rounds
-        with open(args.out, "w") as f:
-          json.dump(result, f, indent=1)
-  print(json.dumps(result), flush=True)
+    arms = {name: functools.partial(run_child, cmd, args.threads, args.preload)
+            for name, cmd in runs.items()}
+    rounds = interleaved_rounds(arms, args.repeats,
+                                lambda rounds: _summary(args, data, rounds), args.out)
+  print(json.dumps(_summary(args, data, rounds)), flush=True)
+
+
+def interleaved_rounds(arms: Dict[str, Callable[[], Dict[str, Any]]], repeats: int,
+                       summarize: Callable[[Dict[str, List[Dict[str, Any]]]], Dict[str, Any]],
+                       out: Optional[str]) -> Dict[str, List[Dict[str, Any]]]:
+  """Each arm's results over `repeats` rounds, every arm once a round in an order rotated each
+  round; `summarize(rounds)` is written to `out` after every round, so a cut-short run still
+  leaves its rounds."""
+  rounds: Dict[str, List[Dict[str, Any]]] = {k: [] for k in arms}
+  names = list(arms)
+  for r in range(repeats):
+    for name in names[r % len(names):] + names[:r % len(names)]:
+      rounds[name].append(arms[name]())
+      print(f"round {r} {name}: {json.dumps(rounds[name][-1])}", file=sys.stderr, flush=True)
+    if out:
+      with open(out, "w") as f:
+        json.dump(summarize(rounds), f, indent=1)
+  return rounds
+
+
+def median_rates(rounds: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Optional[float]]:
+  """The median `examples_per_s` of each arm over its rounds that did not fail (None: all did)."""
+  medians = {}
+  for name, results in rounds.items():
+    ok = [x["examples_per_s"] for x in results if "examples_per_s" in x]
+    medians[name] = statistics.median(ok) if ok else None
+  return medians
 
 
 def _summary(args, data: Dict[str, Any], rounds: Dict[str, List[Dict[str, Any]]]
              ) -> Dict[str, Any]:
-  summary = {}
-  for name, results in rounds.items():
-    ok = [x["examples_per_s"] for x in results if "examples_per_s" in x]
-    summary[name] = {"median_examples_per_s": statistics.median(ok) if ok else None,
-                     "examples_per_s": ok, "runs": results}
-  med = {k: v["median_examples_per_s"] for k, v in summary.items()}
+  med = median_rates(rounds)
+  summary = {name: {"median_examples_per_s": med[name], "examples_per_s": [
+      x["examples_per_s"] for x in results if "examples_per_s" in x], "runs": results}
+             for name, results in rounds.items()}
   ratios = {}
   if med.get("ours_bucketed") and med.get("ours_padded"):
     ratios["bucketed_over_padded"] = med["ours_bucketed"] / med["ours_padded"]

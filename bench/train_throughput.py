@@ -30,9 +30,9 @@ Usage: python bench/train_throughput.py [--distribution boolq] [--steps 30] [--r
        [--batch_size 8] [--peft_python .bench_venv/bin/python] [--out FILE]
 """
 import argparse
+import functools
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,7 +44,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from bucketing_throughput import sample_lengths  # pylint: disable=wrong-import-position
+from bucketing_throughput import (  # pylint: disable=wrong-import-position
+    interleaved_rounds, median_rates, run_child, sample_lengths)
 from run_all import HUGE_PAGES  # pylint: disable=wrong-import-position
 
 TASK = "super_glue_boolq"
@@ -172,6 +173,9 @@ def train_rates(model_dir: str, skip: int) -> Dict[str, Any]:
   steps, examples = scalars("timing/steps_per_second"), scalars("timing/examples_per_second")
   programs = scalars("timing/compiled_programs")
   timed = [s for s in sorted(steps) if s > skip and programs[s] == programs.get(s - 1)]
+  if not timed:  # one result line of the arm, as a failed run gives
+    return {"error": f"every logged step after the first {skip} ran a new batch shape; raise "
+                     "--steps"}
   seconds = sum(1.0 / steps[s] for s in timed)
   trained = sum(examples[s] / steps[s] for s in timed)
   return {"examples_per_s": trained / seconds, "steps": len(timed), "examples": round(trained),
@@ -197,20 +201,10 @@ def run_ours(args, pack: Optional[bool], cache: str) -> Dict[str, Any]:
     return {**train_rates(model_dir, args.skip), **result}
 
 
-def _child(cmd: List[str]) -> Dict[str, Any]:
-  env = {**os.environ, **HUGE_PAGES, "TF_CPP_MIN_LOG_LEVEL": "2"}
-  proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-  for line in reversed(proc.stdout.strip().splitlines()):
-    if line.startswith("{"):
-      return json.loads(line)
-  return {"error": ((proc.stderr or proc.stdout).strip().splitlines() or ["no output"])[-1]}
-
-
-def default_packs(args) -> bool:
-  """Whether the run file's `PACK = 'auto'` packs this run (as `train` decides it)."""
+def default_packs() -> bool:
+  """Whether the run file's `PACK = 'auto'` packs on this machine (`train`'s own decision)."""
   from prompt_tuning.train import packed_runs  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
-  return jax.default_backend() in packed_runs.PACKING_BACKENDS
+  return packed_runs.resolve_pack(packed_runs.AUTO)
 
 
 def main() -> None:
@@ -239,7 +233,7 @@ def main() -> None:
     write_boolq(args.data_dir, examples, args.distribution, args.seed)
     tokens = os.path.join(tmp, "tokens.npz")
     data = tokenized(args.data_dir, tokens, examples)
-    packs = default_packs(args)
+    packs = default_packs()
     cache = os.path.join(tmp, "jax_cache")
     arms = {"ours_default": lambda: run_ours(args, None, cache),
             "ours_other": lambda: run_ours(args, not packs, cache)}
@@ -249,26 +243,15 @@ def main() -> None:
                "--steps", str(args.steps), "--batch_size", str(args.batch_size),
                "--prompt_length", str(args.prompt_length), "--threads", str(args.threads),
                "--seed", str(args.seed)]
-        arms[name] = lambda cmd=cmd: _child(cmd)
-    rounds: Dict[str, List[Dict[str, Any]]] = {k: [] for k in arms}
-    names = list(arms)
-    for r in range(args.repeats):
-      for name in names[r % len(names):] + names[:r % len(names)]:  # rotated each round
-        rounds[name].append(arms[name]())
-        print(f"round {r} {name}: {json.dumps(rounds[name][-1])}", file=sys.stderr, flush=True)
-      result = summary(args, data, packs, rounds)
-      if args.out:  # after every round, so a cut-short run still leaves its rounds
-        with open(args.out, "w") as f:
-          json.dump(result, f, indent=1)
-  print(json.dumps(result), flush=True)
+        arms[name] = functools.partial(run_child, cmd, args.threads)
+    rounds = interleaved_rounds(arms, args.repeats,
+                                lambda rounds: summary(args, data, packs, rounds), args.out)
+  print(json.dumps(summary(args, data, packs, rounds)), flush=True)
 
 
 def summary(args, data: Dict[str, Any], packs: bool,
             rounds: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
-  medians = {}
-  for name, results in rounds.items():
-    ok = [x["examples_per_s"] for x in results if "examples_per_s" in x]
-    medians[name] = statistics.median(ok) if ok else None
+  medians = median_rates(rounds)
   ratios = {f"ours_default_over_{name}": medians["ours_default"] / medians[name]
             for name in medians if name != "ours_default" and medians[name]
             and medians["ours_default"]}

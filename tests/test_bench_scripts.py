@@ -84,12 +84,12 @@ def test_preload_reaches_every_run_and_a_missing_library_is_refused(tmp_path):
            "os.environ.get('LD_PRELOAD')}))"]
   library = tmp_path / "libnothing.so"
   with pytest.raises(SystemExit, match="libnothing.so: no such file"):
-    bucketing_throughput._child(probe, 2, str(library))
-  assert bucketing_throughput._child(probe, 2, None)["preload"] == os.environ.get("LD_PRELOAD")
+    bucketing_throughput.run_child(probe, 2, str(library))
+  assert bucketing_throughput.run_child(probe, 2, None)["preload"] == os.environ.get("LD_PRELOAD")
   # An empty file is not a loadable library: the dynamic loader warns and goes on, which is
   # enough to see that the variable arrived.
   library.write_bytes(b"")
-  assert bucketing_throughput._child(probe, 2, str(library))["preload"] == str(library)
+  assert bucketing_throughput.run_child(probe, 2, str(library))["preload"] == str(library)
 
 
 def test_packed_arm_packs_every_example_of_the_batches_file_once(tmp_path):
@@ -157,3 +157,29 @@ def test_train_bench_command_is_the_default_run_file_and_parses(tmp_path, monkey
   assert code == 0, out
   packed = train_throughput.train_command(args, str(tmp_path / "run"), True)
   assert "--gin.PACK=True" in packed
+
+
+def test_arms_alternate_in_rotated_rounds_and_each_round_is_written(tmp_path):
+  import bucketing_throughput  # pylint: disable=import-outside-toplevel
+  order = []
+  def arm(name):
+    return lambda: order.append(name) or {"examples_per_s": float(len(order))}
+  out = tmp_path / "rounds.json"
+  rounds = bucketing_throughput.interleaved_rounds(
+      {n: arm(n) for n in "abc"}, 3, lambda r: {"done": min(len(v) for v in r.values())},
+      str(out))
+  assert order == list("abc" "bca" "cab")
+  assert json.loads(out.read_text()) == {"done": 3}
+  assert bucketing_throughput.median_rates(rounds) == {"a": 6.0, "b": 4.0, "c": 5.0}
+  assert bucketing_throughput.median_rates({"a": [{"error": "x"}]}) == {"a": None}
+
+
+def test_train_bench_rate_of_a_run_that_only_compiled_is_an_error_line(tmp_path):
+  import train_throughput  # pylint: disable=import-outside-toplevel
+  from prompt_tuning.train.summaries import Writer  # pylint: disable=import-outside-toplevel
+  writer = Writer(str(tmp_path / "train"))
+  for step in (1, 2):  # each step a new shape
+    writer.scalars(step, {"timing/steps_per_second": 0.1, "timing/examples_per_second": 0.8,
+                          "timing/compiled_programs": step})
+  writer.close()
+  assert "raise --steps" in train_throughput.train_rates(str(tmp_path), skip=0)["error"]
